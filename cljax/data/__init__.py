@@ -1,0 +1,4 @@
+"""Data: random-access sources (``sources``) and streams laid out in time steps (``streams``)."""
+
+from cljax.data.sources import ArraySource, DataError, Dataset, load, names  # noqa: F401
+from cljax.data.streams import ORDERINGS, Stream, batches, make_stream  # noqa: F401

@@ -1,0 +1,246 @@
+"""Streams: a data set's training examples laid out in time steps, deterministic from a seed.
+
+Orderings (Stream-51 / CORe50 protocol, plus the class- and data-incremental settings):
+
+* ``iid``: one global shuffle, cut into ``num_steps`` equal steps; one evaluation task.
+* ``class_iid``: classes in a random order, each class contiguous with its examples shuffled;
+  steps of ``classes_per_step`` classes; a task per step.
+* ``class_incremental``: tasks of ``classes_per_step`` new classes, examples shuffled within the
+  task (classes of a task interleaved); a task per step.
+* ``instance``: clips (``instance`` ids) shuffled, frames of a clip kept in temporal order; cut into
+  ``num_steps`` steps; one task.
+* ``class_instance``: classes shuffled, clips shuffled within a class, frames in order; steps of
+  ``classes_per_step`` classes; a task per step.
+* ``time``: ascending timestamps (data-incremental), cut into ``num_steps`` steps; one task.
+
+``label_rate`` keeps labels on that fraction of each step (at least one example per step when the
+rate is positive); the rest are streamed with ``labeled=False``.
+
+Evaluation tasks: task j holds the classes first introduced at step j (or all classes when the
+ordering is not class-grouped); its test set is the test examples of those classes, which gives
+the accuracy matrix a[t, j].
+
+Iteration is a grain pipeline over fixed-size batches (the last batch of a step padded and
+marked by ``valid``), whose iterator state is saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Optional
+
+import grain
+import numpy as np
+
+from cljax.data.sources import ArraySource, DataError, Dataset
+
+ORDERINGS = ("iid", "class_iid", "class_incremental", "instance", "class_instance", "time")
+_CLASS_GROUPED = ("class_iid", "class_incremental", "class_instance")
+
+
+@dataclasses.dataclass(eq=False)
+class Stream:
+  """A laid-out stream. ``steps[t]`` [n_t] indexes ``dataset.train``; ``labeled[t]`` [n_t] bool.
+
+  ``tasks[j]`` are the classes of evaluation task j, ``task_step[j]`` the step that introduces it,
+  ``test_index[j]`` the indices of its test examples in ``dataset.test``.
+  """
+
+  dataset: Dataset
+  ordering: str
+  seed: int
+  steps: list
+  labeled: list
+  tasks: list
+  task_step: list
+  test_index: list
+
+  @property
+  def num_steps(self) -> int:
+    return len(self.steps)
+
+  @property
+  def num_examples(self) -> int:
+    return int(sum(len(s) for s in self.steps))
+
+  @property
+  def max_step_size(self) -> int:
+    return int(max(len(s) for s in self.steps))
+
+  def tasks_seen(self, t: int) -> int:
+    """Number of tasks introduced at or before step t."""
+    return int(sum(1 for s in self.task_step if s <= t))
+
+  def seen_classes(self, t: int) -> np.ndarray:
+    return np.unique(np.concatenate([self.tasks[j] for j in range(self.tasks_seen(t))]))
+
+  def describe(self) -> str:
+    sizes = [len(s) for s in self.steps]
+    lab = sum(int(l.sum()) for l in self.labeled)
+    return (f"{self.dataset.name} {self.ordering}: {self.num_steps} steps "
+            f"({min(sizes)}-{max(sizes)} examples each, {self.num_examples} total, "
+            f"{lab} labelled), {len(self.tasks)} eval tasks")
+
+
+def _chunks(order: np.ndarray, num_steps: int) -> list:
+  if num_steps < 1 or num_steps > len(order):
+    raise DataError(f"num_steps must be in [1, {len(order)}], got {num_steps}")
+  return [np.asarray(c, np.int64) for c in np.array_split(order, num_steps)]
+
+
+def _class_groups(classes: np.ndarray, k: int) -> list:
+  if k < 1:
+    raise DataError(f"classes_per_step must be >= 1, got {k}")
+  return [classes[i:i + k] for i in range(0, len(classes), k)]
+
+
+def _clips_in_order(src: ArraySource, idx: np.ndarray, rng) -> np.ndarray:
+  """idx grouped by clip, clips shuffled, frames in temporal order within a clip."""
+  frame = src.frame if src.frame is not None else np.arange(len(src))
+  clips = np.unique(src.instance[idx])
+  rng.shuffle(clips)
+  out = []
+  for c in clips:
+    members = idx[src.instance[idx] == c]
+    out.append(members[np.argsort(frame[members], kind="stable")])
+  return np.concatenate(out)
+
+
+def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
+                classes_per_step: int = 2, num_steps: int = 5, label_rate: float = 1.0,
+                seed: int = 0, class_order: Optional[list] = None,
+                max_examples_per_step: Optional[int] = None) -> Stream:
+  """Lays out ``dataset.train`` as a stream (see module docstring).
+
+  Args:
+    ordering: one of ORDERINGS.
+    classes_per_step: classes per step for the class-grouped orderings.
+    num_steps: steps for ``iid``, ``instance`` and ``time``.
+    label_rate: fraction in (0, 1] of each step's examples that keep their label.
+    seed: the stream's seed (orderings, class order, which labels are kept).
+    class_order: a fixed class order instead of a random one (class-grouped orderings).
+    max_examples_per_step: keep only the first n examples of each step (quick runs).
+  """
+  if ordering not in ORDERINGS:
+    raise DataError(f"unknown ordering {ordering!r}; valid: {list(ORDERINGS)}")
+  if not 0.0 < label_rate <= 1.0:
+    raise DataError(f"label_rate must be in (0, 1], got {label_rate}")
+  src = dataset.train
+  rng = np.random.default_rng(seed)
+  n = len(src)
+  present = np.unique(src.y)
+  if class_order is not None:
+    classes = np.asarray(class_order, np.int64)
+    missing = sorted(set(present.tolist()) - set(classes.tolist()))
+    if missing or len(set(classes.tolist())) != len(classes):
+      raise DataError(f"class_order must list each training class once; missing {missing}")
+  else:
+    classes = rng.permutation(present)
+
+  if ordering in ("instance", "class_instance") and src.instance is None:
+    raise DataError(f"ordering {ordering!r} needs instance (clip/session) ids, which "
+                    f"{dataset.name} does not have; use 'iid', 'class_iid' or "
+                    "'class_incremental', or load data with an 'instance' array (npz)")
+  if ordering == "time" and src.time is None:
+    raise DataError(f"ordering 'time' needs timestamps, which {dataset.name} does not have "
+                    "(npz sources can carry a 'time' array)")
+
+  if ordering in _CLASS_GROUPED:
+    groups = _class_groups(classes, classes_per_step)
+    steps = []
+    for g in groups:
+      if ordering == "class_incremental":
+        idx = np.flatnonzero(np.isin(src.y, g))
+        steps.append(rng.permutation(idx))
+      elif ordering == "class_iid":
+        steps.append(np.concatenate([rng.permutation(np.flatnonzero(src.y == c)) for c in g]))
+      else:
+        steps.append(np.concatenate([_clips_in_order(src, np.flatnonzero(src.y == c), rng)
+                                     for c in g]))
+    tasks = [np.sort(np.asarray(g, np.int64)) for g in groups]
+    task_step = list(range(len(groups)))
+  else:
+    if ordering == "iid":
+      order = rng.permutation(n)
+    elif ordering == "instance":
+      order = _clips_in_order(src, np.arange(n), rng)
+    else:
+      order = np.argsort(src.time, kind="stable")
+    steps = _chunks(order, num_steps)
+    tasks = [np.sort(present)]
+    task_step = [0]
+
+  if max_examples_per_step:
+    steps = [s[:max_examples_per_step] for s in steps]
+  labeled = []
+  for s in steps:
+    m = np.zeros(len(s), bool)
+    k = len(s) if label_rate >= 1.0 else max(1, int(round(label_rate * len(s))))
+    m[rng.choice(len(s), k, replace=False)] = True
+    labeled.append(m)
+  test_index = [np.flatnonzero(np.isin(dataset.test.y, t)) for t in tasks]
+  for j, ti in enumerate(test_index):
+    if len(ti) == 0:
+      raise DataError(f"evaluation task {j} (classes {tasks[j].tolist()}) has no test examples")
+  return Stream(dataset, ordering, seed, steps, labeled, tasks, task_step, test_index)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BatchSpec:
+  step: int
+  index: np.ndarray    # [B] into dataset.train (padding rows repeat index 0)
+  valid: np.ndarray    # [B] bool
+  labeled: np.ndarray  # [B] bool
+  last_in_step: bool
+
+
+class _Loader(grain.transforms.Map):
+  """Turns a batch spec into a batch dict of numpy arrays."""
+
+  def __init__(self, src: ArraySource):
+    self._src = src
+
+  def map(self, spec: _BatchSpec) -> dict:
+    return {"x": self._src.batch(spec.index), "y": self._src.y[spec.index].astype(np.int32),
+            "valid": spec.valid, "labeled": spec.labeled & spec.valid,
+            "step": np.int32(spec.step), "last_in_step": np.bool_(spec.last_in_step)}
+
+  def __repr__(self):
+    return f"_Loader({self._src!r})"
+
+
+def batch_specs(stream: Stream, batch_size: int) -> list:
+  """Fixed-size batches of the stream in order; each step's last batch padded (valid=False)."""
+  if batch_size < 1:
+    raise DataError(f"batch_size must be >= 1, got {batch_size}")
+  specs = []
+  for t, (idx, lab) in enumerate(zip(stream.steps, stream.labeled)):
+    if len(idx) == 0:
+      raise DataError(f"step {t} of the stream is empty")
+    for s in range(0, len(idx), batch_size):
+      b, l = idx[s:s + batch_size], lab[s:s + batch_size]
+      pad = batch_size - len(b)
+      specs.append(_BatchSpec(
+          t, np.concatenate([b, np.zeros(pad, np.int64)]),
+          np.concatenate([np.ones(len(b), bool), np.zeros(pad, bool)]),
+          np.concatenate([l, np.zeros(pad, bool)]), s + batch_size >= len(idx)))
+  return specs
+
+
+def batches(stream: Stream, batch_size: int) -> grain.DatasetIterator:
+  """A checkpointable grain iterator over the stream's batches (``get_state``/``set_state``)."""
+  ds = grain.MapDataset.source(batch_specs(stream, batch_size)).map(_Loader(stream.dataset.train))
+  return iter(ds.to_iter_dataset())
+
+
+def num_batches(stream: Stream, batch_size: int) -> int:
+  return int(sum(-(-len(s) // batch_size) for s in stream.steps))
+
+
+def iterate_test(src: ArraySource, batch_size: int) -> Iterator[tuple]:
+  """(x [B, ...], n_valid) over the whole test source in fixed-size padded batches."""
+  n = len(src)
+  for s in range(0, n, batch_size):
+    idx = np.arange(s, min(s + batch_size, n))
+    pad = batch_size - len(idx)
+    yield src.batch(np.concatenate([idx, np.zeros(pad, np.int64)])), len(idx)

@@ -1,0 +1,186 @@
+"""Deep SLDA: a streaming LDA head on frozen features (Hayes and Kanan, CVPR-W 2020).
+
+    learner = cljax.learners.get("slda", num_classes=1000, feature_dim=512)
+    state = learner.init(key, example_batch)
+    state = fit_base(state, x_base, y_base)                 # optional base initialization (OAS)
+    state, metrics = learner.update(state, batch, key)      # jit; no backward pass
+    state, _ = learner.end_of_step(state, key, budget)      # refreshes the cached head
+    logits = learner.predict(state, x)                      # jit; [B, K]
+
+The state is :class:`cljax.ops.slda.SLDAState` (statistics plus the cached head W, b). Updates
+mark the head stale; ``end_of_step`` (or ``refresh_on_update=True``) recomputes it, and
+``predict`` solves on the fly while it is stale, so predictions are correct at any point and
+cheap once refreshed. See ``cljax/ops/slda.py`` for the equations and the update rules.
+
+Inputs: without a backbone, ``batch["x"]`` [B, ...] is flattened to features [B, d]. With
+``backbone`` (a pure callable x -> [B, d], frozen, parameters closed over, inference mode) the
+backbone runs inside the jitted update and predict. Rows with ``valid`` or ``labeled`` False are
+skipped, and so are rows whose label lies outside [0, num_classes) (counted in the
+``ignored`` metric: a jitted update cannot raise on values).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax.learner import Learner, register
+from cljax.ops import slda as ops
+
+COVARIANCES = ("plastic", "fixed")
+
+
+def _features(x: jax.Array, backbone: Optional[Callable]) -> jax.Array:
+  """[B, d] float32 features of inputs x [B, ...]."""
+  if backbone is not None:
+    f = backbone(x)
+    if f.ndim != 2:
+      raise ValueError(f"slda: backbone must return [B, d] features, got shape {f.shape}")
+    return f.astype(jnp.float32)
+  return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+def _feature_dim(x, backbone: Optional[Callable]) -> int:
+  if backbone is not None:
+    shape = jax.eval_shape(backbone, jax.ShapeDtypeStruct(np.shape(x), jnp.float32)).shape
+    if len(shape) != 2:
+      raise ValueError(f"slda: backbone must return [B, d] features, got shape {shape}")
+    return int(shape[1])
+  return int(math.prod(np.shape(x)[1:]))
+
+
+def _check_dim(state: ops.SLDAState, feats: jax.Array, where: str):
+  # Shapes are static, so this raises at trace time and costs nothing per call.
+  d = state.means.shape[1]
+  if feats.shape[1] != d:
+    raise ValueError(f"slda.{where}: batch['x'] gives features of dim {feats.shape[1]}, "
+                     f"but the state has feature_dim={d}")
+
+
+@register("slda")
+def slda(num_classes: int,
+         feature_dim: Optional[int] = None,
+         shrinkage: float = 1e-4,
+         covariance: str = "plastic",
+         update_rule: str = "reference",
+         solver: str = "cholesky",
+         mask_unseen: bool = True,
+         backbone: Optional[Callable] = None,
+         refresh_on_update: bool = False,
+         donate: bool = False) -> Learner:
+  """Builds the Deep SLDA learner.
+
+  Args:
+    num_classes: K, fixed maximum number of classes.
+    feature_dim: d; None infers it in ``init`` from the example batch (and backbone).
+    shrinkage: ε in Λ = ((1−ε)Σ + εI)⁻¹.
+    covariance: "plastic" (Σ streams) or "fixed" (Σ only from :func:`fit_base`; means stream).
+    update_rule: "reference" (Deep SLDA / Avalanche, global-count weight) or "pooled" (exact
+      within-class covariance, order-invariant, mergeable).
+    solver: "cholesky" (default) or "pinv" (the reference's pseudo-inverse).
+    mask_unseen: unseen classes score −inf (default) instead of the reference's plain formula.
+    backbone: optional frozen feature extractor x [B, ...] -> [B, d], applied inside jit.
+    refresh_on_update: recompute the cached head at the end of every update (costs a Cholesky and
+      a K-column solve per batch) instead of at ``end_of_step``/lazily in ``predict``.
+    donate: donate the state to ``update`` so the statistics are updated in place (measured
+      1.2–1.8x faster at d=512, K=1000 on CPU, see notes/slda.md); the state passed in is then
+      invalid, so callers must not keep it (e.g. for an async checkpoint in flight).
+  """
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"slda: num_classes must be a positive int, got {num_classes!r}")
+  if feature_dim is not None and (not isinstance(feature_dim, int) or feature_dim < 1):
+    raise ValueError(f"slda: feature_dim must be a positive int or None, got {feature_dim!r}")
+  if covariance not in COVARIANCES:
+    raise ValueError(f"slda: covariance must be one of {COVARIANCES}, got {covariance!r}")
+  if update_rule not in ops.RULES:
+    raise ValueError(f"slda: update_rule must be one of {ops.RULES}, got {update_rule!r}")
+  if solver not in ops.SOLVERS:
+    raise ValueError(f"slda: solver must be one of {ops.SOLVERS}, got {solver!r}")
+  if not 0.0 <= float(shrinkage) <= 1.0:
+    raise ValueError(f"slda: shrinkage must lie in [0, 1], got {shrinkage!r}")
+  shrinkage = float(shrinkage)
+  plastic = covariance == "plastic"
+
+  def init(key, example_batch):
+    del key
+    d = _feature_dim(example_batch["x"], backbone)
+    if feature_dim is not None and d != feature_dim:
+      raise ValueError(f"slda.init: feature_dim={feature_dim} but batch['x'] gives features of "
+                       f"dim {d}")
+    return ops.init_state(num_classes, d)
+
+  @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
+  def update(state, batch, key):
+    del key
+    feats = _features(batch["x"], backbone)
+    _check_dim(state, feats, "update")
+    y = batch["y"]
+    mask = jnp.ones(y.shape, jnp.bool_)
+    for name in ("valid", "labeled"):
+      if name in batch:
+        mask = mask & batch[name].astype(jnp.bool_)
+    in_range = (y >= 0) & (y < num_classes)
+    state = ops.update_batch(state, feats, y, mask, rule=update_rule, plastic=plastic)
+    if refresh_on_update:
+      state = ops.refresh(state, shrinkage, solver)
+    metrics = {
+        "passes": jnp.zeros((), jnp.float32),
+        "examples": (mask & in_range).sum().astype(jnp.int32),
+        "ignored": (mask & ~in_range).sum().astype(jnp.int32),
+    }
+    return state, metrics
+
+  @jax.jit
+  def predict(state, x):
+    feats = _features(x, backbone)
+    _check_dim(state, feats, "predict")
+    return ops.scores(state, feats, shrinkage, solver, mask_unseen)
+
+  @jax.jit
+  def end_of_step(state, key, budget):
+    del key, budget
+    return ops.refresh(state, shrinkage, solver), {"passes": jnp.zeros((), jnp.float32)}
+
+  hparams = dict(num_classes=num_classes, feature_dim=feature_dim, shrinkage=shrinkage,
+                 covariance=covariance, update_rule=update_rule, solver=solver,
+                 mask_unseen=mask_unseen, backbone=backbone,
+                 refresh_on_update=refresh_on_update, donate=donate)
+  return Learner("slda", init, update, predict, end_of_step, hparams)
+
+
+def fit_base(state: ops.SLDAState,
+             x,
+             y,
+             *,
+             valid=None,
+             backbone: Optional[Callable] = None,
+             shrink: bool = True) -> ops.SLDAState:
+  """Base initialization: replaces the statistics in ``state`` with those of (x, y).
+
+  Per-class means and counts, n = N and Σ = OAS estimate (sklearn ``OAS(assume_centered=True)``)
+  of the residuals x − μ_y, as the reference ``fit_base`` does. Everything streamed into
+  ``state`` before is discarded; its shapes (K, d) are kept and checked.
+
+  Args:
+    state: a state from ``learner.init`` (gives K and d).
+    x: [N, ...] inputs (features [N, d] when ``backbone`` is None, else backbone inputs; pass the
+      learner's backbone again, it is not stored in the state).
+    y: [N] int labels in [0, K).
+    valid: optional [N] bool of rows to use.
+    backbone: optional feature extractor, as in the learner.
+    shrink: False uses the plain within-class covariance instead of OAS.
+
+  Raises:
+    ValueError: on a feature-dimension mismatch, labels out of range or wrong shapes.
+  """
+  k, d = state.means.shape
+  feats = _features(jnp.asarray(x), backbone)
+  if feats.shape[1] != d:
+    raise ValueError(f"slda.fit_base: x gives features of dim {feats.shape[1]}, but the state has "
+                     f"feature_dim={d}")
+  return ops.fit_base_checked(feats, y, k, valid, shrink=shrink)

@@ -1,0 +1,1 @@
+"""Training: the stream runner, checkpoints, the device mesh, experiments."""

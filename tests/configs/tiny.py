@@ -1,0 +1,17 @@
+"""A small, fast experiment for subprocess tests: digits, MLP, finetune and ER, 5 steps."""
+
+from cljax.train.experiment import base_config
+
+
+def get_config():
+  c = base_config()
+  c.dataset = "digits"
+  c.model = "mlp"
+  c.learners = "finetune,er"
+  c.stream.batch_size = 32
+  c.budget.passes_per_step = 40
+  c.hparams.finetune = dict(lr=3e-3)
+  c.hparams.er = dict(lr=3e-3, memory_size=150, iters_per_batch=1)
+  c.eval.every_examples = 200
+  c.plots = False
+  return c

@@ -1,0 +1,127 @@
+"""The runner end to end on real data: ER vs fine-tuning, determinism, resume, corrupt steps."""
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from cljax.train import experiment
+
+
+def small_config(learners="finetune,er", **over):
+  c = experiment.base_config()
+  c.dataset = "digits"
+  c.model = "mlp"
+  c.learners = learners
+  c.stream.batch_size = 64
+  c.budget.passes_per_step = 60
+  c.hparams.finetune = dict(lr=3e-3)
+  c.hparams.er = dict(lr=3e-3, memory_size=200)
+  c.hparams.offline = dict(lr=3e-3, epochs_per_step=6.0)
+  c.eval.every_examples = 300
+  c.plots = False
+  for k, v in over.items():
+    node, *rest = k.split(".")
+    if rest:
+      c[node][rest[0]] = v
+    else:
+      c[k] = v
+  return c
+
+
+def _acc(results):
+  return {k: np.asarray([[np.nan if v is None else v for v in row]
+                         for row in r["accuracy_matrix"]]) for k, r in results["runs"].items()}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("run"))
+  return wd, experiment.run_experiment(small_config("finetune,er,offline", plots=True), wd,
+                                       log=lambda m: None)
+
+
+def test_er_beats_finetune_and_offline_is_best(digits_run):
+  _, res = digits_run
+  runs = res["runs"]
+  ft, er, off = (runs[k]["final_accuracy"] for k in ("finetune", "er", "offline"))
+  assert ft < 0.35, ft             # fine-tuning forgets all but the last task
+  assert er > ft + 0.35, (er, ft)  # replay keeps old tasks
+  assert off >= er - 0.02, (off, er)
+  assert runs["finetune"]["forgetting"] > runs["er"]["forgetting"]
+  assert runs["offline"]["omega"] == pytest.approx(1.0)
+  assert 0 < runs["er"]["omega"] <= 1.1
+
+
+def test_results_json_and_plots(digits_run):
+  wd, res = digits_run
+  with open(os.path.join(wd, "results.json")) as f:
+    disk = json.load(f)
+  er = disk["runs"]["er"]
+  for key in ("final_accuracy", "average_accuracy", "forgetting", "omega", "accuracy_matrix",
+              "steps", "final_top5", "confusion_matrix", "mean_per_class_accuracy"):
+    assert key in er, key
+  assert len(er["steps"]) == 5
+  assert set(er["steps"][0]) >= {"step", "accuracy", "examples_seen", "wall_s", "budget_used"}
+  # budget: the runner hands ER exactly the per-step budget
+  assert all(s["budget_used"] == 60 for s in er["steps"])
+  assert er["accuracy_matrix"][0][1] is None  # task 1 not seen after step 0
+  pngs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(wd, "plots", "*.png")))
+  assert "accuracy.png" in pngs and "confusion_er.png" in pngs
+  assert "accuracy_matrix_offline.png" in pngs
+  # anytime evaluation: more eval points than steps
+  assert len(er["eval_points"]) > len(er["steps"])
+  assert len(os.listdir(os.path.join(wd, "checkpoints", "er"))) >= 2
+
+
+def test_same_seed_same_results_other_seed_differs(tmp_path):
+  a = experiment.run_experiment(small_config("er"), str(tmp_path / "a"), log=lambda m: None)
+  b = experiment.run_experiment(small_config("er"), str(tmp_path / "b"), log=lambda m: None)
+  c = experiment.run_experiment(small_config("er", seed=1), str(tmp_path / "c"),
+                                log=lambda m: None)
+  np.testing.assert_array_equal(_acc(a)["er"], _acc(b)["er"])
+  assert not np.array_equal(_acc(a)["er"], _acc(c)["er"], equal_nan=True)
+
+
+def test_existing_checkpoints_need_resume_and_are_kept(tmp_path):
+  wd = str(tmp_path)
+  cfg = small_config("finetune")
+  experiment.run_experiment(cfg, wd, log=lambda m: None)
+  before = sorted(os.listdir(os.path.join(wd, "checkpoints", "finetune")))
+  with pytest.raises(Exception, match="--resume"):
+    experiment.run_experiment(cfg, wd, log=lambda m: None)
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints", "finetune"))) == before
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path):
+  """Truncate every file of the newest step: resume warns, restarts from the step before it and
+  ends with exactly the uninterrupted results."""
+  wd = str(tmp_path)
+  cfg = small_config("er")
+  full = experiment.run_experiment(cfg, wd, log=lambda m: None)
+  ck = os.path.join(wd, "checkpoints", "er")
+  latest = os.path.join(ck, str(max(int(s) for s in os.listdir(ck) if s.isdigit())))
+  for f in glob.glob(os.path.join(latest, "**", "*"), recursive=True):
+    if os.path.isfile(f):
+      with open(f, "wb") as fh:
+        fh.write(b"\0garbage")
+  logs = []
+  again = experiment.run_experiment(cfg, wd, resume=True, log=logs.append)
+  assert any("resumed after step 3" in m for m in logs), logs
+  np.testing.assert_array_equal(_acc(full)["er"], _acc(again)["er"])
+
+
+def test_half_written_step_is_ignored(tmp_path):
+  wd = str(tmp_path)
+  cfg = small_config("finetune")
+  full = experiment.run_experiment(cfg, wd, log=lambda m: None)
+  ck = os.path.join(wd, "checkpoints", "finetune")
+  # A crash during the save of step 4 leaves a temporary folder and no finished step 4.
+  shutil.move(os.path.join(ck, "4"), os.path.join(ck, "4.orbax-checkpoint-tmp-123"))
+  logs = []
+  again = experiment.run_experiment(cfg, wd, resume=True, log=logs.append)
+  assert any("resumed after step 3" in m for m in logs), logs
+  np.testing.assert_array_equal(_acc(full)["finetune"], _acc(again)["finetune"])
