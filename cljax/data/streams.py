@@ -54,6 +54,11 @@ class Stream:
   tasks: list
   task_step: list
   test_index: list
+  labels: list = None  # [n_t] int32 per step: the label streamed with each example
+
+  def __post_init__(self):
+    if self.labels is None:
+      self.labels = [self.dataset.train.y[s].astype(np.int32) for s in self.steps]
 
   @property
   def num_steps(self) -> int:
@@ -109,7 +114,8 @@ def _clips_in_order(src: ArraySource, idx: np.ndarray, rng) -> np.ndarray:
 def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
                 classes_per_step: int = 2, num_steps: int = 5, label_rate: float = 1.0,
                 seed: int = 0, class_order: Optional[list] = None,
-                max_examples_per_step: Optional[int] = None) -> Stream:
+                max_examples_per_step: Optional[int] = None, first_step_classes: int = 0,
+                label_noise: float = 0.0) -> Stream:
   """Lays out ``dataset.train`` as a stream (see module docstring).
 
   Args:
@@ -120,6 +126,10 @@ def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
     seed: the stream's seed (orderings, class order, which labels are kept).
     class_order: a fixed class order instead of a random one (class-grouped orderings).
     max_examples_per_step: keep only the first n examples of each step (quick runs).
+    first_step_classes: class-grouped orderings: step 0 holds this many classes (a base
+      initialisation set, as in REMIND / Deep SLDA), later steps ``classes_per_step``.
+    label_noise: fraction of each step's examples whose input is replaced by a random example
+      of another class while the label is kept (Käding et al.'s noise study).
   """
   if ordering not in ORDERINGS:
     raise DataError(f"unknown ordering {ordering!r}; valid: {list(ORDERINGS)}")
@@ -145,8 +155,17 @@ def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
     raise DataError(f"ordering 'time' needs timestamps, which {dataset.name} does not have "
                     "(npz sources can carry a 'time' array)")
 
+  if not 0.0 <= label_noise < 1.0:
+    raise DataError(f"label_noise must be in [0, 1), got {label_noise}")
   if ordering in _CLASS_GROUPED:
-    groups = _class_groups(classes, classes_per_step)
+    if first_step_classes:
+      if not 0 < first_step_classes < len(classes):
+        raise DataError(f"first_step_classes must be in [1, {len(classes) - 1}], "
+                        f"got {first_step_classes}")
+      groups = [classes[:first_step_classes]] + _class_groups(classes[first_step_classes:],
+                                                              classes_per_step)
+    else:
+      groups = _class_groups(classes, classes_per_step)
     steps = []
     for g in groups:
       if ordering == "class_incremental":
@@ -178,17 +197,35 @@ def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
     k = len(s) if label_rate >= 1.0 else max(1, int(round(label_rate * len(s))))
     m[rng.choice(len(s), k, replace=False)] = True
     labeled.append(m)
+  labels = [src.y[s].astype(np.int32) for s in steps]
+  if label_noise > 0:
+    steps = [_add_label_noise(src, s, label_noise, rng) for s in steps]
   test_index = [np.flatnonzero(np.isin(dataset.test.y, t)) for t in tasks]
   for j, ti in enumerate(test_index):
     if len(ti) == 0:
       raise DataError(f"evaluation task {j} (classes {tasks[j].tolist()}) has no test examples")
-  return Stream(dataset, ordering, seed, steps, labeled, tasks, task_step, test_index)
+  return Stream(dataset, ordering, seed, steps, labeled, tasks, task_step, test_index, labels)
+
+
+def _add_label_noise(src: ArraySource, idx: np.ndarray, rate: float, rng) -> np.ndarray:
+  """Replaces round(rate * n) inputs of a step by random examples of other classes.
+
+  Returns the new input indices; the caller keeps the original labels, so exactly that fraction
+  of the step is mislabelled.
+  """
+  idx = idx.copy()
+  k = int(round(rate * len(idx)))
+  for pos in rng.choice(len(idx), k, replace=False):
+    others = np.flatnonzero(src.y != src.y[idx[pos]])
+    idx[pos] = rng.choice(others)
+  return idx
 
 
 @dataclasses.dataclass(frozen=True)
 class _BatchSpec:
   step: int
   index: np.ndarray    # [B] into dataset.train (padding rows repeat index 0)
+  label: np.ndarray    # [B] int32 streamed labels
   valid: np.ndarray    # [B] bool
   labeled: np.ndarray  # [B] bool
   last_in_step: bool
@@ -201,7 +238,7 @@ class _Loader(grain.transforms.Map):
     self._src = src
 
   def map(self, spec: _BatchSpec) -> dict:
-    return {"x": self._src.batch(spec.index), "y": self._src.y[spec.index].astype(np.int32),
+    return {"x": self._src.batch(spec.index), "y": spec.label,
             "valid": spec.valid, "labeled": spec.labeled & spec.valid,
             "step": np.int32(spec.step), "last_in_step": np.bool_(spec.last_in_step)}
 
@@ -214,7 +251,7 @@ def batch_specs(stream: Stream, batch_size: int) -> list:
   if batch_size < 1:
     raise DataError(f"batch_size must be >= 1, got {batch_size}")
   specs = []
-  for t, (idx, lab) in enumerate(zip(stream.steps, stream.labeled)):
+  for t, (idx, lab, ys) in enumerate(zip(stream.steps, stream.labeled, stream.labels)):
     if len(idx) == 0:
       raise DataError(f"step {t} of the stream is empty")
     for s in range(0, len(idx), batch_size):
@@ -222,6 +259,7 @@ def batch_specs(stream: Stream, batch_size: int) -> list:
       pad = batch_size - len(b)
       specs.append(_BatchSpec(
           t, np.concatenate([b, np.zeros(pad, np.int64)]),
+          np.concatenate([ys[s:s + batch_size], np.zeros(pad, np.int32)]).astype(np.int32),
           np.concatenate([np.ones(len(b), bool), np.zeros(pad, bool)]),
           np.concatenate([l, np.zeros(pad, bool)]), s + batch_size >= len(idx)))
   return specs

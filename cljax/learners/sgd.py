@@ -8,6 +8,13 @@ All three are one learner with different memories (``memory``):
   strong budgeted baseline) or half/half (``sampling="balanced"``).
 * ``offline`` (``memory="all"``): keeps every example seen and, after each time step, retrains
   from the initial parameters on all of it (the joint upper bound and the reference for Omega).
+* ``finetune`` with ``old_fraction=λ`` (``memory="past"``): incremental fine-tuning of Käding et
+  al. (ACCV-W 2016; ``finetune_kading`` has the paper's settings as defaults). Warm-started from
+  the previous step; every earlier example is kept; each training example of an update comes from
+  the earlier data with probability λ and from the new update set otherwise (``sample_old_new``).
+  ``iterations="epochs"`` sets the SGD iterations of an update to ``epochs_per_step`` epochs over
+  all data seen so far (or a constant ``iterations=N``). ``grow_head=True`` makes the fixed
+  ``num_classes`` output layer behave like a growing one (see ``sgd_learner``).
 
 Per incoming batch, ``update`` stores the labelled rows in a current-step buffer and optionally
 takes ``iters_per_batch`` online SGD steps (the incoming rows plus a replayed batch). After the
@@ -19,7 +26,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Optional
+import numbers
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +36,7 @@ from cljax.learner import Learner, register
 from cljax.learners import _common
 from cljax.ops import buffers
 
-MEMORIES = ("none", "reservoir", "class_balanced", "all")
+MEMORIES = ("none", "reservoir", "class_balanced", "all", "past")
 SAMPLINGS = ("uniform", "balanced")
 
 
@@ -39,7 +47,9 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
                 iters_per_batch: int = 0, epochs_per_step: float = 2.0,
                 max_step_size: int = 4096, stream_size: Optional[int] = None,
                 reinit_each_step: bool = False, respect_budget: bool = True,
-                mask_unseen: bool = True, chunk: int = 8) -> Learner:
+                mask_unseen: bool = True, chunk: int = 8,
+                init_params: Optional[dict] = None, old_fraction: Optional[float] = None,
+                iterations: Union[str, int] = "budget", grow_head: bool = False) -> Learner:
   """Builds a replay-family learner (see module docstring).
 
   Args:
@@ -47,27 +57,59 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
     model: a name from ``cljax.models.names()``; ``model_kwargs`` go to its constructor.
     optimizer, lr, momentum, weight_decay: see ``_common.optimizer``.
     batch_size: examples per SGD step (one forward-backward pass of the budget).
-    memory: one of MEMORIES; ``memory_size`` is its capacity in examples.
+    memory: one of MEMORIES; ``memory_size`` is its capacity in examples (``all`` and ``past``
+      hold the whole stream: ``all`` merges each step before training, ``past`` holds the steps
+      before the current one and takes ``old_fraction``).
     sampling: how training batches mix memory and current data (one of SAMPLINGS).
     iters_per_batch: online SGD steps per incoming batch (0: train only at the end of a step).
     epochs_per_step: default passes at the end of a step, in epochs over the step's data
       (over all stored data for ``memory="all"``); used when the runner sets no budget.
     max_step_size: capacity of the current-step buffer (the runner passes the stream's largest
       time step).
-    stream_size: total examples in the stream (the runner passes it; ``memory="all"`` needs it).
+    stream_size: total examples in the stream (the runner passes it; ``memory="all"`` and
+      ``"past"`` need it).
     reinit_each_step: restart from the initial parameters and a fresh optimizer every step.
     respect_budget: if False, ignore the runner's budget and always train the default passes.
     mask_unseen: predict gives unseen classes a large negative logit.
     chunk: SGD steps per jitted call at the end of a step (unrolled; see ``_train_chunk``).
+    init_params: start from these parameters (a pure dict of the same model, e.g. a
+      base-initialised network) instead of a random initialisation (warm start).
+    old_fraction: λ in [0, 1], only with ``memory="past"``: each training example of an update is
+      drawn from the earlier data (all steps before this one) with probability λ and from the
+      current update set with probability 1 - λ (``sample_old_new``). λ = 0 trains on the new
+      data only; λ = 1 on the old data only (new data is first trained on at the next update,
+      when it has become old). When no earlier data exists yet (the first update) every example
+      comes from the update set whatever λ; when the update set is empty, from the old data.
+    iterations: SGD iterations at the end of a step. ``"budget"``: the runner's budget (the
+      default epochs when it sets none, or when ``respect_budget=False``); ``"epochs"``:
+      ceil(epochs_per_step * examples seen so far (earlier steps + this one) / batch_size),
+      whatever the budget; an int N: N iterations per update, whatever the budget.
+    grow_head: a growing output layer on fixed shapes: the head has ``num_classes`` rows from
+      the start (no recompiles as classes arrive) and a ``seen`` mask; logits of unseen classes
+      are left out of the training softmax and the head rows (kernel column, bias) of unseen
+      classes get no update at all (not even weight decay). So a class's row enters training
+      exactly as initialised (the random initial row, or the row given in ``init_params``) when
+      the class first appears, and rows of seen classes keep their trained values (fine-tuning
+      then changes them, as in the paper). Needs a model whose output layer is ``head``.
   """
   if memory not in MEMORIES:
     raise ValueError(f"unknown memory {memory!r}; valid: {list(MEMORIES)}")
   if sampling not in SAMPLINGS:
     raise ValueError(f"unknown sampling {sampling!r}; valid: {list(SAMPLINGS)}")
-  if memory == "all":
+  if memory in ("all", "past"):
     if stream_size is None:
-      raise ValueError("memory='all' needs stream_size (the number of examples in the stream)")
+      raise ValueError(f"memory={memory!r} needs stream_size (the number of examples in the "
+                       "stream)")
     memory_size = stream_size
+  if (old_fraction is None) != (memory != "past"):
+    raise ValueError("old_fraction (λ) goes with memory='past' (a store of all earlier data), "
+                     f"got memory={memory!r}, old_fraction={old_fraction}")
+  if old_fraction is not None and not 0.0 <= float(old_fraction) <= 1.0:
+    raise ValueError(f"old_fraction must be in [0, 1], got {old_fraction}")
+  if not (iterations in ("budget", "epochs") or
+          (isinstance(iterations, numbers.Integral) and not isinstance(iterations, bool)
+           and iterations >= 0)):
+    raise ValueError(f"iterations must be 'budget', 'epochs' or an int >= 0, got {iterations!r}")
   for key, val in (("batch_size", batch_size), ("max_step_size", max_step_size),
                    ("memory_size", memory_size), ("num_classes", num_classes)):
     if int(val) < 1:
@@ -84,6 +126,14 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
     x = jnp.asarray(example_batch["x"])
     net["model"] = _common.pure_model(model, x.shape[1:], num_classes, key, model_kwargs)
     params = net["model"].params
+    if init_params is not None:
+      if jax.tree.structure(init_params) != jax.tree.structure(params):
+        raise ValueError(f"learner {name!r}: init_params do not match model {model!r} "
+                         f"built for inputs {tuple(x.shape[1:])}")
+      params = jax.tree.map(jnp.asarray, init_params)
+    if grow_head and not ("head" in params and {"kernel", "bias"} <= set(params["head"])):
+      raise ValueError(f"learner {name!r}: grow_head needs a model whose output layer is "
+                       f"'head' (kernel, bias); {model!r} has {sorted(params)}")
     state = {
         "params": params,
         "opt": tx.init(params),
@@ -94,14 +144,24 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
       state["mem"] = buffers.init(memory_size, x.shape[1:], num_classes)
     if reinit_each_step:
       state["init_params"] = params
+    if iterations == "epochs":
+      state["n_seen"] = jnp.zeros((), jnp.int32)  # labelled examples of all finished steps
     return state
 
-  def _loss(params, x, y, w):
-    return _common.cross_entropy(_apply(params, x), y, w)
+  def _loss(params, x, y, w, seen):
+    logits = _apply(params, x)
+    if grow_head:  # unseen classes are not in the network yet: out of the softmax
+      logits = _common.mask_logits(logits, seen)
+    return _common.cross_entropy(logits, y, w)
 
   def _sgd(state, x, y, w):
-    loss, grads = jax.value_and_grad(_loss)(state["params"], x, y, w)
+    loss, grads = jax.value_and_grad(_loss)(state["params"], x, y, w, state["seen"])
     upd, opt = tx.update(grads, state["opt"], state["params"])
+    if grow_head:  # rows of unseen classes stay exactly as initialised (no weight decay either)
+      seen = state["seen"]
+      head = upd["head"]
+      upd = {**upd, "head": {**head, "kernel": jnp.where(seen[None, :], head["kernel"], 0.0),
+                             "bias": jnp.where(seen, head["bias"], 0.0)}}
     params = jax.tree.map(lambda p, u: p + u, state["params"], upd)
     return {**state, "params": params, "opt": opt}, loss
 
@@ -116,6 +176,13 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
       x, y = _gather(cur, buffers.sample_indices(k1, cur["count"], n))
       return x, y, jnp.full((n,), cur["count"] > 0, jnp.float32)
     mem = state["mem"]
+    if memory == "past":  # mem = earlier steps, cur = this update set
+      from_old, i = sample_old_new(k1, mem["count"], cur["count"], n, old_fraction)
+      xm, ym = _gather(mem, jnp.where(from_old, i, 0))
+      xc, yc = _gather(cur, jnp.where(from_old, 0, i))
+      sel = from_old.reshape((n,) + (1,) * (xm.ndim - 1))
+      return (jnp.where(sel, xm, xc), jnp.where(from_old, ym, yc),
+              jnp.full((n,), mem["count"] + cur["count"] > 0, jnp.float32))
     if memory == "all":  # current data was merged into memory before training
       x, y = _gather(mem, buffers.sample_indices(k1, mem["count"], n))
       return x, y, jnp.full((n,), mem["count"] > 0, jnp.float32)
@@ -163,6 +230,10 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
       n_data = state["mem"]["count"]
     else:
       n_data = state["cur"]["count"]
+    if iterations == "epochs":  # epochs over everything seen so far, this step included
+      n_seen = state["n_seen"] + state["cur"]["count"]
+      state = {**state, "n_seen": n_seen}
+      n_data = n_seen
     if reinit_each_step:
       state = {**state, "params": state["init_params"], "opt": tx.init(state["init_params"])}
     return state, n_data
@@ -188,6 +259,10 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
       valid = jnp.arange(cur["y"].shape[0]) < cur["count"]
       state = {**state, "mem": buffers.insert(state["mem"], cur["x"], cur["y"], valid, key,
                                               policy=memory)}
+    if memory == "past":  # the update set becomes old data
+      cur = state["cur"]
+      state = {**state, "mem": buffers.append(state["mem"], cur["x"], cur["y"],
+                                              jnp.arange(cur["y"].shape[0]) < cur["count"])}
     return {**state, "cur": buffers.clear(state["cur"])}
 
   prepare_j, chunk_j, finish_j = jax.jit(_prepare), jax.jit(_train_chunk), jax.jit(_finish)
@@ -201,7 +276,12 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
     state, n_data = prepare_j(state)
     default = math.ceil(epochs_per_step * int(n_data) / batch_size)
     budget = int(budget)
-    passes = budget if (respect_budget and budget >= 0) else default
+    if iterations == "budget":
+      passes = budget if (respect_budget and budget >= 0) else default
+    elif iterations == "epochs":
+      passes = default
+    else:
+      passes = int(iterations)
     total = 0.0
     for start in range(0, passes, chunk):
       state, loss = chunk_j(state, k_train, jnp.int32(start), jnp.int32(passes))
@@ -217,15 +297,89 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
   hp = dict(num_classes=num_classes, model=model, optimizer=optimizer, lr=lr,
             batch_size=batch_size, memory=memory, memory_size=memory_size, sampling=sampling,
             iters_per_batch=iters_per_batch, epochs_per_step=epochs_per_step,
-            reinit_each_step=reinit_each_step, respect_budget=respect_budget)
+            reinit_each_step=reinit_each_step, respect_budget=respect_budget,
+            momentum=momentum, weight_decay=weight_decay, old_fraction=old_fraction,
+            iterations=iterations, grow_head=grow_head, max_step_size=max_step_size)
   return Learner(name=name, init=init, update=jax.jit(update), predict=jax.jit(predict),
                  end_of_step=end_of_step, hparams=hp)
 
 
+def sample_old_new(key: jax.Array, n_old: jax.Array, n_new: jax.Array, n: int,
+                   old_fraction: float) -> tuple[jax.Array, jax.Array]:
+  """Käding et al.'s old/new mixing: where each of n training examples comes from.
+
+  Args:
+    key: PRNG key.
+    n_old, n_new: [] int, examples in the store of earlier data and in the update set.
+    n: examples to draw (static).
+    old_fraction: λ in [0, 1], the probability that an example comes from the earlier data.
+
+  Returns:
+    from_old [n] bool and index [n] int32 (into the old store where ``from_old``, into the update
+    set elsewhere), uniform with replacement within each source. With no old data every example
+    comes from the update set; with an empty update set, from the old data (so λ = 1 at the first
+    update trains on the new data rather than on nothing).
+  """
+  k_src, k_old, k_new = jax.random.split(key, 3)
+  from_old = jax.random.uniform(k_src, (n,)) < old_fraction
+  from_old = jnp.where(n_old <= 0, False, jnp.where(n_new <= 0, True, from_old))
+  i_old = buffers.sample_indices(k_old, n_old, n)
+  i_new = buffers.sample_indices(k_new, n_new, n)
+  return from_old, jnp.where(from_old, i_old, i_new).astype(jnp.int32)
+
+
+def add_past_data(state: dict, x: jax.Array, y: jax.Array) -> dict:
+  """Stores x [N, ...], y [N] int as earlier data of a ``memory="past"`` learner, without training.
+
+  For a base-initialisation set the network was already trained on (``init_params``): its
+  classes become seen and its examples old data for λ and for ``iterations="epochs"``.
+  """
+  if "mem" not in state:
+    raise ValueError("add_past_data needs a learner with a memory (memory='past')")
+  y = jnp.asarray(y, jnp.int32)
+  mask = jnp.ones(y.shape, bool)
+  mem = buffers.append(state["mem"], jnp.asarray(x), y, mask)
+  if int(mem["count"]) != int(state["mem"]["count"]) + int(y.shape[0]):
+    raise ValueError(f"add_past_data: the memory holds {buffers.capacity(state['mem'])} "
+                     "examples; raise stream_size")
+  out = {**state, "mem": mem,
+         "seen": state["seen"].at[y].set(True)}
+  if "n_seen" in state:
+    out["n_seen"] = state["n_seen"] + y.shape[0]
+  return out
+
+
+# The paper's configuration (Käding et al. 2016, Sec. 4): SGD lr 1e-3, momentum 0.9, L2 weight
+# decay 5e-4, mini-batches of 64; one epoch over all data seen so far per update; λ = 0.75 (their
+# finding: as good as λ = 1 while the new data is trained on at once).
+KADING_DEFAULTS = dict(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, batch_size=64,
+                       iterations="epochs", epochs_per_step=1.0, old_fraction=0.75,
+                       grow_head=True)
+
+
 @register("finetune")
-def finetune(*, num_classes: int, **kw) -> Learner:
-  """Naive fine-tuning: warm-started SGD on the current step's data only (forgets)."""
-  return sgd_learner("finetune", num_classes=num_classes, memory="none", **kw)
+def finetune(*, num_classes: int, old_fraction: Optional[float] = None, **kw) -> Learner:
+  """Fine-tuning, warm-started from the previous step.
+
+  Without ``old_fraction``: naive fine-tuning on the current step's data only (forgets). With
+  ``old_fraction=λ``: Käding et al.'s incremental fine-tuning, keeping all earlier data and
+  mixing it into every update with probability λ (``memory="past"``; needs ``stream_size``).
+  """
+  memory = "none" if old_fraction is None else "past"
+  return sgd_learner("finetune", num_classes=num_classes, memory=memory,
+                     old_fraction=old_fraction, **kw)
+
+
+@register("finetune_kading")
+def finetune_kading(*, num_classes: int, **kw) -> Learner:
+  """``finetune`` with the paper's settings as defaults (``KADING_DEFAULTS``; any overridable).
+
+  Meant to start from a base-initialised network (``init_params``; the runner passes it when
+  ``config.base_init.classes`` > 0).
+  """
+  for k, v in KADING_DEFAULTS.items():
+    kw.setdefault(k, v)
+  return finetune(num_classes=num_classes, **kw)
 
 
 @register("er")
@@ -248,5 +402,6 @@ def offline(*, num_classes: int, epochs_per_step: float = 5.0, **kw) -> Learner:
 _SHARED = [p for p in inspect.signature(sgd_learner).parameters
            if p not in ("name", "memory", "num_classes")]
 finetune.valid_hparams = ["num_classes", *_SHARED]
+finetune_kading.valid_hparams = ["num_classes", *_SHARED]
 er.valid_hparams = ["num_classes", "buffer", *_SHARED]
 offline.valid_hparams = ["num_classes", *_SHARED]

@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.stream = ml_collections.ConfigDict(dict(
       ordering="class_incremental", classes_per_step=2, num_steps=5, label_rate=1.0,
-      batch_size=32, seed=-1, max_examples_per_step=0))
+      batch_size=32, seed=-1, max_examples_per_step=0, label_noise=0.0))
   # Comma-separated run names; a run name is a learner name, or any name whose hparams entry
   # has a 'learner' key (e.g. er_cb with hparams.er_cb.learner='er', buffer='class_balanced').
   c.learners = "finetune,er,offline"
@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_devices = 0
   c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
   c.plots = True
+  # Base initialisation: train config.model on the first `classes` classes (step 0 of the
+  # stream), then give learners its parameters (init_params) or its frozen features (backbone).
+  c.base_init = ml_collections.ConfigDict(dict(classes=0, epochs=5.0, lr=1e-3, batch_size=64))
   return c
 
 
@@ -79,13 +82,17 @@ def learner_of(config, run_name: str) -> str:
   return hp.get("learner", run_name) if hp is not None else run_name
 
 
-def build_learner(config, run_name: str, stream) -> learners_lib.Learner:
+def build_learner(config, run_name: str, stream, base=None) -> learners_lib.Learner:
   lname = learner_of(config, run_name)
   hp = dict(config.hparams.get(run_name, {}) or {})
   hp.pop("learner", None)
   hp = {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v) for k, v in hp.items()}
   accepted = set(learners_lib.hparam_names(lname))
   defaults = {"model": config.model, "batch_size": config.budget.batch_size}
+  if base is not None:
+    params = base.params
+    defaults["init_params"] = params
+    defaults["backbone"] = lambda x: base.features(params, x)
   for k, v in defaults.items():
     if k in accepted:
       hp.setdefault(k, v)
@@ -111,7 +118,41 @@ def make_stream(config):
   return data_lib.make_stream(
       ds, s.ordering, classes_per_step=int(s.classes_per_step), num_steps=int(s.num_steps),
       label_rate=float(s.label_rate), seed=int(config.seed if s.seed < 0 else s.seed),
-      max_examples_per_step=int(s.max_examples_per_step) or None)
+      max_examples_per_step=int(s.max_examples_per_step) or None,
+      first_step_classes=int(config.base_init.classes), label_noise=float(s.label_noise))
+
+
+def base_model(config, stream, workdir: str, log=runner.default_log):
+  """The base-initialised model (trained on step 0), or None when base_init.classes is 0.
+
+  Saved under WORKDIR/base_init; a later run (or --resume) in the same workdir loads it.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from cljax.learners import _common  # pylint: disable=import-outside-toplevel
+  from cljax.train import pretrain  # pylint: disable=import-outside-toplevel
+  b = config.base_init
+  if int(b.classes) <= 0:
+    return None
+  src = stream.dataset.train
+  idx = stream.steps[0][stream.labeled[0]]
+  x, y = src.batch(idx), stream.labels[0][stream.labeled[0]]
+  key = jax.random.fold_in(jax.random.key(int(config.seed)), 7)
+  path = os.path.join(workdir, "base_init")
+  if os.path.isdir(path):
+    pm = _common.pure_model(config.model, x.shape[1:], stream.dataset.num_classes, key)
+    pm = pm._replace(params=pretrain.load_params(path, pm.params))
+    log(f"[base_init] loaded {path}")
+  else:
+    pm = pretrain.train_classifier(config.model, x, y, stream.dataset.num_classes, key=key,
+                                   epochs=float(b.epochs), lr=float(b.lr),
+                                   batch_size=int(b.batch_size), log=log)
+    pretrain.save_params(path, pm.params)
+  test = np.concatenate([stream.test_index[0]])
+  acc = pretrain.accuracy(pm, stream.dataset.test.batch(test), stream.dataset.test.y[test])
+  log(f"[base_init] {config.model} on {len(idx)} examples of classes "
+      f"{stream.tasks[0].tolist()}: test accuracy {acc:.4f} on those classes")
+  return pm
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool = False,
@@ -125,8 +166,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool
   results = {"config": config.to_dict(), "stream": stream.describe(), "runs": {}}
   path = os.path.join(workdir, "results.json")
   t0 = time.perf_counter()
+  base = base_model(config, stream, workdir, log)
+  if base is not None:
+    results["base_init"] = {"classes": stream.tasks[0].tolist(), "model": config.model}
   for name in run_names(config):
-    learner = build_learner(config, name, stream)
+    learner = build_learner(config, name, stream, base)
     results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
                                                resume=resume, log=log)
     runner.add_omega(results["runs"])

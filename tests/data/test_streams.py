@@ -119,3 +119,22 @@ def test_batches_are_fixed_size_and_resume_exactly(digits):
   assert {b["x"].shape for b in allb} == {(64, 8, 8, 1)}
   assert sum(int(b["valid"].sum()) for b in allb) == len(digits.train)
   assert sum(bool(b["last_in_step"]) for b in allb) == 2
+
+
+def test_first_step_classes_and_label_noise(digits):
+  s = data.make_stream(digits, "class_incremental", classes_per_step=2, first_step_classes=4,
+                       label_noise=0.2, seed=0)
+  assert [len(t) for t in s.tasks] == [4, 2, 2, 2]
+  for idx, ys in zip(s.steps, s.labels):
+    true = digits.train.y[idx]
+    wrong = true != ys
+    # exactly the requested fraction carries another class's input under the kept label
+    assert wrong.sum() == round(0.2 * len(idx))
+  clean = data.make_stream(digits, "class_incremental", classes_per_step=2, first_step_classes=4,
+                           seed=0)
+  for idx, ys in zip(clean.steps, clean.labels):
+    np.testing.assert_array_equal(digits.train.y[idx], ys)
+  # the labels, not the inputs, follow the step's classes
+  assert set(np.unique(s.labels[1])) == set(s.tasks[1].tolist())
+  b = next(iter(data.batches(s, 16)))
+  np.testing.assert_array_equal(b["y"], s.labels[0][:16])

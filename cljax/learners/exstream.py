@@ -1,0 +1,285 @@
+"""ExStream: streaming learning from a buffer of merged per-class centroids (Hayes et al. 2019).
+
+A classifier head on feature vectors (``batch["x"]`` [B, d] directly, or the output of an optional
+frozen ``backbone`` applied inside jit) is trained by rehearsal from a fixed-capacity buffer of c
+items per class (``cljax.ops.stream_buffers``: ``exstream`` by default; ``reservoir``, ``queue``
+and ``kmeans`` are the baselines of the paper, at equal memory K*c items).
+
+Replay modes:
+
+* ``full_epoch`` (the reference): after every new example is inserted, one epoch over the whole
+  buffer in shuffled mini-batches of ``batch_size``. As in the reference, the epoch has
+  ceil(N / batch_size) mini-batches over the N filled slots, all of exactly ``batch_size`` items
+  (the last one overlaps the previous; a single batch of N items when N < batch_size), and no
+  training happens while the buffer holds at most one item. Shapes stay fixed: the filled slots are
+  shuffled to the front of the K*c slots and the dynamic number of mini-batches runs in a while
+  loop, with a row mask when N < batch_size. ``epoch_per="batch"`` inserts the whole incoming
+  batch first and runs one epoch per update instead (cheaper; not the reference).
+* ``sampled``: one SGD step per update on the incoming labelled rows plus ``replay_size`` buffer
+  items drawn uniformly without replacement from the filled slots (before the batch is inserted, so
+  the step does not see the new rows twice); then the batch is inserted.
+* ``none``: fine-tuning: one step per update on the incoming rows only; the buffer is not used.
+
+Centroids are replayed as ordinary samples with unweighted cross-entropy, like the reference; with
+``weighted_loss=True`` each item's loss is weighted by its buffer weight (examples it summarises).
+
+Heads: ``mlp`` = the reference MLP (:class:`cljax.models.heads.ExStreamMLP`), Adam lr 2e-3, batch
+100; ``linear`` = a linear layer, SGD lr 0.01, momentum 0.9, weight decay 1e-4 (added to the
+gradient, PyTorch-style). Features are L2-normalised before buffering (the reference normalises
+its data set up front), so merges average unit vectors and the head trains on the merged centroid as
+stored.
+
+``passes`` counts SGD mini-batch steps (forward-backward passes of one training batch).
+Rows with ``valid`` False are ignored; rows with ``labeled`` False are neither trained on nor
+inserted (ExStream needs a label to choose the class buffer).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from cljax.learner import Learner, register
+from cljax.models import heads
+from cljax.ops import stream_buffers
+
+_REPLAYS = ("full_epoch", "sampled", "none")
+_HEADS = ("mlp", "linear")
+
+
+@register("exstream")
+def exstream(num_classes: int,
+             capacity: int = 8,
+             buffer: str = "exstream",
+             replay: str = "full_epoch",
+             head: str = "mlp",
+             batch_size: int = 100,
+             replay_size: int = 99,
+             epoch_per: str = "example",
+             lr: Optional[float] = None,
+             weight_decay: Optional[float] = None,
+             weighted_loss: bool = False,
+             hidden: Sequence[int] = (350, 300),
+             dropout: float = 0.25,
+             l2_normalize: bool = True,
+             backbone: Optional[Callable[[jax.Array], jax.Array]] = None,
+             donate: bool = False) -> Learner:
+  """Builds the ExStream learner.
+
+  Args:
+    num_classes: K, the fixed number of output classes.
+    capacity: c, buffer items per class (total memory K*c items for every buffer kind).
+    buffer: ``exstream`` | ``reservoir`` | ``queue`` | ``kmeans``.
+    replay: ``full_epoch`` (reference) | ``sampled`` | ``none`` (fine-tuning baseline).
+    head: ``mlp`` (reference MLP, Adam) | ``linear`` (SGD with momentum).
+    batch_size: mini-batch size of the full-epoch replay (reference 100).
+    replay_size: r, buffer items per step in ``sampled`` mode (default 99: one new example plus r
+      makes the reference batch of 100).
+    epoch_per: ``example`` (reference: an epoch after every inserted example) or ``batch``
+      (one epoch after inserting the whole update batch).
+    lr: learning rate; default 2e-3 (mlp) or 0.01 (linear).
+    weight_decay: default 0 (mlp, as the reference) or 1e-4 (linear).
+    weighted_loss: weight each buffer item's loss by its buffer weight.
+    hidden: MLP hidden widths (reference (350, 300)).
+    dropout: MLP dropout rate (reference 0.25).
+    l2_normalize: L2-normalise features before buffering and prediction.
+    backbone: optional frozen feature extractor ``x -> [B, d]``, called inside jit under
+      ``stop_gradient``.
+    donate: donate the state to ``update`` (the caller must not reuse the old state). Saves the
+      copy of the whole buffer per update in ``full_epoch`` mode; in ``sampled`` mode XLA (jax 0.10,
+      CPU) schedules the replay gather after the in-place insert and copies the buffer twice, so
+      donation is slower there (measured; see notes/exstream.md).
+  """
+  if buffer not in stream_buffers.names():
+    raise ValueError(f"unknown buffer {buffer!r}; valid: {stream_buffers.names()}")
+  if replay not in _REPLAYS:
+    raise ValueError(f"unknown replay {replay!r}; valid: {list(_REPLAYS)}")
+  if head not in _HEADS:
+    raise ValueError(f"unknown head {head!r}; valid: {list(_HEADS)}")
+  if epoch_per not in ("example", "batch"):
+    raise ValueError(f"epoch_per must be 'example' or 'batch', got {epoch_per!r}")
+  k = num_classes
+  buf = stream_buffers.get(buffer)
+  bs = batch_size
+  if head == "mlp":
+    lr = 2e-3 if lr is None else lr
+    weight_decay = 0.0 if weight_decay is None else weight_decay
+    tx = optax.adam(lr)
+  else:
+    lr = 0.01 if lr is None else lr
+    weight_decay = 1e-4 if weight_decay is None else weight_decay
+    tx = optax.sgd(lr, momentum=0.9)
+  if weight_decay:
+    # PyTorch's weight_decay: added to the gradient before the optimiser's own transform.
+    tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+
+  def features(x):
+    f = x if backbone is None else jax.lax.stop_gradient(backbone(x))
+    f = f.reshape(f.shape[0], -1).astype(jnp.float32)
+    return heads.l2_normalize(f) if l2_normalize else f
+
+  def make_head(d, rngs):
+    if head == "mlp":
+      return heads.ExStreamMLP(d, k, hidden=tuple(hidden), dropout=dropout, l2_normalize=False,
+                               rngs=rngs)
+    return heads.LinearHead(d, k, l2_normalize=False, rngs=rngs)
+
+  @functools.lru_cache(maxsize=None)
+  def graphdef(d):
+    # Static structure only; built abstractly so tracing allocates nothing.
+    return nnx.split(nnx.eval_shape(lambda: make_head(d, nnx.Rngs(0))), nnx.Param,
+                     nnx.BatchStat)[0]
+
+  @jax.jit
+  def init_from_x(key, x):
+    # One compiled function: building the head op by op outside jit costs seconds of dispatch.
+    f = features(x)
+    d = f.shape[-1]
+    k_model, k_buf = jax.random.split(key)
+    _, params, stats = nnx.split(make_head(d, nnx.Rngs(k_model)), nnx.Param, nnx.BatchStat)
+    return {
+        "params": params,
+        "batch_stats": stats,
+        "opt": tx.init(params),
+        "buffer": buf.init(k, capacity, d, k_buf),
+        "seen": jnp.zeros((), jnp.int32),
+    }
+
+  def init(key, example_batch):
+    """State for inputs shaped like ``example_batch["x"]`` [B, ...]; ``key`` seeds the head."""
+    return init_from_x(key, jnp.asarray(example_batch["x"]))
+
+  def sgd_step(gd, params, stats, opt, x, y, w, m, key):
+    """One step on rows ``x`` [n, d], ``y`` [n], weights ``w`` [n], mask ``m`` [n]."""
+
+    def loss_fn(p):
+      model = nnx.merge(gd, p, stats, copy=True)
+      logits = model(x, train=True, mask=m, dropout_key=key)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      wt = m.astype(jnp.float32) * (w if weighted_loss else 1.0)
+      loss = jnp.sum(ce * wt) / jnp.maximum(jnp.sum(wt), 1e-12)
+      return loss, nnx.state(model, nnx.BatchStat)
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), new_stats, opt, loss
+
+  def filled_first(bm, key):
+    """A random order of the K*c slots with the filled ones (in random order) first."""
+    # One sort of random 31-bit keys (empty slots keyed above every filled one); ties between
+    # filled slots have probability ~(K*c)^2 / 2^32, and a permutation would cost several sorts.
+    bits = jax.lax.shift_right_logical(jax.random.bits(key, bm.shape, jnp.uint32), jnp.uint32(1))
+    return jnp.argsort(jnp.where(bm, bits, jnp.uint32(0xFFFFFFFF))).astype(jnp.int32)
+
+  def epoch(gd, model_state, buffer_state, key, do):
+    """One reference epoch over the buffer if ``do``; returns (model_state, passes, loss_sum)."""
+    bx, by, bw, bm = buf.contents(buffer_state)
+    n = jnp.sum(bm).astype(jnp.int32)
+    k_perm, k_drop = jax.random.split(key)
+    order = jnp.concatenate([filled_first(bm, k_perm), jnp.zeros((bs,), jnp.int32)])
+    n_batches = jnp.where(do & (n > 1), (n + bs - 1) // bs, 0)
+
+    def body(t, carry):
+      params, stats, opt, loss_sum = carry
+      start = jnp.minimum(t * bs, jnp.maximum(n - bs, 0))
+      idx = jax.lax.dynamic_slice(order, (start,), (bs,))
+      rows = start + jnp.arange(bs) < n
+      params, stats, opt, loss = sgd_step(gd, params, stats, opt, bx[idx], by[idx], bw[idx], rows,
+                                          jax.random.fold_in(k_drop, t))
+      return params, stats, opt, loss_sum + loss
+
+    params, stats, opt, loss_sum = jax.lax.fori_loop(0, n_batches, body,
+                                                     (*model_state, jnp.float32(0)))
+    return (params, stats, opt), n_batches, loss_sum
+
+  def update(state, batch, key):
+    f = features(batch["x"])
+    gd = graphdef(f.shape[-1])
+    act = batch["valid"].astype(bool) & batch["labeled"].astype(bool)
+    y = jnp.where(act, batch["y"].astype(jnp.int32), 0)
+    model_state = (state["params"], state["batch_stats"], state["opt"])
+    buffer_state = state["buffer"]
+
+    if replay == "full_epoch" and epoch_per == "example":
+
+      def row(carry, inp):
+        model_state, buffer_state = carry
+        x_r, y_r, a_r, k_r = inp
+        buffer_state = buf.insert(buffer_state, x_r[None], y_r[None], a_r[None])
+        model_state, nb, ls = epoch(gd, model_state, buffer_state, k_r, a_r)
+        return (model_state, buffer_state), (nb, ls)
+
+      keys = jax.random.split(key, y.shape[0])
+      (model_state, buffer_state), (nbs, losses) = jax.lax.scan(
+          row, (model_state, buffer_state), (f, y, act, keys))
+      passes, loss_sum = jnp.sum(nbs), jnp.sum(losses)
+    elif replay == "full_epoch":
+      buffer_state = buf.insert(buffer_state, f, y, act)
+      model_state, passes, loss_sum = epoch(gd, model_state, buffer_state, key, jnp.any(act))
+    else:
+      r = replay_size if replay == "sampled" else 0
+      k_sel, k_drop = jax.random.split(key)
+      if r > 0:
+        bx, by, bw, bm = buf.contents(buffer_state)
+        # The r largest of iid uniforms over the filled slots: a uniform r-subset, in O(K*c)
+        # rather than the full sort a permutation costs.
+        scores = jnp.where(bm, jax.random.uniform(k_sel, bm.shape), -1.0)
+        if r > bm.shape[0]:
+          scores = jnp.concatenate([scores, jnp.full((r - bm.shape[0],), -1.0)])
+        order = jax.lax.top_k(scores, r)[1]
+        order = jnp.minimum(order, bm.shape[0] - 1)
+        n = jnp.sum(bm)
+        x_tr = jnp.concatenate([f, bx[order]])
+        y_tr = jnp.concatenate([y, by[order]])
+        w_tr = jnp.concatenate([jnp.ones(y.shape, jnp.float32), bw[order]])
+        m_tr = jnp.concatenate([act, jnp.arange(r) < n])
+      else:
+        x_tr, y_tr, w_tr, m_tr = f, y, jnp.ones(y.shape, jnp.float32), act
+      do = jnp.any(m_tr)
+
+      def step(ms):
+        params, stats, opt, loss = sgd_step(gd, *ms, x_tr, y_tr, w_tr, m_tr, k_drop)
+        return (params, stats, opt), loss
+
+      model_state, loss_sum = jax.lax.cond(do, step, lambda ms: (ms, jnp.float32(0)),
+                                           model_state)
+      passes = do.astype(jnp.int32)
+      if replay == "sampled":
+        buffer_state = buf.insert(buffer_state, f, y, act)
+
+    params, stats, opt = model_state
+    _, _, _, bm = buf.contents(buffer_state)
+    new_state = {
+        "params": params,
+        "batch_stats": stats,
+        "opt": opt,
+        "buffer": buffer_state,
+        "seen": state["seen"] + jnp.sum(act).astype(jnp.int32),
+    }
+    metrics = {
+        "passes": passes.astype(jnp.float32),
+        "loss": loss_sum / jnp.maximum(passes, 1).astype(jnp.float32),
+        "buffer_items": jnp.sum(bm).astype(jnp.int32),
+    }
+    return new_state, metrics
+
+  def predict(state, x):
+    f = features(x)
+    model = nnx.merge(graphdef(f.shape[-1]), state["params"], state["batch_stats"])
+    return model(f, train=False)
+
+  hparams = dict(num_classes=num_classes, capacity=capacity, buffer=buffer, replay=replay,
+                 head=head, batch_size=batch_size, replay_size=replay_size, epoch_per=epoch_per,
+                 lr=lr, weight_decay=weight_decay, weighted_loss=weighted_loss,
+                 hidden=tuple(hidden), dropout=dropout, l2_normalize=l2_normalize, donate=donate,
+                 backbone=None if backbone is None else getattr(backbone, "__name__",
+                                                                 repr(backbone)))
+  return Learner(name="exstream", init=init,
+                 update=jax.jit(update, donate_argnums=(0,) if donate else ()),
+                 predict=jax.jit(predict),
+                 end_of_step=None, hparams=hparams)

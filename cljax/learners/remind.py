@@ -1,0 +1,347 @@
+"""REMIND (Hayes, Kafle, Shrestha, Acharya, Kanan, ECCV 2020; tyler-hayes/REMIND), ALGORITHMS.md §2.
+
+A frozen network G (ResNet-18 up to layer4.0) maps an image to a feature map [H, W, D] (7 x 7 x 512
+at 224 px). Every D-vector is product-quantized with a fixed codebook; a class-balanced buffer keeps
+the uint8 codes [H, W, M] of past examples. The plastic head F (layer4.1 + pool + fc) only ever sees
+*decoded* features. One SGD step per incoming example (``new_per_step`` = 1):
+
+1. encode the new feature map; draw 2r distinct replay items from the buffer (r = ``replay_size``);
+2. decode all 1 + 2r maps; an independent random resized crop of each map;
+3. manifold mixup of the two replay halves with one lam ~ Beta(alpha, alpha); the new example is
+   not mixed; loss = mean over the r + 1 rows of lam * CE(y_a) + (1 - lam) * CE(y_b) (lam = 1 on
+   the new row);
+4. one SGD step on F (torch semantics: g += wd * p; m = momentum * m + g; p -= lr * m) with F's
+   batch norm in train mode;
+5. insert the new codes, evicting a random item of the largest class when full.
+
+With ``new_per_step`` = b > 1 a step takes b new rows plus r mixed replay rows (b + r rows, 2r
+replay items drawn), then inserts the b new items in order.
+
+Learning rate (explicit per-class restart; the reference got it from an old PyTorch scheduler by
+accident): an example of class y that is the n-th (0-based) example of y trained on is given
+lr0 * gamma ** floor(n / lr_step), with lr0 = 0.1, gamma = 0.01 ** (1 / 13), lr_step = 100 (0.001
+after 1,300 examples; it keeps decaying beyond, as in the reference). A step's lr is the mean of its
+new rows' lrs (exactly the reference's rule when b = 1).
+
+Batches: ``x`` is G's output [B, H, W, D] float32, or raw inputs when ``g_fn`` (x -> features,
+traced inside jit) is given; ``y`` [B] int32; only rows with ``valid`` and ``labeled`` are trained
+on and inserted (REMIND is supervised). ``update`` runs B / b steps in a lax.scan (B must be a
+multiple of b); a step without any usable row is skipped entirely. ``predict`` encodes and decodes
+x, then runs F in eval mode.
+
+Replay before the buffer is full enough: while 0 < count < 2r, the rows beyond ``count`` are drawn
+with replacement (``code_buffer.sample``) and all are used; while the buffer is empty, replay rows
+get zero weight in the loss and in F's batch statistics (when F accepts a ``mask``, as
+``cljax.models.resnet.ResNetHead`` does). The reference instead trains on uninitialised rows there.
+
+``passes``: 1.0 per SGD step; a step is one forward-backward pass of F over b + r rows, REMIND's own
+training batch. G's forward pass on the new examples is not counted (features are usually
+pre-extracted; with ``g_fn`` it is one inference pass per incoming example).
+
+The learner state is a dict of arrays: F's ``params`` and ``batch_stats`` and SGD ``momentum``
+(pure nested dicts with string keys, so checkpoints restore without a target tree), the ``buffer``
+(``cljax.ops.code_buffer.CodeBuffer``), ``class_seen`` [K] int32 (examples trained per class, for
+the lr), the ``codebook`` [M, C, D / M] and ``steps`` (SGD steps taken).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Optional
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax.learner import Learner, register
+from cljax.models import resnet
+from cljax.ops import code_buffer
+from cljax.ops import feature_aug
+from cljax.ops import pq
+
+
+def per_class_lr(class_seen: jax.Array, labels: jax.Array, use: jax.Array, lr0: float, gamma: float,
+                 lr_step: int) -> tuple[jax.Array, jax.Array]:
+  """Per-row learning rates under REMIND's per-class step schedule, rows taken in order.
+
+  Args:
+    class_seen: [K] int32 examples of each class trained on so far.
+    labels: [b] int32; use: [b] bool (rows that count).
+    lr0, gamma, lr_step: lr of the n-th example of a class is lr0 * gamma ** floor(n / lr_step).
+
+  Returns:
+    (lr [b] float32 (rows with use False get the value they would have), class_seen after the rows).
+  """
+  k = class_seen.shape[0]
+  onehot = jax.nn.one_hot(labels, k, dtype=jnp.int32) * use[:, None].astype(jnp.int32)  # [b, K]
+  earlier = jnp.cumsum(onehot, axis=0) - onehot  # same-class rows before each row in this batch
+  n = class_seen[labels] + jnp.take_along_axis(earlier, labels[:, None], axis=1)[:, 0]
+  lr = lr0 * jnp.power(jnp.float32(gamma), jnp.floor(n / lr_step).astype(jnp.float32))
+  return lr.astype(jnp.float32), class_seen + onehot.sum(0)
+
+
+def _str_keys(tree):
+  # nnx list indices are int keys; strings let a checkpoint restore without a target tree.
+  if isinstance(tree, dict):
+    return {str(k): _str_keys(v) for k, v in tree.items()}
+  return tree
+
+
+def _int_keys(tree):
+  # NNX attribute names are identifiers, so an all-digit key can only be a list index.
+  if isinstance(tree, dict):
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
+            for k, v in tree.items()}
+  return tree
+
+
+class _Head:
+  """F as pure functions over (params, batch_stats) pure dicts."""
+
+  def __init__(self, f_module=None, f_graphdef=None, f_state=None, matmul_conv_grad=False):
+    if f_module is None:
+      if f_graphdef is None or f_state is None:
+        raise ValueError("remind needs F: f_module, or f_graphdef and f_state")
+    else:
+      f_graphdef, f_state = nnx.split(f_module)
+    # A private copy: switching the convolution hook must not touch the caller's module.
+    f_module = nnx.merge(f_graphdef, f_state, copy=True)
+    if matmul_conv_grad:
+      resnet.use_matmul_kernel_grad(f_module)
+    self.graphdef, params, stats, self.rest = nnx.split(f_module, nnx.Param, nnx.BatchStat, ...)
+    self.params = _str_keys(nnx.to_pure_dict(params))
+    self.stats = _str_keys(nnx.to_pure_dict(stats))
+    self.takes_mask = "mask" in inspect.signature(type(f_module).__call__).parameters
+
+  def apply(self, params, stats, x, train: bool, mask=None):
+    """(logits [N, K], new batch_stats); mask [N] bool rows for batch statistics (train mode)."""
+    m = nnx.merge(self.graphdef, _int_keys(params), _int_keys(stats), self.rest, copy=True)
+    kw = {"mask": mask} if (self.takes_mask and mask is not None) else {}
+    out = m(x, use_running_average=not train, **kw)
+    return out, _str_keys(nnx.to_pure_dict(nnx.state(m, nnx.BatchStat)))
+
+
+@register("remind")
+def remind(num_classes: int,
+           codebook: Any,
+           f_module: Optional[nnx.Module] = None,
+           f_graphdef: Any = None,
+           f_state: Any = None,
+           buffer_capacity: int = 10_000,
+           replay_size: int = 50,
+           mixup_alpha: float = 0.1,
+           lr0: float = 0.1,
+           lr_gamma: float = 0.01 ** (1 / 13),
+           lr_step: int = 100,
+           momentum: float = 0.9,
+           weight_decay: float = 1e-5,
+           new_per_step: int = 1,
+           random_crop: bool = True,
+           crop_scale: tuple = (2 / 7, 1.0),
+           crop_ratio: tuple = (3 / 4, 4 / 3),
+           g_fn: Optional[Callable] = None,
+           base_features: Any = None,
+           base_labels: Any = None,
+           matmul_conv_grad: Optional[bool] = None) -> Learner:
+  """Builds the REMIND learner (see module docstring).
+
+  Args:
+    num_classes: K, F's output size.
+    codebook: [M, C, D / M] PQ codebook (``cljax.ops.pq.train`` on base-init features); fixed.
+    f_module: F, an NNX module whose ``__call__(x, use_running_average=..., [mask=...])`` maps
+      [N, H, W, D] to logits [N, K] (e.g. ``resnet.split_model(model, "layer4.0")[1]``); or give
+      ``f_graphdef`` and ``f_state`` from ``nnx.split``. Its current variables are the start.
+    buffer_capacity: items the buffer holds (REMIND ImageNet: 959,665; see
+      ``pq.capacity_for_bytes``).
+    replay_size: r, mixed replay rows per step (2r items drawn); 0 gives plain fine-tuning of F
+      on the (quantized, cropped) new examples: the no-replay baseline.
+    mixup_alpha: Beta(alpha, alpha) for mixup; <= 0 disables mixing (lam = 1).
+    lr0, lr_gamma, lr_step: per-class step schedule (module docstring).
+    momentum, weight_decay: SGD, torch semantics (decay added to the gradient before momentum).
+    new_per_step: b, new examples per SGD step.
+    random_crop, crop_scale, crop_ratio: random resized crop of every decoded map.
+    g_fn: optional jittable x -> features [B, H, W, D] applied to ``batch["x"]`` and to ``predict``'s
+      input (e.g. G's pure function in eval mode).
+    base_features, base_labels: optional base-init set ([N, H, W, D] features, [N] labels) inserted
+      into the buffer by ``init`` (see ``fill_buffer``).
+    matmul_conv_grad: compute F's convolution kernel gradients as matmuls
+      (``resnet.conv_matmul_kernel_grad``; same values up to rounding). XLA:CPU runs the plain
+      kernel-gradient convolution about 10x slower inside the step scan. Default: on for the CPU
+      backend.
+  """
+  if matmul_conv_grad is None:
+    matmul_conv_grad = jax.default_backend() == "cpu"
+  head = _Head(f_module, f_graphdef, f_state, matmul_conv_grad)
+  codebook = jnp.asarray(codebook, jnp.float32)
+  m_sub, _, ds = codebook.shape
+  r, b = int(replay_size), int(new_per_step)
+  if r < 0 or b < 1:
+    raise ValueError(f"need replay_size >= 0 and new_per_step >= 1, got {r}, {b}")
+  hparams = dict(num_classes=num_classes, codebook_shape=tuple(codebook.shape),
+                 buffer_capacity=buffer_capacity, replay_size=r, mixup_alpha=mixup_alpha, lr0=lr0,
+                 lr_gamma=lr_gamma, lr_step=lr_step, momentum=momentum, weight_decay=weight_decay,
+                 new_per_step=b, random_crop=random_crop, crop_scale=tuple(crop_scale),
+                 crop_ratio=tuple(crop_ratio), g=g_fn is not None,
+                 matmul_conv_grad=bool(matmul_conv_grad))
+
+  def features(x):
+    feats = g_fn(x) if g_fn is not None else x
+    if feats.ndim != 4 or feats.shape[-1] != m_sub * ds:
+      raise ValueError(f"features must be [B, H, W, {m_sub * ds}] for a codebook of shape "
+                       f"{tuple(codebook.shape)}, got {feats.shape}")
+    return feats.astype(jnp.float32)
+
+  def quantize(cb, feats):
+    n, h, w, d = feats.shape
+    return pq.encode(cb, feats.reshape(n * h * w, d), batch_size=None).reshape(n, h, w, m_sub)
+
+  def dequantize(cb, codes):
+    n, h, w, _ = codes.shape
+    return pq.decode(cb, codes.reshape(n * h * w, m_sub)).reshape(n, h, w, m_sub * ds)
+
+  def init(key, example_batch):
+    feats = jax.eval_shape(features, example_batch["x"])
+    _, h, w, _ = feats.shape
+    out = jax.eval_shape(lambda x: head.apply(head.params, head.stats, x, False)[0], feats)
+    if out.shape[-1] != num_classes:
+      raise ValueError(f"F outputs {out.shape[-1]} classes, num_classes is {num_classes}")
+    # Copies (jnp.array), never aliases: update donates the state, which must not delete the
+    # caller's module variables or the codebook this factory closes over.
+    params = jax.tree.map(jnp.array, head.params)
+    state = {
+        "params": params,
+        "batch_stats": jax.tree.map(jnp.array, head.stats),
+        "momentum": jax.tree.map(jnp.zeros_like, params),
+        "buffer": code_buffer.create(buffer_capacity, (h, w, m_sub), num_classes),
+        "class_seen": jnp.zeros((num_classes,), jnp.int32),
+        "codebook": jnp.array(codebook),
+        "steps": jnp.zeros((), jnp.int32),
+    }
+    if base_features is not None:
+      state = fill_buffer(state, base_features, base_labels, key)
+    return state
+
+  def sgd_step(small, buf, cb, new_codes, y, use, key):
+    params, stats, mom, class_seen = small
+    k_sample, k_crop, k_mix = jax.random.split(key, 3)
+    if r > 0:
+      idx, _ = code_buffer.sample(buf, k_sample, 2 * r)
+      replay_codes, replay_y = code_buffer.gather(buf, idx)
+      codes = jnp.concatenate([new_codes, replay_codes])
+    else:
+      codes = new_codes
+    x = dequantize(cb, codes)  # [b + 2r, H, W, D]
+    if random_crop:
+      x = feature_aug.random_resized_crop(k_crop, x, tuple(crop_scale), tuple(crop_ratio))
+    use_f = use.astype(jnp.float32)
+    if r > 0:
+      mixed, lam = feature_aug.mixup(k_mix, x[b:b + r], x[b + r:], mixup_alpha)
+      x = jnp.concatenate([x[:b], mixed])
+      ya = jnp.concatenate([y, replay_y[:r]])
+      yb = jnp.concatenate([y, replay_y[r:]])
+      lam_rows = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.full((r,), lam)])
+      weight = jnp.concatenate([use_f, jnp.full((r,), (buf.count > 0).astype(jnp.float32))])
+    else:
+      ya = yb = y
+      lam_rows = jnp.ones((b,), jnp.float32)
+      weight = use_f
+    lr_rows, class_seen = per_class_lr(class_seen, y, use, lr0, lr_gamma, lr_step)
+    lr = jnp.sum(lr_rows * use_f) / jnp.maximum(jnp.sum(use_f), 1.0)
+
+    def loss_fn(p):
+      logits, new_stats = head.apply(p, stats, x, True, mask=weight > 0)
+      logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+      ce_a = -jnp.take_along_axis(logp, jnp.clip(ya, 0)[:, None], axis=1)[:, 0]
+      ce_b = -jnp.take_along_axis(logp, jnp.clip(yb, 0)[:, None], axis=1)[:, 0]
+      rows = lam_rows * ce_a + (1.0 - lam_rows) * ce_b
+      return jnp.sum(weight * rows) / jnp.maximum(jnp.sum(weight), 1.0), new_stats
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    mom = jax.tree.map(lambda m, g, p: momentum * m + g + weight_decay * p, mom, grads, params)
+    params = jax.tree.map(lambda p, m: p - lr * m, params, mom)
+    return (params, stats, mom, class_seen), loss
+
+  def update(state, batch, key):
+    feats = features(batch["x"])
+    n_rows = feats.shape[0]
+    if n_rows % b:
+      raise ValueError(f"batch size {n_rows} is not a multiple of new_per_step={b}")
+    use = batch["valid"].astype(bool)
+    if "labeled" in batch:
+      use = use & batch["labeled"].astype(bool)
+    steps = n_rows // b
+    xs = feats.reshape(steps, b, *feats.shape[1:])
+    ys = batch["y"].astype(jnp.int32).reshape(steps, b)
+    us = use.reshape(steps, b)
+    keys = jax.random.split(key, steps)
+    cb = state["codebook"]
+
+    def body(st, inp):
+      x, y, u, k = inp
+      k_step, k_insert = jax.random.split(k)
+      new_codes = quantize(cb, x)
+      small = (st["params"], st["batch_stats"], st["momentum"], st["class_seen"])
+      taken = jnp.any(u)
+      # The cond carries only F's variables: the buffer is read inside and updated outside, so a
+      # skipped step never copies it.
+      small, loss = jax.lax.cond(
+          taken, lambda s: sgd_step(s, st["buffer"], cb, new_codes, y, u, k_step),
+          lambda s: (s, jnp.zeros((), jnp.float32)), small)
+      buf = code_buffer.insert_batch(st["buffer"], new_codes, y, k_insert, u)
+      st = dict(st, params=small[0], batch_stats=small[1], momentum=small[2], class_seen=small[3],
+                buffer=buf, steps=st["steps"] + taken.astype(jnp.int32))
+      return st, (loss, taken)
+
+    state, (losses, taken) = jax.lax.scan(body, state, (xs, ys, us, keys))
+    passes = jnp.sum(taken).astype(jnp.float32)
+    return state, {"passes": passes, "loss": jnp.sum(losses) / jnp.maximum(passes, 1.0),
+                   "buffer_count": state["buffer"].count}
+
+  def predict(state, x):
+    feats = features(x)
+    recon = dequantize(state["codebook"], quantize(state["codebook"], feats))
+    return head.apply(state["params"], state["batch_stats"], recon, False)[0]
+
+  return Learner(name="remind", init=init, update=jax.jit(update, donate_argnums=0),
+                 predict=jax.jit(predict), end_of_step=None, hparams=hparams)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _fill_chunk(state, feats, labels, mask, key):
+  cb = state["codebook"]
+  n, h, w, d = feats.shape
+  m_sub = cb.shape[0]
+  codes = pq.encode(cb, feats.reshape(n * h * w, d), batch_size=None).reshape(n, h, w, m_sub)
+  buf = code_buffer.insert_batch(state["buffer"], codes, labels, key, mask)
+  return dict(state, buffer=buf)
+
+
+def fill_buffer(state: dict, features, labels, key: jax.Array, chunk: int = 512) -> dict:
+  """REMIND's base initialization of the buffer: encodes and inserts every base-init example.
+
+  Args:
+    state: a remind learner state (its codebook is used).
+    features: [N, H, W, D] G features (numpy or jax), labels: [N] int.
+    key: PRNG key (eviction, if N exceeds the capacity).
+    chunk: examples encoded per jitted call (the last chunk is padded and masked, so one compile).
+
+  Returns:
+    The state with the items inserted in order (the input state's buffer is donated).
+  """
+  features = np.asarray(features, np.float32)
+  labels = np.asarray(labels, np.int32)
+  n = features.shape[0]
+  for i, start in enumerate(range(0, n, chunk)):
+    f = features[start:start + chunk]
+    y = labels[start:start + chunk]
+    mask = np.ones((chunk,), bool)
+    if f.shape[0] < chunk:
+      pad = chunk - f.shape[0]
+      mask[f.shape[0]:] = False
+      f = np.concatenate([f, np.zeros((pad, *f.shape[1:]), np.float32)])
+      y = np.concatenate([y, np.zeros((pad,), np.int32)])
+    state = _fill_chunk(state, jnp.asarray(f), jnp.asarray(y), jnp.asarray(mask),
+                        jax.random.fold_in(key, i))
+  return state

@@ -1,0 +1,124 @@
+"""Augmentations of feature maps: random resized crop and manifold mixup (REMIND, ALGORITHMS.md §2).
+
+Feature maps are channels-last, [N, H, W, C] float. Every function is pure and jittable, with output
+shapes that depend only on input shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def _centre_crop_size(h: int, w: int, ratio: tuple[float, float]) -> tuple[int, int]:
+  """torchvision's fallback crop size (static: depends only on the map size)."""
+  in_ratio = w / h
+  if in_ratio < min(ratio):
+    cw = w
+    ch = int(round(cw / min(ratio)))
+  elif in_ratio > max(ratio):
+    ch = h
+    cw = int(round(ch * max(ratio)))
+  else:
+    cw, ch = w, h
+  return ch, cw
+
+
+def crop_params(key: jax.Array,
+                h: int,
+                w: int,
+                scale: tuple[float, float] = (2 / 7, 1.0),
+                ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                tries: int = 10) -> jax.Array:
+  """A random crop box as torchvision's ``RandomResizedCrop.get_params`` draws it.
+
+  Up to ``tries`` attempts: area fraction ~ U(scale), log aspect ratio ~ U(log ratio), crop width
+  round(sqrt(area * aspect)) and height round(sqrt(area / aspect)) (round half to even, like
+  Python's round); the first attempt with 0 < size <= map size wins, its top-left corner uniform.
+  If none fits, a centre crop (the whole map when its aspect ratio lies within ``ratio``). All
+  attempts are drawn at once so the shape is static.
+
+  Returns:
+    [4] int32 (top, left, height, width) in map cells.
+  """
+  k_area, k_ratio, k_i, k_j = jax.random.split(key, 4)
+  area = jax.random.uniform(k_area, (tries,), minval=scale[0], maxval=scale[1]) * (h * w)
+  log_r = jax.random.uniform(k_ratio, (tries,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+  aspect = jnp.exp(log_r)
+  cw = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  ch = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+  first = jnp.argmax(ok)
+  ch_r, cw_r = ch[first], cw[first]
+  top = jax.random.randint(k_i, (), 0, jnp.maximum(h - ch_r + 1, 1))
+  left = jax.random.randint(k_j, (), 0, jnp.maximum(w - cw_r + 1, 1))
+  fch, fcw = _centre_crop_size(h, w, ratio)
+  fallback = jnp.array([(h - fch) // 2, (w - fcw) // 2, fch, fcw], jnp.int32)
+  return jnp.where(jnp.any(ok), jnp.stack([top, left, ch_r, cw_r]), fallback).astype(jnp.int32)
+
+
+def _interp_matrix(start: jax.Array, size: jax.Array, in_size: int, out_size: int) -> jax.Array:
+  """[out_size, in_size] weights resampling cells [start, start + size) to out_size cells.
+
+  Bilinear with PyTorch's ``align_corners=False`` rule: source coordinate
+  (o + 0.5) * size / out_size - 0.5, clamped at 0, neighbours clamped to the crop's last cell.
+  """
+  o = jnp.arange(out_size, dtype=jnp.float32)
+  src = jnp.maximum((o + 0.5) * (size.astype(jnp.float32) / out_size) - 0.5, 0.0)
+  lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), size - 1)
+  hi = jnp.minimum(lo + 1, size - 1)
+  frac = src - lo.astype(jnp.float32)
+  eye = jnp.arange(in_size)
+  w_lo = (eye[None, :] == (start + lo)[:, None]).astype(jnp.float32) * (1.0 - frac)[:, None]
+  w_hi = (eye[None, :] == (start + hi)[:, None]).astype(jnp.float32) * frac[:, None]
+  return w_lo + w_hi
+
+
+def resize_crop(x: jax.Array, box: jax.Array) -> jax.Array:
+  """Crops box (top, left, height, width) [4] int32 out of x [H, W, C] and resizes it back to
+  [H, W, C] bilinearly (PyTorch ``interpolate(mode="bilinear", align_corners=False)``).
+
+  The resampling is two small interpolation matrices (rows, then columns), so the output shape is
+  static whatever the box; a box covering the whole map returns x exactly.
+  """
+  h, w, _ = x.shape
+  ry = _interp_matrix(box[0], box[2], h, h)  # [H, H]
+  rx = _interp_matrix(box[1], box[3], w, w)  # [W, W]
+  hp = jax.lax.Precision.HIGHEST
+  out = jnp.einsum("oh,hwc->owc", ry, x.astype(jnp.float32), precision=hp)
+  return jnp.einsum("pw,owc->opc", rx, out, precision=hp).astype(x.dtype)
+
+
+def random_resized_crop(key: jax.Array,
+                        x: jax.Array,
+                        scale: tuple[float, float] = (2 / 7, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        tries: int = 10) -> jax.Array:
+  """An independent random resized crop of every map. x [N, H, W, C] -> [N, H, W, C].
+
+  Defaults are REMIND's: scale (2/7, 1), ratio (3/4, 4/3), 10 tries then centre crop.
+  """
+  n, h, w, _ = x.shape
+  boxes = jax.vmap(lambda k: crop_params(k, h, w, scale, ratio, tries))(jax.random.split(key, n))
+  return jax.vmap(resize_crop)(x, boxes)
+
+
+def mix(xa: jax.Array, xb: jax.Array, lam: jax.Array) -> jax.Array:
+  """lam * xa + (1 - lam) * xb; lam = 1 returns xa exactly (for finite xb)."""
+  return lam * xa + (1.0 - lam) * xb
+
+
+def mixup(key: jax.Array, xa: jax.Array, xb: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array]:
+  """Manifold mixup of two equally shaped halves with ONE lam ~ Beta(alpha, alpha) for all rows.
+
+  Returns:
+    (mixed, lam): mixed has xa's shape; lam is a float32 scalar. alpha <= 0 gives lam = 1 (no mixing),
+    as in the REMIND reference. The loss pairs row i with labels (ya[i], yb[i]) weighted lam, 1 - lam.
+  """
+  if alpha <= 0:
+    lam = jnp.ones((), jnp.float32)
+  else:
+    lam = jax.random.beta(key, alpha, alpha).astype(jnp.float32)
+  return mix(xa, xb, lam.astype(xa.dtype)), lam
