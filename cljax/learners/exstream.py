@@ -93,7 +93,7 @@ def exstream(num_classes: int,
     donate: donate the state to ``update`` (the caller must not reuse the old state). Saves the
       copy of the whole buffer per update in ``full_epoch`` mode; in ``sampled`` mode XLA (jax 0.10,
       CPU) schedules the replay gather after the in-place insert and copies the buffer twice, so
-      donation is slower there (measured; see notes/exstream.md).
+      donation does not help there (measured; see notes/exstream.md).
   """
   if buffer not in stream_buffers.names():
     raise ValueError(f"unknown buffer {buffer!r}; valid: {stream_buffers.names()}")
@@ -105,7 +105,6 @@ def exstream(num_classes: int,
     raise ValueError(f"epoch_per must be 'example' or 'batch', got {epoch_per!r}")
   k = num_classes
   buf = stream_buffers.get(buffer)
-  bs = batch_size
   if head == "mlp":
     lr = 2e-3 if lr is None else lr
     weight_decay = 0.0 if weight_decay is None else weight_decay
@@ -179,6 +178,9 @@ def exstream(num_classes: int,
   def epoch(gd, model_state, buffer_state, key, do):
     """One reference epoch over the buffer if ``do``; returns (model_state, passes, loss_sum)."""
     bx, by, bw, bm = buf.contents(buffer_state)
+    # A buffer smaller than a mini-batch never fills one: a static batch of K*c rows gives the
+    # same result (rows past N are masked either way) for less compute.
+    bs = min(batch_size, bm.shape[0])
     n = jnp.sum(bm).astype(jnp.int32)
     k_perm, k_drop = jax.random.split(key)
     order = jnp.concatenate([filled_first(bm, k_perm), jnp.zeros((bs,), jnp.int32)])

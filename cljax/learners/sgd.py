@@ -146,6 +146,8 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
       state["init_params"] = params
     if iterations == "epochs":
       state["n_seen"] = jnp.zeros((), jnp.int32)  # labelled examples of all finished steps
+    if memory == "past":  # an array, not a constant: one compiled program serves every λ
+      state["old_fraction"] = jnp.float32(old_fraction)
     return state
 
   def _loss(params, x, y, w, seen):
@@ -177,7 +179,7 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
       return x, y, jnp.full((n,), cur["count"] > 0, jnp.float32)
     mem = state["mem"]
     if memory == "past":  # mem = earlier steps, cur = this update set
-      from_old, i = sample_old_new(k1, mem["count"], cur["count"], n, old_fraction)
+      from_old, i = sample_old_new(k1, mem["count"], cur["count"], n, state["old_fraction"])
       xm, ym = _gather(mem, jnp.where(from_old, i, 0))
       xc, yc = _gather(cur, jnp.where(from_old, 0, i))
       sel = from_old.reshape((n,) + (1,) * (xm.ndim - 1))
@@ -297,7 +299,9 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
   hp = dict(num_classes=num_classes, model=model, optimizer=optimizer, lr=lr,
             batch_size=batch_size, memory=memory, memory_size=memory_size, sampling=sampling,
             iters_per_batch=iters_per_batch, epochs_per_step=epochs_per_step,
-            reinit_each_step=reinit_each_step, respect_budget=respect_budget,
+            reinit_each_step=reinit_each_step,
+            # the runner warns about over-budget steps of learners that respect the budget
+            respect_budget=respect_budget and iterations == "budget",
             momentum=momentum, weight_decay=weight_decay, old_fraction=old_fraction,
             iterations=iterations, grow_head=grow_head, max_step_size=max_step_size)
   return Learner(name=name, init=init, update=jax.jit(update), predict=jax.jit(predict),
@@ -312,7 +316,8 @@ def sample_old_new(key: jax.Array, n_old: jax.Array, n_new: jax.Array, n: int,
     key: PRNG key.
     n_old, n_new: [] int, examples in the store of earlier data and in the update set.
     n: examples to draw (static).
-    old_fraction: λ in [0, 1], the probability that an example comes from the earlier data.
+    old_fraction: λ in [0, 1] (float or [] array), the probability that an example comes from
+      the earlier data.
 
   Returns:
     from_old [n] bool and index [n] int32 (into the old store where ``from_old``, into the update

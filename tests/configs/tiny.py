@@ -9,9 +9,10 @@ def get_config():
   c.model = "mlp"
   c.learners = "finetune,er"
   c.stream.batch_size = 32
-  c.budget.passes_per_step = 40
+  c.stream.max_examples_per_step = 200
+  c.budget.passes_per_step = 25
   c.hparams.finetune = dict(lr=3e-3)
   c.hparams.er = dict(lr=3e-3, memory_size=150, iters_per_batch=1)
-  c.eval.every_examples = 200
+  c.eval.every_examples = 150
   c.plots = False
   return c
