@@ -17,6 +17,7 @@ forward-backward pass, taken from the step's budget before training.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Optional
 
@@ -175,8 +176,6 @@ def mas(*, num_classes: int, lam: float = 1.0, **kw) -> Learner:
   """MAS: label-free importance mean |∂‖f(x)‖²/∂θ|, same penalty form as EWC."""
   return _regularized("mas", "mas", num_classes=num_classes, lam=lam, **kw)
 
-
-import inspect  # noqa: E402  (after the factories: lists what they forward)
 
 _SHARED = [p for p in inspect.signature(_regularized).parameters
            if p not in ("name", "importance", "num_classes", "lam")]

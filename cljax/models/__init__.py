@@ -15,10 +15,18 @@ def _resnet18(in_shape, num_classes, rngs, **kw):
   return resnet.ResNet18(in_shape=in_shape, num_classes=num_classes, rngs=rngs, **kw)
 
 
+def _vit(config):
+  def make(in_shape, num_classes, rngs, **kw):
+    from cljax.models import vit  # pylint: disable=import-outside-toplevel
+    return vit.create(in_shape, num_classes, rngs, config=config, **kw)
+  return make
+
+
 _MODELS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": lambda in_shape, num_classes, rngs, **kw: MLP(in_shape, num_classes, rngs=rngs, **kw),
     "cnn": lambda in_shape, num_classes, rngs, **kw: CNN(in_shape, num_classes, rngs=rngs, **kw),
     "resnet18": _resnet18,
+    **{f"vit_{c}": _vit(c) for c in ("micro", "tiny", "small", "base")},
 }
 
 

@@ -1,6 +1,6 @@
 """ExStream vs reservoir and queue buffers of equal memory, finetune and offline, on real MNIST.
 
-A small CNN is base-initialised on the first 2 classes (step 0); the replay learners train an
+A small CNN is base-initialised on the first 4 classes (step 0); the replay learners train an
 MLP head (the reference's Linear-BN-ELU-Dropout MLP, Adam 2e-3) on its frozen 128-d features,
 with a buffer of `capacity` items per class; finetune and offline train the whole CNN from the
 same base network. Streamed 16 examples at a time, one epoch over the buffer after every update
@@ -21,7 +21,7 @@ def get_config():
   c.stream.ordering = "class_iid"
   c.stream.classes_per_step = 2
   c.stream.batch_size = 16
-  c.base_init.classes = 2
+  c.base_init.classes = 4
   c.base_init.epochs = 8.0
   c.model = "cnn"
   c.learners = "exstream,reservoir,queue,finetune,offline"

@@ -18,7 +18,7 @@ def load_config(name):
   return mod.get_config()
 
 
-@pytest.mark.parametrize("name", ["demo", "slda"])
+@pytest.mark.parametrize("name", ["demo", "slda", "exstream"])
 def test_config_is_valid(name):
   experiment.validate_config(load_config(name))
 

@@ -1,0 +1,98 @@
+"""Tests for cljax.models.vit: shapes, MAE loss on masked patches only, the grown head, lr layers."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cljax.models import vit
+
+
+def _micro(in_shape=(28, 28, 1), k=10, **kw):
+  return vit.create(in_shape, k, nnx.Rngs(0), config="micro", **kw)
+
+
+@pytest.mark.parametrize("in_shape,patch,n", [((28, 28, 1), 7, 16), ((224, 224, 3), 16, 196),
+                                              ((8, 8, 1), 4, 4)])
+def test_shapes(in_shape, patch, n):
+  m = _micro(in_shape, patch=patch)
+  f = vit.pure_vit(m)
+  x = jnp.ones((2, *in_shape))
+  assert m.num_patches == n
+  assert f.encode(f.params, x).shape == (2, n, 32)
+  tok, mask, restore = f.encode(f.params, x, jax.random.key(1))
+  n_keep = max(1, round(n * 0.25))
+  assert tok.shape == (2, n_keep, 32)
+  assert mask.shape == restore.shape == (2, n)
+  assert np.all(np.asarray(mask).sum(1) == n - n_keep)
+  assert f.logits(f.params, x).shape == (2, 10)
+  assert f.features(f.params, x).shape == (2, 32)
+  assert np.isfinite(float(f.mae_loss(f.params, x, jax.random.key(2))))
+
+
+def test_default_patch_and_config_sizes():
+  assert _micro((28, 28, 1)).patch == 7
+  assert _micro((224, 224, 3)).patch == 16
+  tiny = nnx.eval_shape(lambda: vit.create((224, 224, 3), 1000, nnx.Rngs(0), config="tiny"))
+  enc = {k: v for k, v in nnx.to_flat_state(nnx.state(tiny, nnx.Param))
+         if not str(k[0]).startswith(("dec", "mask_token"))}
+  n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(dict(enc)))
+  # timm vit_tiny_patch16_224 has 5,717,416 parameters with a class token (192) and its position
+  # (192); this encoder has neither.
+  assert n == 5_717_416 - 2 * 192
+
+
+def test_masking_keeps_a_fixed_number_and_restores_order():
+  ids_keep, mask, restore = vit.random_masking(jax.random.key(0), 3, 16, 0.75)
+  ids_keep, mask = np.asarray(ids_keep), np.asarray(mask)
+  for b in range(3):
+    assert len(set(ids_keep[b])) == 4
+    assert set(np.flatnonzero(mask[b] == 0)) == set(ids_keep[b])  # visible = kept
+
+
+def test_mae_loss_only_counts_masked_patches():
+  m = _micro()
+  f = vit.pure_vit(m)
+  x = jax.random.uniform(jax.random.key(0), (1, 28, 28, 1))
+  key = jax.random.key(3)
+  _, mask, _ = f.encode(f.params, x, key)
+  mask = np.asarray(mask)[0].reshape(4, 4)  # patch grid of 7x7 patches
+  vis = tuple(np.argwhere(mask == 0)[0])
+  hid = tuple(np.argwhere(mask == 1)[0])
+  base = float(f.mae_loss(f.params, x, key))
+
+  def edit(cell):  # x with the 7x7 patch at grid cell (row, col) replaced by noise
+    r, c = cell
+    return x.at[0, 7 * r:7 * r + 7, 7 * c:7 * c + 7, 0].set(
+        jax.random.uniform(jax.random.key(9), (7, 7)))
+
+  # A masked patch: the encoder never sees it, only the target changes -> the loss changes.
+  assert abs(float(f.mae_loss(f.params, edit(hid), key)) - base) > 1e-4
+  # A visible patch also feeds the encoder, so hold the encoder input fixed and edit only the
+  # reconstruction target: the loss must not move (visible patches carry no loss).
+  m2 = nnx.merge(f.graphdef, f.params, copy=True)
+  tokens, mask_, restore = m2.encode(x, key)
+  pred = m2.decode(tokens, restore)
+
+  def loss_with_target(img):
+    t = vit.patchify(img, 7)
+    t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(t.var(-1, keepdims=True) + 1e-6)
+    return float(jnp.sum(jnp.mean((pred - t) ** 2, -1) * mask_) / jnp.sum(mask_))
+
+  assert loss_with_target(x) == pytest.approx(base, rel=1e-5)
+  assert loss_with_target(edit(vis)) == pytest.approx(base, rel=1e-6)
+  assert abs(loss_with_target(edit(hid)) - base) > 1e-4
+
+
+def test_head_mask_and_layer_ids():
+  m = _micro()
+  f = vit.pure_vit(m)
+  x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  seen = jnp.zeros(10, bool).at[jnp.array([2, 5])].set(True)
+  pred = np.asarray(vit.masked_logits(f.logits(f.params, x), seen)).argmax(1)
+  assert set(pred) <= {2, 5}
+  assert vit.layer_id(("patch_embed", "kernel"), 2) == 0
+  assert vit.layer_id(("blocks", 1, "qkv", "kernel"), 2) == 2
+  assert vit.layer_id(("head", "kernel"), 2) == 3
+  assert vit.layer_id(("dec_blocks", 0, "fc1", "kernel"), 2) == 3
