@@ -26,6 +26,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if os.environ.get("CLJAX_JAX_CACHE"):  # persistent compile cache: repeat runs skip compiles
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   from cljax.train import experiment  # pylint: disable=import-outside-toplevel
   from cljax.data.sources import DataError  # pylint: disable=import-outside-toplevel
   try:

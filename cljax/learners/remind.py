@@ -25,9 +25,10 @@ new rows' lrs (exactly the reference's rule when b = 1).
 
 Batches: ``x`` is G's output [B, H, W, D] float32, or raw inputs when ``g_fn`` (x -> features,
 traced inside jit) is given; ``y`` [B] int32; only rows with ``valid`` and ``labeled`` are trained
-on and inserted (REMIND is supervised). ``update`` runs B / b steps in a lax.scan (B must be a
-multiple of b); a step without any usable row is skipped entirely. ``predict`` encodes and decodes
-x, then runs F in eval mode.
+on and inserted (REMIND is supervised). ``update`` runs B / b steps in order (B must be a multiple
+of b): unrolled, or in a lax.scan (``loop``; on CPU, convolution gradients are far slower inside a
+loop body, so small B unrolls). A step without any usable row leaves F, its optimizer state and the
+buffer unchanged. ``predict`` encodes and decodes x, then runs F in eval mode.
 
 Replay before the buffer is full enough: while 0 < count < 2r, the rows beyond ``count`` are drawn
 with replacement (``code_buffer.sample``) and all are used; while the buffer is empty, replay rows
@@ -98,26 +99,31 @@ def _int_keys(tree):
 
 
 class _Head:
-  """F as pure functions over (params, batch_stats) pure dicts."""
+  """F as pure functions over (params, batch_stats) pure dicts.
 
-  def __init__(self, f_module=None, f_graphdef=None, f_state=None, matmul_conv_grad=False):
+  Two graph definitions of the same variables: plain XLA convolutions, and convolutions whose
+  kernel gradient is a matmul (``resnet.conv_matmul_kernel_grad``) for use inside loop bodies.
+  """
+
+  def __init__(self, f_module=None, f_graphdef=None, f_state=None):
     if f_module is None:
       if f_graphdef is None or f_state is None:
         raise ValueError("remind needs F: f_module, or f_graphdef and f_state")
     else:
       f_graphdef, f_state = nnx.split(f_module)
-    # A private copy: switching the convolution hook must not touch the caller's module.
-    f_module = nnx.merge(f_graphdef, f_state, copy=True)
-    if matmul_conv_grad:
-      resnet.use_matmul_kernel_grad(f_module)
-    self.graphdef, params, stats, self.rest = nnx.split(f_module, nnx.Param, nnx.BatchStat, ...)
+    # Private copies: switching the convolution hook must not touch the caller's module.
+    plain = nnx.merge(f_graphdef, f_state, copy=True)
+    self.graphdef, params, stats, self.rest = nnx.split(plain, nnx.Param, nnx.BatchStat, ...)
+    mm = resnet.use_matmul_kernel_grad(nnx.merge(f_graphdef, f_state, copy=True))
+    self.graphdef_mm = nnx.split(mm, nnx.Param, nnx.BatchStat, ...)[0]
     self.params = _str_keys(nnx.to_pure_dict(params))
     self.stats = _str_keys(nnx.to_pure_dict(stats))
-    self.takes_mask = "mask" in inspect.signature(type(f_module).__call__).parameters
+    self.takes_mask = "mask" in inspect.signature(type(plain).__call__).parameters
 
-  def apply(self, params, stats, x, train: bool, mask=None):
+  def apply(self, params, stats, x, train: bool, mask=None, matmul_grad: bool = False):
     """(logits [N, K], new batch_stats); mask [N] bool rows for batch statistics (train mode)."""
-    m = nnx.merge(self.graphdef, _int_keys(params), _int_keys(stats), self.rest, copy=True)
+    gdef = self.graphdef_mm if matmul_grad else self.graphdef
+    m = nnx.merge(gdef, _int_keys(params), _int_keys(stats), self.rest, copy=True)
     kw = {"mask": mask} if (self.takes_mask and mask is not None) else {}
     out = m(x, use_running_average=not train, **kw)
     return out, _str_keys(nnx.to_pure_dict(nnx.state(m, nnx.BatchStat)))
@@ -144,6 +150,8 @@ def remind(num_classes: int,
            g_fn: Optional[Callable] = None,
            base_features: Any = None,
            base_labels: Any = None,
+           loop: str = "auto",
+           max_unrolled_steps: int = 8,
            matmul_conv_grad: Optional[bool] = None) -> Learner:
   """Builds the REMIND learner (see module docstring).
 
@@ -166,14 +174,24 @@ def remind(num_classes: int,
       input (e.g. G's pure function in eval mode).
     base_features, base_labels: optional base-init set ([N, H, W, D] features, [N] labels) inserted
       into the buffer by ``init`` (see ``fill_buffer``).
-    matmul_conv_grad: compute F's convolution kernel gradients as matmuls
-      (``resnet.conv_matmul_kernel_grad``; same values up to rounding). XLA:CPU runs the plain
-      kernel-gradient convolution about 10x slower inside the step scan. Default: on for the CPU
-      backend.
+    loop: how ``update`` runs its B / b steps. "unroll": a Python loop (steps masked instead of
+      skipped, so no control flow surrounds F); "scan": one lax.scan with a lax.cond per step
+      (compiles once whatever B). "auto": "unroll" on CPU when B / b <= ``max_unrolled_steps``,
+      else "scan". Why: XLA:CPU runs convolution gradients far slower inside a loop or cond body
+      than at top level (measured here at 7x7x512: ~100x for the kernel gradient). Both loops give
+      the same result up to float rounding.
+    max_unrolled_steps: the "auto" threshold (compile time grows with the unrolled steps).
+    matmul_conv_grad: inside the scan, compute F's convolution kernel gradients as matmuls
+      (``resnet.conv_matmul_kernel_grad``: same values up to rounding, ~10x faster there on CPU,
+      ~2x slower at top level). Default: on for the CPU backend. Unrolled steps use plain
+      convolutions.
   """
+  if loop not in ("auto", "unroll", "scan"):
+    raise ValueError(f"loop must be 'auto', 'unroll' or 'scan', got {loop!r}")
+  on_cpu = jax.default_backend() == "cpu"
   if matmul_conv_grad is None:
-    matmul_conv_grad = jax.default_backend() == "cpu"
-  head = _Head(f_module, f_graphdef, f_state, matmul_conv_grad)
+    matmul_conv_grad = on_cpu
+  head = _Head(f_module, f_graphdef, f_state)
   codebook = jnp.asarray(codebook, jnp.float32)
   m_sub, _, ds = codebook.shape
   r, b = int(replay_size), int(new_per_step)
@@ -184,6 +202,7 @@ def remind(num_classes: int,
                  lr_gamma=lr_gamma, lr_step=lr_step, momentum=momentum, weight_decay=weight_decay,
                  new_per_step=b, random_crop=random_crop, crop_scale=tuple(crop_scale),
                  crop_ratio=tuple(crop_ratio), g=g_fn is not None,
+                 loop=loop, max_unrolled_steps=max_unrolled_steps,
                  matmul_conv_grad=bool(matmul_conv_grad))
 
   def features(x):
@@ -223,7 +242,7 @@ def remind(num_classes: int,
       state = fill_buffer(state, base_features, base_labels, key)
     return state
 
-  def sgd_step(small, buf, cb, new_codes, y, use, key):
+  def sgd_step(small, buf, cb, new_codes, y, use, key, matmul_grad):
     params, stats, mom, class_seen = small
     k_sample, k_crop, k_mix = jax.random.split(key, 3)
     if r > 0:
@@ -251,7 +270,7 @@ def remind(num_classes: int,
     lr = jnp.sum(lr_rows * use_f) / jnp.maximum(jnp.sum(use_f), 1.0)
 
     def loss_fn(p):
-      logits, new_stats = head.apply(p, stats, x, True, mask=weight > 0)
+      logits, new_stats = head.apply(p, stats, x, True, mask=weight > 0, matmul_grad=matmul_grad)
       logp = jax.nn.log_softmax(logits.astype(jnp.float32))
       ce_a = -jnp.take_along_axis(logp, jnp.clip(ya, 0)[:, None], axis=1)[:, 0]
       ce_b = -jnp.take_along_axis(logp, jnp.clip(yb, 0)[:, None], axis=1)[:, 0]
@@ -278,23 +297,41 @@ def remind(num_classes: int,
     keys = jax.random.split(key, steps)
     cb = state["codebook"]
 
-    def body(st, inp):
+    unrolled = loop == "unroll" or (loop == "auto" and on_cpu and steps <= max_unrolled_steps)
+
+    def body(st, inp, unrolled):
       x, y, u, k = inp
       k_step, k_insert = jax.random.split(k)
       new_codes = quantize(cb, x)
       small = (st["params"], st["batch_stats"], st["momentum"], st["class_seen"])
       taken = jnp.any(u)
-      # The cond carries only F's variables: the buffer is read inside and updated outside, so a
-      # skipped step never copies it.
-      small, loss = jax.lax.cond(
-          taken, lambda s: sgd_step(s, st["buffer"], cb, new_codes, y, u, k_step),
-          lambda s: (s, jnp.zeros((), jnp.float32)), small)
+      if unrolled:
+        # Masked, not skipped: a cond body would put F's convolutions back under control flow.
+        new_small, loss = sgd_step(small, st["buffer"], cb, new_codes, y, u, k_step, False)
+        small = jax.tree.map(lambda a, c: jnp.where(taken, a, c), new_small, small)
+        loss = jnp.where(taken, loss, 0.0)
+      else:
+        # The cond carries only F's variables: the buffer is read inside and updated outside, so
+        # a skipped step never copies it.
+        small, loss = jax.lax.cond(
+            taken,
+            lambda s: sgd_step(s, st["buffer"], cb, new_codes, y, u, k_step, matmul_conv_grad),
+            lambda s: (s, jnp.zeros((), jnp.float32)), small)
       buf = code_buffer.insert_batch(st["buffer"], new_codes, y, k_insert, u)
       st = dict(st, params=small[0], batch_stats=small[1], momentum=small[2], class_seen=small[3],
                 buffer=buf, steps=st["steps"] + taken.astype(jnp.int32))
       return st, (loss, taken)
 
-    state, (losses, taken) = jax.lax.scan(body, state, (xs, ys, us, keys))
+    if unrolled:
+      losses, taken = [], []
+      for i in range(steps):
+        state, (loss, tk) = body(state, (xs[i], ys[i], us[i], keys[i]), True)
+        losses.append(loss)
+        taken.append(tk)
+      losses, taken = jnp.stack(losses), jnp.stack(taken)
+    else:
+      state, (losses, taken) = jax.lax.scan(lambda st, inp: body(st, inp, False), state,
+                                            (xs, ys, us, keys))
     passes = jnp.sum(taken).astype(jnp.float32)
     return state, {"passes": passes, "loss": jnp.sum(losses) / jnp.maximum(passes, 1.0),
                    "buffer_count": state["buffer"].count}

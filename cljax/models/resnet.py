@@ -23,6 +23,10 @@ still computed but do not move the statistics). One difference from torch: Flax 
 variance with the biased batch variance, torch with the unbiased one (factor n / (n - 1), n = rows x
 positions; 2,499 for a REMIND step at 7 x 7). The pure functions
 ``pure_apply`` / ``make_pure`` run G in eval mode (running statistics) and F in either mode.
+
+CPU tip: initialising with ``nnx.Rngs(jax.random.key(seed, impl="rbg"))`` compiles the variable
+initialisers about 10x faster than the default threefry keys (measured here: 6 s against 65 s on a
+busy 2-core machine for width 1/16).
 """
 
 from __future__ import annotations
@@ -289,7 +293,7 @@ def conv_matmul_kernel_grad(lhs, rhs, window_strides, padding, lhs_dilation=None
 
 def use_matmul_kernel_grad(module: nnx.Module) -> nnx.Module:
   """Switches every nnx.Conv inside ``module`` (in place) to ``conv_matmul_kernel_grad``."""
-  for _, sub in module.iter_modules():
+  for _, sub in nnx.iter_modules(module):
     if isinstance(sub, nnx.Conv):
       sub.conv_general_dilated = conv_matmul_kernel_grad
   return module

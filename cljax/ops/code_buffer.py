@@ -123,22 +123,24 @@ def sample(buf: CodeBuffer, key: jax.Array, n: int) -> tuple[jax.Array, jax.Arra
   """
   count = buf.count
   m = jnp.minimum(count, n)
-  k_floyd, k_extra, k_order = jax.random.split(key, 3)
   pos = jnp.arange(n, dtype=jnp.int32)
   # Floyd: for j = count - m, ..., count - 1, draw t in [0, j]; take t unless already taken, else j.
   hi = count - m + pos
-  draws = jax.random.randint(k_floyd, (n,), 0, jnp.maximum(hi + 1, 1))
+  # All draws in one call (each random call adds a threefry instance to compile): Floyd's draws,
+  # with-replacement fill-ins, and sort keys for a random order.
+  maxval = jnp.stack([jnp.maximum(hi + 1, 1), jnp.full((n,), jnp.maximum(count, 1)),
+                      jnp.full((n,), 1 << 30)])
+  draws, extra, order_keys = jax.random.randint(key, (3, n), 0, maxval)
 
   def body(i, sel):
     taken = jnp.any((sel == draws[i]) & (pos < i))
     return sel.at[i].set(jnp.where(taken, hi[i], draws[i]))
 
   sel = jax.lax.fori_loop(0, n, body, jnp.zeros((n,), jnp.int32))
-  extra = jax.random.randint(k_extra, (n,), 0, jnp.maximum(count, 1))
   distinct = pos < m
   sel = jnp.where(distinct, sel, extra)
   # Random order within the distinct rows (Floyd's order is not uniform); they stay in front.
-  order = jnp.argsort(jax.random.uniform(k_order, (n,)) + (~distinct).astype(jnp.float32))
+  order = jnp.argsort(jnp.where(distinct, order_keys, order_keys + (1 << 30)))
   sel = sel[order]
   return jnp.where(count > 0, sel, 0).astype(jnp.int32), distinct
 

@@ -43,17 +43,19 @@ def crop_params(key: jax.Array,
   Returns:
     [4] int32 (top, left, height, width) in map cells.
   """
-  k_area, k_ratio, k_i, k_j = jax.random.split(key, 4)
-  area = jax.random.uniform(k_area, (tries,), minval=scale[0], maxval=scale[1]) * (h * w)
-  log_r = jax.random.uniform(k_ratio, (tries,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+  # One draw for everything: each separate random call adds a threefry instance to compile.
+  u = jax.random.uniform(key, (2 * tries + 2,))
+  area = (scale[0] + (scale[1] - scale[0]) * u[:tries]) * (h * w)
+  log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[tries:2 * tries]
   aspect = jnp.exp(log_r)
   cw = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
   ch = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
   ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
   first = jnp.argmax(ok)
   ch_r, cw_r = ch[first], cw[first]
-  top = jax.random.randint(k_i, (), 0, jnp.maximum(h - ch_r + 1, 1))
-  left = jax.random.randint(k_j, (), 0, jnp.maximum(w - cw_r + 1, 1))
+  # Uniform corner in [0, size - crop]; floor(u * n) < n since u < 1.
+  top = jnp.minimum(jnp.floor(u[2 * tries] * (h - ch_r + 1)).astype(jnp.int32), h - ch_r)
+  left = jnp.minimum(jnp.floor(u[2 * tries + 1] * (w - cw_r + 1)).astype(jnp.int32), w - cw_r)
   fch, fcw = _centre_crop_size(h, w, ratio)
   fallback = jnp.array([(h - fch) // 2, (w - fcw) // 2, fch, fcw], jnp.int32)
   return jnp.where(jnp.any(ok), jnp.stack([top, left, ch_r, cw_r]), fallback).astype(jnp.int32)
@@ -120,5 +122,9 @@ def mixup(key: jax.Array, xa: jax.Array, xb: jax.Array, alpha: float) -> tuple[j
   if alpha <= 0:
     lam = jnp.ones((), jnp.float32)
   else:
-    lam = jax.random.beta(key, alpha, alpha).astype(jnp.float32)
+    # Beta(a, a) = Ga / (Ga + Gb), both gammas from one (vectorised) sampler: jax.random.beta runs
+    # two samplers, and each rejection loop is costly to compile. Log space keeps tiny alphas
+    # (gammas that underflow to 0) finite.
+    log_g = jax.random.loggamma(key, jnp.full((2,), alpha, jnp.float32))
+    lam = jnp.exp(log_g[0] - jax.nn.logsumexp(log_g))
   return mix(xa, xb, lam.astype(xa.dtype)), lam

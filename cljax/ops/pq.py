@@ -102,8 +102,8 @@ def train(key: jax.Array,
     num_centroids: C in [1, 256].
     iters: Lloyd iterations (faiss default 25).
     max_points_per_centroid: subsample cap per centroid (faiss default 256); None for no cap.
-    subspace_batch: how many sub-spaces k-means runs on at once (vmap); default: as many as keep
-      the distance block under 256 MiB.
+    subspace_batch: how many sub-spaces k-means runs on at once (vmap inside lax.map); default: 1
+      on CPU (fastest there), otherwise as many as keep the distance block under 256 MiB.
 
   Returns:
     codebook [M, C, d / M] float32.
@@ -120,7 +120,13 @@ def train(key: jax.Array,
   xs = x.reshape(n_train, num_subvectors, ds).transpose(1, 0, 2)  # [M, n, ds]
   keys = jax.random.split(k_init, num_subvectors)
   if subspace_batch is None:
-    subspace_batch = max(1, min(num_subvectors, _TRAIN_BLOCK_BYTES // (4 * n_train * num_centroids)))
+    if jax.default_backend() == "cpu":
+      # Measured here (50k x 512, M = 32, C = 256): one sub-space at a time is ~1.6x faster on
+      # CPU than vmapping 4 or all of them (the distance blocks then stay in cache).
+      subspace_batch = 1
+    else:
+      subspace_batch = max(1, min(num_subvectors,
+                                  _TRAIN_BLOCK_BYTES // (4 * n_train * num_centroids)))
   return jax.lax.map(lambda a: _kmeans(a[0], a[1], num_centroids, iters), (keys, xs),
                      batch_size=subspace_batch)
 
@@ -128,11 +134,12 @@ def train(key: jax.Array,
 def _encode(codebook, x):
   n = x.shape[0]
   m, _, ds = codebook.shape
-  xs = x.astype(jnp.float32).reshape(n, m, ds)
+  # Sub-space axis leading: XLA:CPU runs the batched matmul about 4x faster this way round.
+  xs = x.astype(jnp.float32).reshape(n, m, ds).transpose(1, 0, 2)  # [M, N, ds]
   c_sq = jnp.sum(codebook * codebook, axis=-1)  # [M, C]
   # |x|^2 is the same for every centroid of a sub-space, so it drops out of the argmin.
-  dist = c_sq[None] - 2.0 * jnp.einsum("nmd,mcd->nmc", xs, codebook)
-  return jnp.argmin(dist, axis=-1).astype(jnp.uint8)
+  dist = c_sq[:, None, :] - 2.0 * jnp.einsum("mnd,mcd->mnc", xs, codebook)
+  return jnp.argmin(dist, axis=-1).T.astype(jnp.uint8)
 
 
 def encode(codebook: jax.Array, x: jax.Array, batch_size: int | None = 4096) -> jax.Array:

@@ -13,6 +13,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "tests", "configs", "tiny.py")
 
+# One xdist worker runs this whole file, so the uninterrupted run (a module fixture) is made once.
+pytestmark = pytest.mark.xdist_group("subprocess_runs")
+
 
 def _run(workdir, *extra, env=None, wait=True):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "run.py"), f"--config={CONFIG}",

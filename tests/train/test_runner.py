@@ -10,6 +10,9 @@ import pytest
 
 from cljax.train import experiment
 
+# One xdist worker runs this file, so the module fixture's experiment is computed once.
+pytestmark = pytest.mark.xdist_group("runner_fixture")
+
 
 def small_config(learners="finetune,er", **over):
   c = experiment.base_config()
