@@ -6,7 +6,7 @@ from absl import flags
 import jax
 
 flags.FLAGS.mark_as_parsed()
-jax.config.update(
-    "jax_compilation_cache_dir",
-    os.environ.get("CLJAX_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "jax")))
+# Outside the checkout, so a fresh clone on the same machine (CI) reuses compiled programs.
+CACHE = os.environ.setdefault("CLJAX_JAX_CACHE", os.path.expanduser("~/.cache/cljax/jax"))
+jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

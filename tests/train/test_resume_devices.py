@@ -21,7 +21,7 @@ def _run(workdir, *extra, env=None, wait=True):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "run.py"), f"--config={CONFIG}",
          f"--workdir={workdir}", *extra]
   e = dict(os.environ, **(env or {}))
-  e.setdefault("CLJAX_JAX_CACHE", os.path.join(ROOT, ".cache", "jax"))
+  e.setdefault("CLJAX_JAX_CACHE", os.path.expanduser("~/.cache/cljax/jax"))
   if wait:
     return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
   return subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
