@@ -173,7 +173,8 @@ def remind(num_classes: int,
     g_fn: optional jittable x -> features [B, H, W, D] applied to ``batch["x"]`` and to ``predict``'s
       input (e.g. G's pure function in eval mode).
     base_features, base_labels: optional base-init set ([N, H, W, D] features, [N] labels) inserted
-      into the buffer by ``init`` (see ``fill_buffer``).
+      into the buffer by ``init`` (see ``fill_buffer``; ``init`` then loops over chunks on the
+      host, so it is not traceable).
     loop: how ``update`` runs its B / b steps. "unroll": a Python loop (steps masked instead of
       skipped, so no control flow surrounds F); "scan": one lax.scan with a lax.cond per step
       (compiles once whatever B). "auto": "unroll" on CPU when B / b <= ``max_unrolled_steps``,

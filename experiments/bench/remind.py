@@ -6,8 +6,8 @@ Part 1, product quantization (d = 512, M = 32, C = 256, 25 k-means iterations, a
 per centroid): training time, encode and decode throughput (vectors/s) and reconstruction MSE on
 held-out vectors, for cljax.ops.pq (JAX, jit) and faiss.ProductQuantizer on the same data. The data
 stand in for ResNet-18 layer4.0 features (no ImageNet weights ship here): x = relu(z A + b) with
-z ~ N(0, I_64), A ~ N(0, 1/64) [64, 512], b ~ N(-0.5, 0.25): low-rank, non-negative, about 30 %
-zeros. faiss is optional (``pip install faiss-cpu``); without it its column is left out and the
+z ~ N(0, I_64), A ~ N(0, 1/64) [64, 512], b ~ N(-0.5, 0.25): low-rank, non-negative, about two
+thirds zeros. faiss is optional (``pip install faiss-cpu``); without it its column is left out and the
 JSON says why.
 
 Part 2, the REMIND step: examples/s of ``learner.update`` at ImageNet shapes: features [7, 7, 512],
