@@ -44,6 +44,27 @@ def pure_model(name: str, in_shape, num_classes: int, key: jax.Array,
   return PureModel(graphdef, params, apply, features)
 
 
+class LazyModel:
+  """A model built by a learner's ``init`` (which first sees the input shape) and used by its
+  jitted functions at trace time. ``build(key, x)`` returns the initial params; ``apply`` runs
+  the model and raises a clear error when called before ``build``."""
+
+  def __init__(self, learner: str, model: str, num_classes: int,
+               model_kwargs: Optional[dict] = None):
+    self._learner, self._model, self._k, self._kw = learner, model, num_classes, model_kwargs
+    self.pure: Optional[PureModel] = None
+
+  def build(self, key: jax.Array, x: jax.Array) -> dict:
+    self.pure = pure_model(self._model, x.shape[1:], self._k, key, self._kw)
+    return self.pure.params
+
+  def apply(self, params, x):
+    if self.pure is None:
+      raise RuntimeError(f"learner {self._learner!r}: call init(key, example_batch) before "
+                         "update/predict")
+    return self.pure.apply(params, x)
+
+
 def optimizer(name: str, lr: float, momentum: float = 0.9,
               weight_decay: float = 0.0) -> optax.GradientTransformation:
   """``sgd`` (momentum, L2 weight decay added to the gradient), ``adam`` or ``adamw``."""

@@ -74,17 +74,12 @@ def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] 
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
   tx = _common.optimizer(optimizer, lr, momentum, weight_decay)
-  net = {}
-
-  def _apply(params, x):
-    if "model" not in net:
-      raise RuntimeError("learner 'gdumb': call init(key, example_batch) before update/predict")
-    return net["model"].apply(params, x)
+  net = _common.LazyModel("gdumb", model, num_classes, model_kwargs)
+  _apply = net.apply
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
-    net["model"] = _common.pure_model(model, x.shape[1:], num_classes, key, model_kwargs)
-    params = net["model"].params
+    params = net.build(key, x)
     return {"params": params, "opt": tx.init(params), "init_params": params,
             "mem": buffers.init(memory_size, x.shape[1:], num_classes)}
 

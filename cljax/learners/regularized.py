@@ -60,17 +60,12 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
   tx = _common.optimizer(optimizer, lr, momentum, weight_decay)
-  net = {}
-
-  def _apply(params, x):
-    if "model" not in net:
-      raise RuntimeError(f"learner {name!r}: call init(key, example_batch) before update/predict")
-    return net["model"].apply(params, x)
+  net = _common.LazyModel(name, model, num_classes, model_kwargs)
+  _apply = net.apply
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
-    net["model"] = _common.pure_model(model, x.shape[1:], num_classes, key, model_kwargs)
-    params = net["model"].params
+    params = net.build(key, x)
     return {"params": params, "opt": tx.init(params), "seen": jnp.zeros((num_classes,), bool),
             "cur": buffers.init(max_step_size, x.shape[1:], num_classes),
             "anchor": params, "importance": jax.tree.map(jnp.zeros_like, params)}

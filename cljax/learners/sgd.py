@@ -115,17 +115,12 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
     if int(val) < 1:
       raise ValueError(f"{key} must be >= 1, got {val}")
   tx = _common.optimizer(optimizer, lr, momentum, weight_decay)
-  net = {}  # filled by init: the model's pure functions (static for jit)
-
-  def _apply(params, x):
-    if "model" not in net:
-      raise RuntimeError(f"learner {name!r}: call init(key, example_batch) before update/predict")
-    return net["model"].apply(params, x)
+  net = _common.LazyModel(name, model, num_classes, model_kwargs)
+  _apply = net.apply
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
-    net["model"] = _common.pure_model(model, x.shape[1:], num_classes, key, model_kwargs)
-    params = net["model"].params
+    params = net.build(key, x)
     if init_params is not None:
       if jax.tree.structure(init_params) != jax.tree.structure(params):
         raise ValueError(f"learner {name!r}: init_params do not match model {model!r} "
