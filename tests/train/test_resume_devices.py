@@ -37,7 +37,7 @@ def _matrices(workdir):
           for k, r in res["runs"].items()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules on a worker
 def uninterrupted(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("full"))
   out = _run(wd)
@@ -85,9 +85,19 @@ def test_one_and_eight_devices_agree(uninterrupted, tmp_path):
 def test_bad_config_key_and_names_exit_with_a_clear_message(tmp_path):
   out = _run(str(tmp_path), "--config.learners=finetune,nope")
   assert out.returncode == 2 and "valid learners" in out.stderr and "'er'" in out.stderr
-  out = _run(str(tmp_path), "--config.stream.ordering=sideways")
-  assert out.returncode == 2 and "class_incremental" in out.stderr
-  out = _run(str(tmp_path), "--config.dataset=imagenet")
-  assert out.returncode == 2 and "mnist5k" in out.stderr
   out = _run(str(tmp_path), "--config.stream.bogus=1")
   assert out.returncode != 0 and "bogus" in out.stderr
+
+
+def test_bad_ordering_and_data_set_name_the_valid_ones(tmp_path):
+  # The same errors the binary turns into exit code 2 (above), raised before any work is done.
+  from cljax.data.sources import DataError  # pylint: disable=import-outside-toplevel
+  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  c = experiment.base_config()
+  c.stream.ordering = "sideways"
+  with pytest.raises(experiment.ConfigError, match="class_incremental"):
+    experiment.run_experiment(c, str(tmp_path / "a"), log=lambda m: None)
+  c = experiment.base_config()
+  c.dataset = "imagenet"
+  with pytest.raises(DataError, match="mnist5k"):
+    experiment.run_experiment(c, str(tmp_path / "b"), log=lambda m: None)

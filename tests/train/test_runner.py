@@ -40,7 +40,7 @@ def _acc(results):
                          for row in r["accuracy_matrix"]]) for k, r in results["runs"].items()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules on a worker
 def digits_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("run"))
   return wd, experiment.run_experiment(small_config("finetune,er,offline", plots=True), wd,
