@@ -14,6 +14,12 @@ The model DietCL uses (Zhang et al., ICLR 2024; He et al. 2022 for MAE):
   static); a light decoder fills in mask tokens, restores the patch order and predicts pixels; the
   loss is the MSE over masked patches only, against per-patch normalised pixels (``norm_pix``).
 
+Precision: ``dtype`` is the compute dtype of the Linear, LayerNorm and attention layers (None, the
+default: float32 throughout, as before), ``param_dtype`` the dtype parameters are stored in
+(float32). With ``dtype=jnp.bfloat16`` the matmuls run in bfloat16 on float32 parameters, while the
+attention softmax, LayerNorm statistics, the classifier head, the logits and the MAE loss stay in
+float32.
+
 Pure functions: ``pure_vit(module)`` splits a module once (``nnx.split``) and returns ``encode``,
 ``mae_loss``, ``logits`` and ``features`` as functions of a pure parameter dict, ready for
 ``jax.jit`` / ``jax.grad``.
@@ -63,21 +69,32 @@ def random_masking(key: jax.Array, batch: int, num_patches: int, mask_ratio: flo
   return ids_keep, mask, ids_restore
 
 
-class Block(nnx.Module):
-  """Pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)). Tokens [B, T, D]."""
+def _dtypes(dtype, param_dtype) -> dict:
+  """Keyword arguments (compute ``dtype``, ``param_dtype``) for nnx Linear / LayerNorm."""
+  return dict(dtype=None if dtype is None else jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
 
-  def __init__(self, dim: int, heads: int, mlp_ratio: float, *, rngs: nnx.Rngs):
+
+class Block(nnx.Module):
+  """Pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)). Tokens [B, T, D].
+
+  ``dtype``: compute dtype (None: that of the inputs and parameters); ``param_dtype``: parameters.
+  The attention softmax is computed in float32 whatever ``dtype``.
+  """
+
+  def __init__(self, dim: int, heads: int, mlp_ratio: float, *, rngs: nnx.Rngs,
+               dtype=None, param_dtype=jnp.float32):
     if dim % heads:
       raise ValueError(f"width {dim} is not divisible by {heads} heads")
     self.heads = heads
     init = nnx.initializers.xavier_uniform()
-    self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
-    self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=init, rngs=rngs)
-    self.proj = nnx.Linear(dim, dim, kernel_init=init, rngs=rngs)
-    self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+    dt = _dtypes(dtype, param_dtype)
+    self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs, **dt)
+    self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=init, rngs=rngs, **dt)
+    self.proj = nnx.Linear(dim, dim, kernel_init=init, rngs=rngs, **dt)
+    self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs, **dt)
     hidden = int(dim * mlp_ratio)
-    self.fc1 = nnx.Linear(dim, hidden, kernel_init=init, rngs=rngs)
-    self.fc2 = nnx.Linear(hidden, dim, kernel_init=init, rngs=rngs)
+    self.fc1 = nnx.Linear(dim, hidden, kernel_init=init, rngs=rngs, **dt)
+    self.fc2 = nnx.Linear(hidden, dim, kernel_init=init, rngs=rngs, **dt)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape
@@ -85,7 +102,7 @@ class Block(nnx.Module):
     qkv = self.qkv(self.norm1(x)).reshape(b, t, 3, h, d // h)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, h, d/h]
     att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // h)
-    att = jax.nn.softmax(att, axis=-1)
+    att = jax.nn.softmax(att.astype(jnp.float32), axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, d)
     x = x + self.proj(out)
     return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
@@ -100,10 +117,14 @@ class ViTMAE(nnx.Module):
     config: a name from ``CONFIGS`` (micro, tiny, small, base); keyword overrides of its fields
       (``dim``, ``depth``, ...) may be given in ``overrides``.
     patch: patch side p in pixels (28x28 with p=7 -> 16 patches; 224x224 with p=16 -> 196).
+    dtype: compute dtype of the encoder and decoder (None: float32; e.g. ``jnp.bfloat16`` or
+      ``"bfloat16"``). The classifier head, the logits and the MAE loss are float32 regardless.
+    param_dtype: dtype of the stored parameters (float32).
   """
 
   def __init__(self, in_shape: Sequence[int], num_classes: int, config: str = "tiny",
-               patch: int = 16, *, rngs: nnx.Rngs, **overrides):
+               patch: int = 16, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32,
+               **overrides):
     if len(in_shape) != 3:
       raise ValueError(f"ViT needs image inputs [H, W, C]; got example shape {tuple(in_shape)}")
     if config not in CONFIGS:
@@ -121,21 +142,24 @@ class ViTMAE(nnx.Module):
     dim, ddim = cfg["dim"], cfg["dec_dim"]
     init = nnx.initializers.xavier_uniform()
     pos = nnx.initializers.normal(0.02)
-    self.patch_embed = nnx.Linear(patch * patch * c, dim, kernel_init=init, rngs=rngs)
-    self.pos_embed = nnx.Param(pos(rngs.params(), (1, self.num_patches, dim)))
-    self.blocks = nnx.List([Block(dim, cfg["heads"], cfg["mlp_ratio"], rngs=rngs)
+    dt = _dtypes(dtype, param_dtype)
+    pdt = dt["param_dtype"]
+    self.patch_embed = nnx.Linear(patch * patch * c, dim, kernel_init=init, rngs=rngs, **dt)
+    self.pos_embed = nnx.Param(pos(rngs.params(), (1, self.num_patches, dim), pdt))
+    self.blocks = nnx.List([Block(dim, cfg["heads"], cfg["mlp_ratio"], rngs=rngs, **dt)
                             for _ in range(cfg["depth"])])
-    self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
+    self.norm = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs, **dt)
+    # The head computes in float32 (it is small), so logits are float32 whatever ``dtype``.
     self.head = nnx.Linear(dim, num_classes, kernel_init=nnx.initializers.normal(0.01),
-                           rngs=rngs)
+                           rngs=rngs, param_dtype=pdt, dtype=jnp.float32)
     # MAE decoder.
-    self.dec_embed = nnx.Linear(dim, ddim, kernel_init=init, rngs=rngs)
-    self.mask_token = nnx.Param(pos(rngs.params(), (1, 1, ddim)))
-    self.dec_pos_embed = nnx.Param(pos(rngs.params(), (1, self.num_patches, ddim)))
-    self.dec_blocks = nnx.List([Block(ddim, cfg["dec_heads"], cfg["mlp_ratio"], rngs=rngs)
+    self.dec_embed = nnx.Linear(dim, ddim, kernel_init=init, rngs=rngs, **dt)
+    self.mask_token = nnx.Param(pos(rngs.params(), (1, 1, ddim), pdt))
+    self.dec_pos_embed = nnx.Param(pos(rngs.params(), (1, self.num_patches, ddim), pdt))
+    self.dec_blocks = nnx.List([Block(ddim, cfg["dec_heads"], cfg["mlp_ratio"], rngs=rngs, **dt)
                                 for _ in range(cfg["dec_depth"])])
-    self.dec_norm = nnx.LayerNorm(ddim, epsilon=1e-6, rngs=rngs)
-    self.dec_pred = nnx.Linear(ddim, patch * patch * c, kernel_init=init, rngs=rngs)
+    self.dec_norm = nnx.LayerNorm(ddim, epsilon=1e-6, rngs=rngs, **dt)
+    self.dec_pred = nnx.Linear(ddim, patch * patch * c, kernel_init=init, rngs=rngs, **dt)
 
   def encode(self, x: jax.Array, mask_key: Optional[jax.Array] = None, mask_ratio: float = 0.75):
     """Encoder tokens after the final LayerNorm.
@@ -143,7 +167,8 @@ class ViTMAE(nnx.Module):
     x [B, H, W, C] -> tokens [B, N, D] when ``mask_key`` is None; otherwise (tokens [B, n_keep, D],
     mask [B, N], ids_restore [B, N]) for a random mask of ratio ``mask_ratio`` (static).
     """
-    t = self.patch_embed(patchify(x, self.patch)) + self.pos_embed[...]
+    t = self.patch_embed(patchify(x, self.patch))
+    t = t + self.pos_embed[...].astype(t.dtype)
     if mask_key is not None:
       ids_keep, mask, ids_restore = random_masking(mask_key, x.shape[0], self.num_patches,
                                                    mask_ratio)
@@ -158,8 +183,10 @@ class ViTMAE(nnx.Module):
     t = self.dec_embed(tokens)
     b, n_keep, ddim = t.shape
     n = ids_restore.shape[1]
-    t = jnp.concatenate([t, jnp.broadcast_to(self.mask_token[...], (b, n - n_keep, ddim))], 1)
-    t = jnp.take_along_axis(t, ids_restore[:, :, None], axis=1) + self.dec_pos_embed[...]
+    mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(t.dtype), (b, n - n_keep, ddim))
+    t = jnp.concatenate([t, mask_tokens], 1)
+    t = jnp.take_along_axis(t, ids_restore[:, :, None], axis=1)
+    t = t + self.dec_pos_embed[...].astype(t.dtype)
     for blk in self.dec_blocks:
       t = blk(t)
     return self.dec_pred(self.dec_norm(t))
@@ -172,8 +199,8 @@ class ViTMAE(nnx.Module):
     ``weight`` [B] (optional, 0 = ignore the example) weights examples.
     """
     tokens, mask, ids_restore = self.encode(x, key, mask_ratio)
-    pred = self.decode(tokens, ids_restore)
-    target = patchify(x, self.patch)
+    pred = self.decode(tokens, ids_restore).astype(jnp.float32)
+    target = patchify(x, self.patch).astype(jnp.float32)
     if norm_pix:
       mu = target.mean(-1, keepdims=True)
       var = target.var(-1, keepdims=True)
@@ -184,8 +211,8 @@ class ViTMAE(nnx.Module):
     return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
   def features(self, x: jax.Array) -> jax.Array:
-    """Mean of the patch tokens after the final LayerNorm: [B, H, W, C] -> [B, D]."""
-    return self.encode(x).mean(axis=1)
+    """Mean of the patch tokens after the final LayerNorm: [B, H, W, C] -> [B, D] float32."""
+    return self.encode(x).astype(jnp.float32).mean(axis=1)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Logits [B, num_classes] of the linear head on ``features``."""

@@ -10,9 +10,33 @@ The first call of each phase compiles and is timed separately; ``--repeats`` tim
 Training examples/s = passes * batch_size / seconds (a joint pass reads batch_size examples, of
 which a third go through the MAE encoder at 25 % of the patches plus the decoder).
 
+GPU / ImageNet shapes: ``--synthetic`` replaces MNIST with uniform random images of
+``--image_size`` x ``--image_size`` x ``--channels`` and ``--classes`` labels (cljax.data, hence
+grain, is then not imported); ``--dtype=bfloat16`` sets the ViT's compute dtype (parameters,
+optimizer, logits and losses stay float32); ``--matmul_n=8192`` also times a jitted
+``jnp.matmul`` of two N x N matrices in ``--dtype`` (random normal data, median of 3 rounds of 10
+back-to-back products after 3 warm-ups), and the model FLOP utilisation is reported against it:
+
+    MFU = model FLOPs per pass * passes / median seconds  /  (2 N^3 / matmul seconds).
+
+Model FLOPs are counted analytically (``train_flops``), the usual 6 x (matmul parameters) x tokens
+for training (forward 2, backward 4 per weight per token) plus attention, 12 T^2 D per block
+(QK^T and AV, forward 4 T^2 D, times 3), for the layers each row actually runs:
+
+* a classification row (L_m, L_b, buffer-only): patch embedding on all N tokens, the encoder on N
+  tokens, the head on the token mean;
+* an MAE row (L_r): patch embedding on all N tokens (it runs before the masking), the encoder on
+  n_keep = round(N (1 - mask_ratio)) tokens, the decoder embedding on n_keep tokens, the decoder
+  blocks and the pixel predictor on N tokens.
+
+LayerNorm, softmax, GELU, the optimizer and the buffer sampling are not counted (MFU convention);
+the input gradient of the patch embedding, which XLA skips, is counted (an overcount of ~0.1 %).
+
 Usage::
 
     .venv/bin/python experiments/bench/dietcl.py --out=/tmp/dietcl_bench.json
+    python3 experiments/bench/dietcl.py --synthetic --vit=base --image_size=224 --dtype=bfloat16 \
+        --batch_size=256 --classes=1000 --matmul_n=8192 --out=/tmp/dietcl_gpu.json
 """
 
 from __future__ import annotations
@@ -29,7 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import cljax.learners as learners
-from cljax import data
+from cljax.learners import dietcl as dietcl_lib
+from cljax.models import vit as vit_lib
 
 _OUT = flags.DEFINE_string("out", None, "JSON file for the results.")
 _VIT = flags.DEFINE_string("vit", "tiny", "ViT config (micro, tiny, small, base).")
@@ -40,6 +65,81 @@ _ROWS = flags.DEFINE_integer("step_rows", 640, "Rows in the time step.")
 _RATE = flags.DEFINE_float("label_rate", 0.1, "Share of labeled rows.")
 _CHUNK = flags.DEFINE_integer("chunk", 8, "Steps per jitted call.")
 _UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan unroll inside a chunk.")
+_SYN = flags.DEFINE_bool("synthetic", False, "Uniform random images instead of MNIST (no grain).")
+_SIZE = flags.DEFINE_integer("image_size", 224, "Synthetic image side (with --synthetic).")
+_CH = flags.DEFINE_integer("channels", 3, "Synthetic image channels (with --synthetic).")
+_CLASSES = flags.DEFINE_integer("classes", 1000, "Synthetic classes (with --synthetic).")
+_PATCH = flags.DEFINE_integer("patch", None, "ViT patch side (None: vit.create's default).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "ViT compute dtype.")
+_MATMUL = flags.DEFINE_integer("matmul_n", 0, "Also time an N^3 matmul in --dtype (0: skip).")
+_PHASES = flags.DEFINE_list("phases", ["joint", "buffer_only"], "Phases to time.")
+
+
+class _Split:
+  def __init__(self, x, y):
+    self.x, self.y = x, y
+
+  def __len__(self):
+    return len(self.y)
+
+  def batch(self, idx):
+    return self.x[idx]
+
+
+class _Synthetic:
+  """Uniform random images [step_rows, S, S, C] with random labels (throughput only)."""
+
+  def __init__(self, n, size, channels, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, size, size, channels), dtype=np.float32)
+    self.train = _Split(x, rng.integers(0, classes, n).astype(np.int32))
+    self.num_classes = classes
+
+
+def train_flops(cfg: dict, image_shape, patch: int, num_classes: int, batch_size: int,
+                allocation: str = "paper", mask_ratio: float = 0.75) -> dict:
+  """Analytic training FLOPs of one joint pass and one buffer-only pass (see module docstring)."""
+  h, w, c = image_shape
+  n = (h // patch) * (w // patch)
+  p2c = patch * patch * c
+  n_keep = max(1, int(round(n * (1.0 - mask_ratio))))
+
+  def blocks_fwd(tokens, dim, depth, mlp_ratio):
+    hidden = int(dim * mlp_ratio)
+    weights = 4 * dim * dim + 2 * dim * hidden  # qkv 3 D^2, proj D^2, fc1, fc2
+    return depth * (2 * weights * tokens + 4 * tokens * tokens * dim)
+
+  d, dd = cfg["dim"], cfg["dec_dim"]
+  embed = 2 * p2c * d * n
+  cls_fwd = embed + blocks_fwd(n, d, cfg["depth"], cfg["mlp_ratio"]) + 2 * d * num_classes
+  mae_fwd = (embed + blocks_fwd(n_keep, d, cfg["depth"], cfg["mlp_ratio"]) + 2 * d * dd * n_keep
+             + blocks_fwd(n, dd, cfg["dec_depth"], cfg["mlp_ratio"]) + 2 * dd * p2c * n)
+  nu, nl, nb = dietcl_lib.source_split(batch_size, allocation)
+  attn_cls = cfg["depth"] * 4 * n * n * d
+  return {"tokens": n, "tokens_kept_mae": n_keep, "rows_mae": nu, "rows_cls": nl + nb,
+          "train_flops_per_cls_row": 3 * cls_fwd, "train_flops_per_mae_row": 3 * mae_fwd,
+          "attention_share_cls_row": attn_cls / cls_fwd,
+          "joint_pass_flops": 3 * (nu * mae_fwd + (nl + nb) * cls_fwd),
+          "buffer_only_pass_flops": 3 * batch_size * cls_fwd}
+
+
+def matmul_rate(n: int, dtype) -> dict:
+  """FLOP/s of a jitted [n, n] x [n, n] matmul on random normal data (median of 3 x 10 calls)."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(k1, (n, n), dtype)
+  b = jax.random.normal(k2, (n, n), dtype)
+  mm = jax.jit(jnp.matmul)
+  for _ in range(3):
+    jax.block_until_ready(mm(a, b))
+  rounds = []
+  for _ in range(3):
+    t0 = time.perf_counter()
+    outs = [mm(a, b) for _ in range(10)]
+    jax.block_until_ready(outs)
+    rounds.append((time.perf_counter() - t0) / 10)
+  sec = statistics.median(rounds)
+  return {"n": n, "dtype": jnp.dtype(dtype).name, "seconds_per_matmul": sec,
+          "rounds_s": rounds, "flops_per_s": 2 * n ** 3 / sec}
 
 
 def _fill(learner, ds, rows, rate, bs, seed):
@@ -60,9 +160,10 @@ def _fill(learner, ds, rows, rate, bs, seed):
 
 
 def _phase(ds, threshold):
-  kw = dict(num_classes=10, vit=_VIT.value, batch_size=_BS.value, max_step_size=_ROWS.value,
-            memory_size=max(_ROWS.value, 256), threshold=threshold, chunk=_CHUNK.value,
-            unroll=_UNROLL.value)
+  kw = dict(num_classes=ds.num_classes, vit=_VIT.value, batch_size=_BS.value,
+            max_step_size=_ROWS.value, memory_size=max(_ROWS.value, 256), threshold=threshold,
+            chunk=_CHUNK.value, unroll=_UNROLL.value, patch=_PATCH.value,
+            vit_kwargs={"dtype": _DTYPE.value} if _DTYPE.value != "float32" else None)
   learner = learners.get("dietcl", **kw)
   state = _fill(learner, ds, _ROWS.value, _RATE.value, _BS.value, 0)
   p = _PASSES.value
@@ -88,24 +189,60 @@ def _phase(ds, threshold):
 
 def main(argv):
   del argv
-  ds = data.load("mnist5k")
+  if _SYN.value:
+    ds = _Synthetic(_ROWS.value, _SIZE.value, _CH.value, _CLASSES.value)
+    name = f"synthetic uniform {_SIZE.value}x{_SIZE.value}x{_CH.value}"
+  else:
+    from cljax import data  # pylint: disable=import-outside-toplevel  (imports grain)
+    ds = data.load("mnist5k")
+    name = "mnist5k"
+  image = list(ds.train.batch(np.arange(1)).shape[1:])
+  patch = _PATCH.value or _default_patch(image[0])
+  dev = jax.devices()[0]
   res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                     "jax": jax.__version__, "device": str(jax.devices()[0]),
+                     "jax": jax.__version__, "device": str(dev),
+                     "device_kind": getattr(dev, "device_kind", ""),
+                     "device_count": jax.device_count(), "backend": jax.default_backend(),
                      "loadavg_start": os.getloadavg()},
-         "config": {"vit": _VIT.value, "image": [28, 28, 1], "patch": 7,
+         "config": {"vit": _VIT.value, "data": name, "image": image, "patch": patch,
+                    "dtype": _DTYPE.value, "num_classes": ds.num_classes,
                     "batch_size": _BS.value, "passes": _PASSES.value, "chunk": _CHUNK.value,
                     "unroll": _UNROLL.value, "step_rows": _ROWS.value,
                     "label_rate": _RATE.value}}
-  res["joint"] = _phase(ds, threshold=_PASSES.value)
-  res["buffer_only"] = _phase(ds, threshold=0)
-  res["machine"]["loadavg_end"] = os.getloadavg()
-  for k in ("joint", "buffer_only"):
-    r = res[k]
+  cfg = vit_lib.CONFIGS[_VIT.value]
+  fl = train_flops(cfg, image, patch, ds.num_classes, _BS.value)
+  res["flops"] = fl
+  if _MATMUL.value:
+    res["matmul"] = matmul_rate(_MATMUL.value, jnp.dtype(_DTYPE.value))
+    _dump(res)
+    print(f"matmul {_MATMUL.value}^3 {_DTYPE.value}: "
+          f"{res['matmul']['flops_per_s'] / 1e12:.1f} TFLOP/s")
+  flops_key = {"joint": "joint_pass_flops", "buffer_only": "buffer_only_pass_flops"}
+  for k in _PHASES.value:
+    r = res[k] = _phase(ds, threshold=_PASSES.value if k == "joint" else 0)
+    r["model_flops_per_pass"] = fl[flops_key[k]]
+    r["model_flops_per_s"] = fl[flops_key[k]] * r["passes"] / r["median_s"]
+    if "matmul" in res:
+      r["mfu_vs_measured_matmul"] = r["model_flops_per_s"] / res["matmul"]["flops_per_s"]
+    mfu = f"  MFU {100 * r['mfu_vs_measured_matmul']:.1f} %" if "matmul" in res else ""
     print(f"{k:12s} {r['examples_per_s']:8.1f} ex/s  {r['ms_per_pass']:7.1f} ms/pass  "
-          f"first call {r['first_call_s']:.1f} s  params {r['params']:,}")
+          f"{r['model_flops_per_s'] / 1e12:7.1f} model TFLOP/s{mfu}  "
+          f"first call {r['first_call_s']:.1f} s  params {r['params']:,}", flush=True)
+    _dump(res)  # after each phase, so a run cut short keeps what it measured
+  res["machine"]["loadavg_end"] = os.getloadavg()
+  _dump(res)
+
+
+def _dump(res):
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(res, f, indent=2)
+
+
+def _default_patch(side: int) -> int:
+  """vit.create's default patch side for a square image of this side."""
+  return next((p for p in (16, 8, 7, 4, 2) if side % p == 0 and side // p >= 2
+               and (side >= 64 or p < 16)), 1)
 
 
 if __name__ == "__main__":

@@ -196,10 +196,12 @@ def main(argv):
   del argv
   res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                      "jax": jax.__version__, "backend": jax.default_backend(),
+                     "device": str(jax.devices()[0]),
                      "python": sys.version.split()[0]},
          "config": {k: FLAGS[k].value for k in ["d", "m", "c", "iters", "repeats", "replay",
                                                 "capacity", "batch", "calls"]}}
   bench_pq(res)
+  _dump(res)  # so a run cut short keeps the PQ part
   rows = [("", "train s", "encode vec/s", "decode vec/s", "MSE")]
   for name, v in res["pq"].items():
     rows.append((name, f"{v['train_s']:.2f}", f"{v['encode_vec_per_s']:,.0f}",
@@ -222,9 +224,14 @@ def main(argv):
             f"compile ~{v['compile_s_approx']:.0f} s")
     print(f"  F forward+backward alone, top level: {rm['f_fwd_bwd_ms_top_level']:.0f} ms")
   if FLAGS.out:
+    _dump(res)
+    print("wrote", FLAGS.out)
+
+
+def _dump(res):
+  if FLAGS.out:
     with open(FLAGS.out, "w") as fh:
       json.dump(res, fh, indent=2)
-    print("wrote", FLAGS.out)
 
 
 if __name__ == "__main__":

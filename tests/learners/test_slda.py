@@ -20,6 +20,14 @@ from cljax.ops import slda as ops
 
 BATCH = 64
 
+if jax.default_backend() == "cpu":
+  same = np.testing.assert_array_equal  # XLA:CPU is deterministic: bit equality
+else:
+  # GPU reductions (atomics, autotuned kernels) may round differently from run to run and
+  # between two compiled programs; same results up to float32 rounding.
+  def same(a, b, err_msg=""):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=err_msg)
+
 
 def _batches(x, y, batch=BATCH, labeled=None):
   """Fixed-size batches; the ragged tail is padded (valid False, garbage label -1)."""
@@ -130,7 +138,7 @@ def test_fixed_covariance_fit_base_and_mask_unseen():
   np.testing.assert_array_equal(np.asarray(plastic.predict(s0, xte))[:, 5:], 0.0)
   sf, _ = _stream(fixed, s0, xtr[~base], ytr[~base])
   sp, _ = _stream(plastic, s0, xtr[~base], ytr[~base])
-  np.testing.assert_array_equal(np.asarray(sf.scatter), np.asarray(s0.scatter))
+  same(np.asarray(sf.scatter), np.asarray(s0.scatter))
   assert int(sf.cov_n) == base.sum() and int(sf.n) == len(ytr)
   assert int(sp.cov_n) == len(ytr) and not np.allclose(np.asarray(sp.scatter), np.asarray(s0.scatter))
   np.testing.assert_allclose(np.asarray(sf.means), np.asarray(sp.means))
@@ -172,8 +180,8 @@ def test_refresh_on_update_and_donation_match_default():
   se, _ = _stream(eager, s0, xtr[:300], ytr[:300])
   sd, _ = _stream(donating, jax.tree.map(jnp.copy, s0), xtr[:300], ytr[:300])
   assert bool(sl.stale) and not bool(se.stale)
-  np.testing.assert_array_equal(np.asarray(lazy.predict(sl, xte)), np.asarray(eager.predict(se, xte)))
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(sd), jax.device_get(sl))
+  same(np.asarray(lazy.predict(sl, xte)), np.asarray(eager.predict(se, xte)))
+  jax.tree.map(same, jax.device_get(sd), jax.device_get(sl))
 
 
 def test_checkpoint_mid_stream_resumes_identically(tmp_path):
@@ -197,9 +205,9 @@ def test_checkpoint_mid_stream_resumes_identically(tmp_path):
     resumed, _ = learner.update(resumed, b, None)
   for s in (uninterrupted, resumed):
     assert int(s.n) == len(ytr)
-  np.testing.assert_array_equal(np.asarray(learner.predict(resumed, xte)),
+  same(np.asarray(learner.predict(resumed, xte)),
                                 np.asarray(learner.predict(uninterrupted, xte)))
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(uninterrupted))
+  jax.tree.map(same, jax.device_get(resumed), jax.device_get(uninterrupted))
   assert learner.update._cache_size() == 1  # the restored state does not recompile
   assert learner.predict._cache_size() == 1
 

@@ -96,3 +96,26 @@ def test_head_mask_and_layer_ids():
   assert vit.layer_id(("blocks", 1, "qkv", "kernel"), 2) == 2
   assert vit.layer_id(("head", "kernel"), 2) == 3
   assert vit.layer_id(("dec_blocks", 0, "fc1", "kernel"), 2) == 3
+
+
+def test_bfloat16_compute_keeps_float32_params_logits_and_loss():
+  x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  f32 = vit.pure_vit(_micro())
+  bf16 = vit.pure_vit(_micro(dtype="bfloat16"))
+  # Same initialization, float32 parameters in both.
+  assert jax.tree.structure(f32.params) == jax.tree.structure(bf16.params)
+  for a, b in zip(jax.tree.leaves(f32.params), jax.tree.leaves(bf16.params)):
+    assert b.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)
+  tok = bf16.encode(bf16.params, x)
+  assert tok.dtype == jnp.bfloat16
+  lo32, lo16 = f32.logits(f32.params, x), bf16.logits(bf16.params, x)
+  assert lo16.dtype == jnp.float32
+  np.testing.assert_allclose(lo16, lo32, atol=0.05 * float(jnp.abs(lo32).max()) + 1e-3)
+  key = jax.random.key(2)
+  l32, l16 = f32.mae_loss(f32.params, x, key), bf16.mae_loss(bf16.params, x, key)
+  assert l16.dtype == jnp.float32
+  assert float(l16) == pytest.approx(float(l32), rel=0.02)
+  g = jax.grad(bf16.mae_loss)(bf16.params, x, key)
+  assert all(v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v)))
+             for v in jax.tree.leaves(g))
