@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from cljax.learner import Learner, register
 from cljax.learners import _common
 from cljax.ops import buffers
+from cljax.ops import sharding
 
 MEMORIES = ("none", "reservoir", "class_balanced", "all", "past")
 SAMPLINGS = ("uniform", "balanced")
@@ -212,9 +213,9 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
       else:
         xr, yr, wr = _sample({**state, "cur": buffers.clear(state["cur"])},
                              jax.random.fold_in(key, i), batch_size)
-        x = jnp.concatenate([batch["x"].astype(xr.dtype), xr])
-        yy = jnp.concatenate([y, yr])
-        w = jnp.concatenate([mask.astype(jnp.float32), wr])
+        x, yy, w = sharding.data_rows((jnp.concatenate([batch["x"].astype(xr.dtype), xr]),
+                                       jnp.concatenate([y, yr]),
+                                       jnp.concatenate([mask.astype(jnp.float32), wr])))
       state, loss = _sgd(state, x, yy, w)
     return state, {"passes": jnp.float32(iters_per_batch), "loss": loss}
 
@@ -243,7 +244,7 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
     """
     total = jnp.zeros(())
     for i in range(chunk):
-      x, y, w = _sample(state, jax.random.fold_in(key, start + i), batch_size)
+      x, y, w = sharding.data_rows(_sample(state, jax.random.fold_in(key, start + i), batch_size))
       new, loss = _sgd(state, x, y, w)
       active = start + i < stop
       state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)

@@ -142,8 +142,16 @@ def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opt
   Checkpoints go to ``workdir/checkpoints/<run_name>/<step>``. With ``resume`` the newest readable
   checkpoint is restored and the run continues from the next step; without it, a folder that
   already holds checkpoints is an error (nothing already written is overwritten).
+
+  The run happens under ``jax.set_mesh(mesh)``, so learners that sample their training batches
+  inside jit can split them over the devices (``cljax.ops.sharding.data_rows``).
   """
   mesh = mesh_lib.data_mesh(opts.num_devices)
+  with jax.set_mesh(mesh):
+    return _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log)
+
+
+def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) -> dict:
   ckdir = os.path.join(workdir, "checkpoints", run_name)
   specs = streams_lib.batch_specs(stream, opts.batch_size)
   it = streams_lib.batches(stream, opts.batch_size)
