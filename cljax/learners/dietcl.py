@@ -43,6 +43,7 @@ from cljax.learner import Learner, register
 from cljax.learners import _common
 from cljax.models import vit as vit_lib
 from cljax.ops import buffers
+from cljax.ops import sharding
 
 ALLOCATIONS = ("paper", "reference_code")
 
@@ -154,9 +155,148 @@ def decay_mask(params: dict) -> dict:
   return jax.tree_util.tree_map_with_path(f, params)
 
 
+def sample_rows(buf: dict, key: jax.Array, n: int):
+  """n rows drawn uniformly with replacement from an ``ops.buffers`` buffer: x [n, ...], y [n],
+  weight [n] (all 0 when the buffer is empty, so an empty source adds nothing to a loss).
+  Split over the devices of the run's mesh (``ops.sharding.data_rows``) when n divides them."""
+  idx = buffers.sample_indices(key, buf["count"], n)
+  return sharding.data_rows(
+      (buf["x"][idx], buf["y"][idx], jnp.full((n,), buf["count"] > 0, jnp.float32)))
+
+
+VIT_MODELS = tuple(f"vit_{c}" for c in vit_lib.CONFIGS)
+
+
+def vit_spec(learner: str, model: Optional[str], model_kwargs: Optional[dict], vit: str,
+             patch: Optional[int], vit_kwargs: Optional[dict]) -> tuple[str, dict]:
+  """(ViT config name, ``vit.create`` keyword arguments) of a learner's ViT.
+
+  ``model`` (a registry name ``vit_micro`` ... ``vit_base``) with ``model_kwargs`` (``patch`` and
+  config overrides) names the same network as ``cljax.models.create(model, ...)``, so
+  ``_common.pure_model(model, shape, K, key, model_kwargs).params`` (e.g. ``train_mae``'s output)
+  fit as ``init_params`` (``LazyViT``). Without ``model``: config ``vit`` with ``patch`` and
+  ``vit_kwargs``.
+  """
+  kw = dict(vit_kwargs or {})
+  if patch is not None:
+    kw["patch"] = patch
+  if model is None:
+    return vit, kw
+  if model not in VIT_MODELS:
+    raise ValueError(f"learner {learner!r} needs a ViT with an MAE decoder; model {model!r} is "
+                     f"not one (valid: {list(VIT_MODELS)})")
+  return model[len("vit_"):], {**kw, **(model_kwargs or {})}
+
+
+class LazyViT:
+  """A learner's ViT, built by its ``init`` (which first sees the input shape) exactly as
+  ``models.create`` builds ``vit_<config>`` (same key use, so the same initial params).
+
+  ``build(key, x) -> params`` (``init_params`` when given, checked against the structure);
+  ``vit`` (a ``vit.PureViT``) and ``scales`` (per-layer lr factors, ``layer_scales``) are read by
+  the jitted functions at trace time and raise a clear error before ``build``.
+  """
+
+  def __init__(self, learner: str, config: str, kw: dict, num_classes: int, layer_decay: float,
+               init_params: Optional[dict] = None):
+    self._learner, self._config, self._kw, self._k = learner, config, kw, num_classes
+    self._decay, self._init = layer_decay, init_params
+    self._vit, self.scales = None, None
+
+  def build(self, key: jax.Array, x: jax.Array) -> dict:
+    shape = tuple(x.shape[1:])
+    self._vit = vit_lib.pure_vit(vit_lib.create(shape, self._k, nnx.Rngs(params=key),
+                                                config=self._config, **self._kw))
+    params = self._vit.params
+    if self._init is not None:
+      if jax.tree.structure(self._init) != jax.tree.structure(params):
+        raise ValueError(f"learner {self._learner!r}: init_params do not match the ViT built "
+                         f"here (config {self._config!r}, options {self._kw}, inputs {shape})")
+      params = jax.tree.map(jnp.asarray, self._init)
+    self.scales = layer_scales(params, self._vit.depth, self._decay)
+    return params
+
+  @property
+  def vit(self) -> vit_lib.PureViT:
+    if self._vit is None:
+      raise RuntimeError(f"learner {self._learner!r}: call init(key, example_batch) before "
+                         "update/predict")
+    return self._vit
+
+
+def store_rows(state: dict, batch: dict, num_classes: int, lab_key: str, unl_key: str) -> dict:
+  """``state`` with the batch's valid labelled rows appended to buffer ``lab_key``, its valid
+  unlabeled rows to ``unl_key`` (label 0) and the labelled classes added to ``seen`` (and to
+  ``step_cls`` when the state has one). Batch: x [B, ...], y [B], valid [B], labeled [B]."""
+  lab = batch["valid"] & batch["labeled"]
+  unl = batch["valid"] & ~batch["labeled"]
+  y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
+  new_cls = jnp.any(jax.nn.one_hot(y, num_classes, dtype=bool) & lab[:, None], axis=0)
+  out = {**state, "seen": state["seen"] | new_cls,
+         lab_key: buffers.append(state[lab_key], batch["x"], y, lab),
+         unl_key: buffers.append(state[unl_key], batch["x"], jnp.zeros_like(y), unl)}
+  if "step_cls" in state:
+    out["step_cls"] = state["step_cls"] | new_cls
+  return out
+
+
+def adamw(weight_decay: float, betas=(0.9, 0.95)) -> optax.GradientTransformation:
+  """AdamW direction without the lr: Adam moments + decoupled decay on matrices (``decay_mask``).
+
+  The lr (half-cosine, per layer) is applied by ``make_chunk``, so one compiled program serves
+  every phase length and peak lr.
+  """
+  return optax.chain(optax.scale_by_adam(*betas, eps=1e-8), optax.masked(
+      optax.add_decayed_weights(weight_decay), decay_mask))
+
+
+def make_chunk(loss_fn, tx: optax.GradientTransformation, chunk: int, unroll: int = 1):
+  """A jitted run of ``chunk`` optimizer steps of a phase, masked past the phase's end.
+
+  ``loss_fn(params, data, key) -> (loss, parts tuple)``. The returned function
+  ``f(params, opt, data, key, start, stop, lr_peak, scales) -> (params, opt, sums)`` runs steps
+  i = start .. start + chunk - 1 (only those with i < stop) with lr ``lr_peak · ½(1 + cos(π i /
+  stop)) · scales`` (``scales`` a params-shaped pytree of per-layer factors); ``sums`` [1 + parts]
+  adds up the loss and its parts over the active steps. ``start``/``stop`` are traced: no budget
+  recompiles.
+  """
+  def run(params, opt, data, key, start, stop, lr_peak, scales):
+    def body(carry, i):
+      params, opt = carry
+      (loss, parts), g = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, data, jax.random.fold_in(key, i))
+      upd, new_opt = tx.update(g, opt, params)
+      lr_i = lr_peak * 0.5 * (1 + jnp.cos(jnp.pi * i / jnp.maximum(stop, 1)))
+      new_params = jax.tree.map(lambda p, u, s: p - lr_i * s * u, params, upd, scales)
+      active = i < stop
+      keep = lambda a, b: jnp.where(active, a, b)  # noqa: E731
+      out = jnp.where(active, jnp.stack([loss, *parts]), 0.0)
+      return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt)), out
+
+    (params, opt), outs = jax.lax.scan(body, (params, opt), start + jnp.arange(chunk),
+                                       unroll=unroll)
+    return params, opt, outs.sum(0)
+
+  return jax.jit(run)
+
+
+def run_phase(chunk_fn, opt_init, params, data, key, passes: int, lr_peak: float, scales,
+              chunk: int):
+  """Host loop of one training phase: a fresh optimizer (re-created per stage, as DietCL's
+  reference code), ``passes`` steps in jitted chunks of ``make_chunk``. Returns (params, sums)."""
+  opt = opt_init(params)
+  sums = None
+  for start in range(0, passes, chunk):
+    params, opt, s = chunk_fn(params, opt, data, key, jnp.int32(start), jnp.int32(passes),
+                              jnp.float32(lr_peak), scales)
+    sums = s if sums is None else sums + s
+  return params, sums
+
+
 @register("dietcl")
 def dietcl(*, num_classes: int, vit: str = "tiny", patch: Optional[int] = None,
-           vit_kwargs: Optional[dict] = None, batch_size: int = 64, lr: float = 1e-4,
+           vit_kwargs: Optional[dict] = None, model: Optional[str] = None,
+           model_kwargs: Optional[dict] = None, batch_size: int = 64, lr: float = 1e-4,
            buffer_lr_scale: float = 0.1, weight_decay: float = 0.05, betas=(0.9, 0.95),
            layer_decay: float = 0.65, w_r: float = 50.0, mask_ratio: float = 0.75,
            norm_pix: bool = True, allocation: str = "paper", threshold: int = 400,
@@ -169,6 +309,10 @@ def dietcl(*, num_classes: int, vit: str = "tiny", patch: Optional[int] = None,
     num_classes: K, the head's fixed maximum number of classes (the seen mask grows it).
     vit, patch, vit_kwargs: ViT config name (micro/tiny/small/base), patch side (None: default for
       the image size, see ``vit.create``) and overrides of the config's fields.
+    model, model_kwargs: alternatively a registry name (``vit_micro`` ... ``vit_base``) and its
+      options (``patch``, config fields), as the other learners take them; it wins over ``vit``.
+      ``_common.pure_model(model, ...)`` params (e.g. ``cljax.train.mae.train_mae``) then fit
+      ``init_params``.
     batch_size: examples per pass (joint batches and buffer-only batches alike).
     lr: peak learning rate per 256 examples (scaled linearly to ``batch_size``, as in the code).
     buffer_lr_scale: lr factor of the buffer-only phase (reference code 0.1).
@@ -192,28 +336,15 @@ def dietcl(*, num_classes: int, vit: str = "tiny", patch: Optional[int] = None,
                ("num_classes", num_classes), ("chunk", chunk), ("max_tasks", max_tasks)):
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
+  vit_config, vit_kw = vit_spec("dietcl", model, model_kwargs, vit, patch, vit_kwargs)
   nu, nl, nb = source_split(batch_size, allocation)
   peak_lr = lr * batch_size / 256
-  base_tx = optax.chain(optax.scale_by_adam(*betas, eps=1e-8), optax.masked(
-      optax.add_decayed_weights(weight_decay), lambda p: decay_mask(p)))
-  net = {}
-
-  def _f():
-    if "vit" not in net:
-      raise RuntimeError("learner 'dietcl': call init(key, example_batch) before update/predict")
-    return net["vit"]
+  base_tx = adamw(weight_decay, betas)
+  net = LazyViT("dietcl", vit_config, vit_kw, num_classes, layer_decay, init_params)
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
-    module = vit_lib.create(x.shape[1:], num_classes, nnx.Rngs(params=key), config=vit,
-                            patch=patch, **(vit_kwargs or {}))
-    net["vit"] = vit_lib.pure_vit(module)
-    net["scales"] = layer_scales(net["vit"].params, net["vit"].depth, layer_decay)
-    params = net["vit"].params
-    if init_params is not None:
-      if jax.tree.structure(init_params) != jax.tree.structure(params):
-        raise ValueError("learner 'dietcl': init_params do not match the ViT built here")
-      params = jax.tree.map(jnp.asarray, init_params)
+    params = net.build(key, x)
     shape = x.shape[1:]
     mem = buffers.init(memory_size, shape, num_classes)
     return {"params": params,
@@ -227,25 +358,14 @@ def dietcl(*, num_classes: int, vit: str = "tiny", patch: Optional[int] = None,
   def update(state, batch, key):
     """Stores the batch's labeled and unlabeled rows for this step; no training (0 passes)."""
     del key
-    lab = batch["valid"] & batch["labeled"]
-    unl = batch["valid"] & ~batch["labeled"]
-    y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
-    new_cls = jnp.any(jax.nn.one_hot(y, num_classes, dtype=bool) & lab[:, None], axis=0)
-    return {**state, "seen": state["seen"] | new_cls, "step_cls": state["step_cls"] | new_cls,
-            "cur_l": buffers.append(state["cur_l"], batch["x"], y, lab),
-            "cur_u": buffers.append(state["cur_u"], batch["x"], jnp.zeros_like(y), unl)
-            }, {"passes": jnp.float32(0.0)}
-
-  def _sample(buf, key, n):
-    idx = buffers.sample_indices(key, buf["count"], n)
-    return buf["x"][idx], buf["y"][idx], jnp.full((n,), buf["count"] > 0, jnp.float32)
+    return store_rows(state, batch, num_classes, "cur_l", "cur_u"), {"passes": jnp.float32(0.0)}
 
   def _joint_loss(params, state, key):
-    f = _f()
+    f = net.vit
     ku, kl, kb, km = jax.random.split(key, 4)
-    xu, _, wu = _sample(state["cur_u"], ku, nu)
-    xl, yl, wl = _sample(state["cur_l"], kl, nl)
-    xb, yb, wb = _sample(state["mem"], kb, nb)
+    xu, _, wu = sample_rows(state["cur_u"], ku, nu)
+    xl, yl, wl = sample_rows(state["cur_l"], kl, nl)
+    xb, yb, wb = sample_rows(state["mem"], kb, nb)
     l_r = f.mae_loss(params, xu, km, mask_ratio, norm_pix, wu) if nu else jnp.zeros(())
     logits = f.logits(params, jnp.concatenate([xl, xb]))  # one forward for both CE terms
     l_m = masked_ce(logits[:nl], yl, wl, state["step_cls"])
@@ -253,29 +373,9 @@ def dietcl(*, num_classes: int, vit: str = "tiny", patch: Optional[int] = None,
     return w_r * l_r + l_m + l_b, (l_r, l_m, l_b)
 
   def _buffer_loss(params, state, key):
-    xb, yb, wb = _sample(state["mem"], key, batch_size)
-    l_b = masked_ce(_f().logits(params, xb), yb, wb, state["seen"])
+    xb, yb, wb = sample_rows(state["mem"], key, batch_size)
+    l_b = masked_ce(net.vit.logits(params, xb), yb, wb, state["seen"])
     return l_b, (jnp.zeros(()), jnp.zeros(()), l_b)
-
-  def _chunk(loss_fn, params, opt, state, key, start, stop, lr_peak):
-    """``chunk`` AdamW steps i = start.. (only those with i < stop); half-cosine lr over stop."""
-    scales = net["scales"]
-
-    def body(carry, i):
-      params, opt = carry
-      (loss, parts), g = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, state, jax.random.fold_in(key, i))
-      upd, new_opt = base_tx.update(g, opt, params)
-      lr_i = lr_peak * 0.5 * (1 + jnp.cos(jnp.pi * i / jnp.maximum(stop, 1)))
-      new_params = jax.tree.map(lambda p, u, s: p - lr_i * s * u, params, upd, scales)
-      active = i < stop
-      keep = lambda a, b: jnp.where(active, a, b)  # noqa: E731
-      out = jnp.where(active, jnp.stack([loss, *parts]), 0.0)
-      return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt)), out
-
-    (params, opt), outs = jax.lax.scan(body, (params, opt), start + jnp.arange(chunk),
-                                       unroll=unroll)
-    return params, opt, outs.sum(0)
 
   def _prepare(state, key):
     """Inserts the step's labelled rows into the task-balanced buffer before training."""
@@ -289,8 +389,8 @@ def dietcl(*, num_classes: int, vit: str = "tiny", patch: Optional[int] = None,
             "step_cls": jnp.zeros_like(state["step_cls"]), "step": state["step"] + 1}
 
   prepare_j, finish_j = jax.jit(_prepare), jax.jit(_finish)
-  joint_j = jax.jit(lambda *a: _chunk(_joint_loss, *a))
-  buffer_j = jax.jit(lambda *a: _chunk(_buffer_loss, *a))
+  joint_j = make_chunk(_joint_loss, base_tx, chunk, unroll)
+  buffer_j = make_chunk(_buffer_loss, base_tx, chunk, unroll)
   opt_init_j = jax.jit(base_tx.init)
 
   def end_of_step(state, key, budget):
@@ -306,10 +406,8 @@ def dietcl(*, num_classes: int, vit: str = "tiny", patch: Optional[int] = None,
     sums = jnp.zeros((4,))
     for n, fn, k, lr_p in ((joint, joint_j, k_joint, peak_lr),
                            (buf, buffer_j, k_buf, peak_lr * buffer_lr_scale)):
-      opt = opt_init_j(params)  # a fresh optimizer per stage, as the reference code
-      for start in range(0, n, chunk):
-        params, opt, s = fn(params, opt, state, k, jnp.int32(start), jnp.int32(n),
-                            jnp.float32(lr_p))
+      params, s = run_phase(fn, opt_init_j, params, state, k, n, lr_p, net.scales, chunk)
+      if s is not None:
         sums = sums + s
     state = finish_j({**state, "params": params})
     passes = max(budget, 1)
@@ -318,10 +416,15 @@ def dietcl(*, num_classes: int, vit: str = "tiny", patch: Optional[int] = None,
                    "loss": sums[0] / passes, "loss_r": sums[1] / max(joint, 1),
                    "loss_m": sums[2] / max(joint, 1), "loss_b": sums[3] / passes}
 
-  def predict(state, x):
-    return _common.mask_logits(_f().logits(state["params"], x), state["seen"])
+  # The compiled pieces, so tests can check that no step size or budget recompiles them.
+  end_of_step.jitted = {"prepare": prepare_j, "finish": finish_j, "joint": joint_j,
+                        "buffer": buffer_j, "opt_init": opt_init_j}
 
-  hp = dict(num_classes=num_classes, vit=vit, patch=patch, batch_size=batch_size, lr=lr,
+  def predict(state, x):
+    return _common.mask_logits(net.vit.logits(state["params"], x), state["seen"])
+
+  hp = dict(num_classes=num_classes, vit=vit_config, vit_kwargs=vit_kw, model=model,
+            batch_size=batch_size, lr=lr,
             buffer_lr_scale=buffer_lr_scale, weight_decay=weight_decay, betas=tuple(betas),
             layer_decay=layer_decay, w_r=w_r, mask_ratio=mask_ratio, norm_pix=norm_pix,
             allocation=allocation, threshold=threshold, joint_fraction=joint_fraction,

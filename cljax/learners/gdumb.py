@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from cljax.learner import Learner, register
 from cljax.learners import _common
 from cljax.ops import buffers
+from cljax.ops import sharding
 
 
 def greedy_insert_one(buf: dict, x: jax.Array, y: jax.Array, key: jax.Array,
@@ -57,7 +58,8 @@ def greedy_insert(buf: dict, x: jax.Array, y: jax.Array, mask: jax.Array, key: j
 def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] = None,
           optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
           weight_decay: float = 0.0, batch_size: int = 32, memory_size: int = 200,
-          epochs_per_step: float = 5.0, chunk: int = 8) -> Learner:
+          epochs_per_step: float = 5.0, chunk: int = 8,
+          init_params: Optional[dict] = None) -> Learner:
   """Builds GDumb (see module docstring).
 
   Args:
@@ -68,6 +70,8 @@ def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] 
     memory_size: capacity of the memory, in examples.
     epochs_per_step: default passes (in epochs over the memory) when the runner gives no budget.
     chunk: SGD steps per jitted host-loop call (unrolled; XLA:CPU convs are slow inside loops).
+    init_params: the initialization every step restarts from (e.g. an MAE-pretrained ViT,
+      ``cljax.train.mae.train_mae``) instead of a random one; same model and structure.
   """
   for k, v in (("batch_size", batch_size), ("memory_size", memory_size),
                ("num_classes", num_classes), ("chunk", chunk)):
@@ -80,6 +84,11 @@ def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
     params = net.build(key, x)
+    if init_params is not None:
+      if jax.tree.structure(init_params) != jax.tree.structure(params):
+        raise ValueError(f"learner 'gdumb': init_params do not match model {model!r} built for "
+                         f"inputs {tuple(x.shape[1:])}")
+      params = jax.tree.map(jnp.asarray, init_params)
     return {"params": params, "opt": tx.init(params), "init_params": params,
             "mem": buffers.init(memory_size, x.shape[1:], num_classes)}
 
@@ -104,8 +113,9 @@ def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] 
     total = jnp.zeros(())
     for i in range(chunk):
       idx = buffers.sample_indices(jax.random.fold_in(key, start + i), mem["count"], batch_size)
-      w = jnp.full((batch_size,), mem["count"] > 0, jnp.float32)
-      loss, g = jax.value_and_grad(_loss)(state["params"], mem["x"][idx], mem["y"][idx], w, seen)
+      x, y, w = sharding.data_rows(
+          (mem["x"][idx], mem["y"][idx], jnp.full((batch_size,), mem["count"] > 0, jnp.float32)))
+      loss, g = jax.value_and_grad(_loss)(state["params"], x, y, w, seen)
       upd, opt = tx.update(g, state["opt"], state["params"])
       new = {**state, "params": jax.tree.map(jnp.add, state["params"], upd), "opt": opt}
       active = start + i < stop
@@ -127,6 +137,9 @@ def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] 
       total = total + loss
     return state, {"passes": jnp.float32(passes),
                    "loss": jnp.asarray(total, jnp.float32) / max(passes, 1)}
+
+  # The compiled pieces, so tests can check that no step size or budget recompiles them.
+  end_of_step.jitted = {"reset": reset_j, "chunk": chunk_j}
 
   def predict(state, x):
     return _common.mask_logits(_apply(state["params"], x), _in_memory(state))

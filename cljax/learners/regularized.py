@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from cljax.learner import Learner, register
 from cljax.learners import _common
 from cljax.ops import buffers
+from cljax.ops import sharding
 
 IMPORTANCES = ("fisher", "mas")
 
@@ -42,7 +43,7 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
                  momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
                  lam: float = 100.0, decay: float = 1.0, importance_passes: int = 16,
                  epochs_per_step: float = 2.0, max_step_size: int = 4096,
-                 chunk: int = 8) -> Learner:
+                 chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
   """Builds ``ewc`` or ``mas`` (see module docstring).
 
   Args:
@@ -52,6 +53,8 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
     decay: online accumulation factor γ of the importance (1 = sum over steps).
     importance_passes: the most batches of the step's data read to estimate the importance; the
       pass uses min(this, ceil(step size / batch_size), budget) batches, each charged one pass.
+    init_params: start from these parameters (e.g. an MAE-pretrained ViT) instead of a random
+      initialization; same model and structure.
   """
   if importance not in IMPORTANCES:
     raise ValueError(f"unknown importance {importance!r}; valid: {list(IMPORTANCES)}")
@@ -66,6 +69,11 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
     params = net.build(key, x)
+    if init_params is not None:
+      if jax.tree.structure(init_params) != jax.tree.structure(params):
+        raise ValueError(f"learner {name!r}: init_params do not match model {model!r} built for "
+                         f"inputs {tuple(x.shape[1:])}")
+      params = jax.tree.map(jnp.asarray, init_params)
     return {"params": params, "opt": tx.init(params), "seen": jnp.zeros((num_classes,), bool),
             "cur": buffers.init(max_step_size, x.shape[1:], num_classes),
             "anchor": params, "importance": jax.tree.map(jnp.zeros_like, params)}
@@ -88,8 +96,9 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
     total = jnp.zeros(())
     for i in range(chunk):
       idx = buffers.sample_indices(jax.random.fold_in(key, start + i), cur["count"], batch_size)
-      w = jnp.full((batch_size,), cur["count"] > 0, jnp.float32)
-      loss, g = jax.value_and_grad(_loss)(state["params"], state, cur["x"][idx], cur["y"][idx], w)
+      x, y, w = sharding.data_rows(
+          (cur["x"][idx], cur["y"][idx], jnp.full((batch_size,), cur["count"] > 0, jnp.float32)))
+      loss, g = jax.value_and_grad(_loss)(state["params"], state, x, y, w)
       upd, opt = tx.update(g, state["opt"], state["params"])
       new = {**state, "params": jax.tree.map(jnp.add, state["params"], upd), "opt": opt}
       active = start + i < stop
@@ -149,6 +158,9 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
     return state, {"passes": jnp.float32(train + imp_passes),
                    "importance_passes": jnp.float32(imp_passes),
                    "loss": jnp.asarray(total_loss, jnp.float32) / max(train, 1)}
+
+  # The compiled pieces, so tests can check that no step size or budget recompiles them.
+  end_of_step.jitted = {"chunk": chunk_j, "importance": imp_j, "consolidate": cons_j}
 
   def predict(state, x):
     return _common.mask_logits(_apply(state["params"], x), state["seen"])

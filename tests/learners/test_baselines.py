@@ -21,18 +21,20 @@ def _batches(x, y, idx, bs):
 
 
 def _run(learner, ds, budget, tasks, bs=32):
-  """Class-incremental stream over ``tasks`` (lists of classes); returns state, per-step spend,
-  and test accuracy on each task after the last step."""
+  """Class-incremental stream over ``tasks`` (lists of classes), ``budget`` passes per step (an
+  int, or one per step); returns state, per-step spend, and test accuracy on each task after the
+  last step."""
   x, y = ds.train.batch(np.arange(len(ds.train))), ds.train.y
   state = learner.init(jax.random.key(0), {"x": x[:bs], "y": y[:bs]})
   spent = []
+  budgets = budget if isinstance(budget, (list, tuple)) else [budget] * len(tasks)
   for t, cls in enumerate(tasks):
     idx = np.random.default_rng(t).permutation(np.flatnonzero(np.isin(y, cls)))
     used = 0.0
     for i, b in enumerate(_batches(x, y, idx, bs)):
       state, m = learner.update(state, b, jax.random.key(100 * t + i))
       used += float(m["passes"])
-    state, m = learner.end_of_step(state, jax.random.key(t), jnp.int32(budget - used))
+    state, m = learner.end_of_step(state, jax.random.key(t), jnp.int32(budgets[t] - used))
     spent.append(used + float(m["passes"]))
   xt, yt = ds.test.batch(np.arange(len(ds.test))), ds.test.y
   pred = np.asarray(learner.predict(state, xt)).argmax(1)
@@ -129,3 +131,18 @@ def test_ewc_sanity_on_digits_keeps_more_of_the_first_task(digits):
   _, _, ew = _run(L.get("ewc", lam=1e4, importance_passes=8, **kw), digits, 40, tasks)
   assert ew[1] > 0.5, ew                 # still learns the new task
   assert ew[0] > ft[0] + 0.05, (ew, ft)  # forgets less of the old one
+
+
+@pytest.mark.parametrize("name", ["gdumb", "ewc", "mas"])
+def test_no_recompiles_across_steps_of_different_sizes_and_budgets(digits, name):
+  extra = dict(memory_size=100) if name == "gdumb" else dict(max_step_size=600,
+                                                             importance_passes=2)
+  learner = L.get(name, num_classes=10, model="mlp", batch_size=16, chunk=4, **extra)
+  # Steps of 1, 3 and 2 classes (different sizes and batch counts), budgets 5, 11, 0 passes.
+  _, spent, _ = _run(learner, digits, [5, 11, 0], [[0], [1, 2, 3], [4, 5]], bs=16)
+  assert spent == [5.0, 11.0, 0.0]
+  fns = {"update": learner.update, "predict": learner.predict, **learner.end_of_step.jitted}
+  sizes = {k: f._cache_size() for k, f in fns.items()}  # pylint: disable=protected-access
+  # 0 where a piece never ran (gdumb's reset always runs; nothing else may compile twice).
+  assert all(v <= 1 for v in sizes.values()) and sizes["update"] == 1, sizes
+  assert sizes["chunk"] == 1, sizes
