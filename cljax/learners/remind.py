@@ -129,9 +129,61 @@ class _Head:
     return out, _str_keys(nnx.to_pure_dict(nnx.state(m, nnx.BatchStat)))
 
 
+def _labels_ok(y) -> np.ndarray:
+  y = np.asarray(y, np.int32)
+  if y.size and y.min() < 0:
+    raise ValueError("remind: the base set must be labelled (REMIND's buffer holds labelled "
+                     "items); got labels < 0 (an unlabeled, e.g. mae, base initialisation)")
+  return y
+
+
+def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] = None,
+              num_centroids: int = 256, pq_iters: int = 25, seed: int = 0,
+              codebook: Any = None, feature_batch: int = 256) -> dict:
+  """REMIND's base initialisation from a base-trained ResNet-18.
+
+  Args:
+    base: has ``pure`` (a ``_common.PureModel`` of a ``resnet.ResNet18``: graphdef and params
+      incl. batch statistics), ``x`` [N, H, W, C] float32 base inputs and ``y`` [N] labels
+      (``cljax.train.experiment.BaseInit``).
+    split: last block of G (``resnet.split_model``).
+    num_subvectors: M; None: D // 16 (16-dim sub-vectors, REMIND's 32 for D = 512), at least 1.
+    num_centroids, pq_iters: C and Lloyd iterations of ``pq.train`` on all G features of the
+      base set (one D-vector per spatial position).
+    seed: PQ training key.
+    codebook: use this [M, C, D / M] codebook instead of training one.
+    feature_batch: images per jitted G call.
+
+  Returns:
+    dict(f_module=F (copies of the base variables), g_fn=G in eval mode (pure, parameters closed
+    over), codebook, base_features [N, h, w, D] float32, base_labels [N] int32).
+  """
+  module = nnx.merge(base.pure.graphdef, base.pure.params, copy=True)
+  if not isinstance(module, resnet.ResNet18):
+    raise ValueError(f"remind: the base model must be a resnet18 (split G/F at {split!r}), got "
+                     f"{type(module).__name__}")
+  g, f = resnet.split_model(module, split)
+  _, g_state, g_apply = resnet.make_pure(g)
+  g_fn = lambda x: g_apply(g_state, x)[0]
+  x = np.asarray(base.x, np.float32)
+  y = _labels_ok(base.y)
+  if len(x) == 0:
+    raise ValueError("remind: the base set is empty; REMIND trains its codebook on G's base "
+                     "features (set base_init.classes > 0 or base_init.dataset)")
+  g_j = jax.jit(g_fn)
+  feats = np.concatenate([np.asarray(g_j(x[i:i + feature_batch]))
+                          for i in range(0, len(x), feature_batch)])
+  d = feats.shape[-1]
+  if codebook is None:
+    m = num_subvectors or max(1, d // 16)
+    codebook = pq.train(jax.random.key(seed), jnp.asarray(feats.reshape(-1, d)), int(m),
+                        int(num_centroids), iters=int(pq_iters))
+  return dict(f_module=f, g_fn=g_fn, codebook=codebook, base_features=feats, base_labels=y)
+
+
 @register("remind")
 def remind(num_classes: int,
-           codebook: Any,
+           codebook: Any = None,
            f_module: Optional[nnx.Module] = None,
            f_graphdef: Any = None,
            f_state: Any = None,
@@ -152,7 +204,15 @@ def remind(num_classes: int,
            base_labels: Any = None,
            loop: str = "auto",
            max_unrolled_steps: int = 8,
-           matmul_conv_grad: Optional[bool] = None) -> Learner:
+           matmul_conv_grad: Optional[bool] = None,
+           base: Any = None,
+           split: str = "layer4.0",
+           num_subvectors: Optional[int] = None,
+           num_centroids: int = 256,
+           pq_iters: int = 25,
+           seed: int = 0,
+           buffer_bytes: int = 0,
+           prefill_buffer: bool = True) -> Learner:
   """Builds the REMIND learner (see module docstring).
 
   Args:
@@ -186,9 +246,32 @@ def remind(num_classes: int,
       (``resnet.conv_matmul_kernel_grad``: same values up to rounding, ~10x faster there on CPU,
       ~2x slower at top level). Default: on for the CPU backend. Unrolled steps use plain
       convolutions.
+    base: a base initialisation (``cljax.train.experiment.BaseInit``: a base-trained resnet18
+      and its base set; the experiment runner passes it). REMIND's base init is then done here
+      (``from_base``): G/F split at ``split``, G (eval mode) becomes ``g_fn`` so batches carry
+      raw images, F the trained head, a codebook of ``num_subvectors`` x ``num_centroids``
+      trained by ``pq_iters`` k-means iterations (key ``seed``) on G's base features unless
+      ``codebook`` is given, and the base set becomes ``base_features``/``base_labels``.
+      ``f_module``, ``g_fn`` and ``base_features`` must then be left unset.
+    buffer_bytes: if > 0, the buffer capacity is the items whose codes fit in this many bytes
+      once the float32 codebook is paid for (``pq.capacity_for_bytes``, set in ``init`` when the
+      feature-map size is known); overrides ``buffer_capacity``.
+    prefill_buffer: insert ``base_features`` in ``init`` (REMIND). False leaves them out (e.g.
+      when the stream itself starts with the base set, which would otherwise be stored twice).
   """
   if loop not in ("auto", "unroll", "scan"):
     raise ValueError(f"loop must be 'auto', 'unroll' or 'scan', got {loop!r}")
+  if base is not None:
+    if f_module is not None or f_graphdef is not None or g_fn is not None or \
+        base_features is not None:
+      raise ValueError("remind: give either base (G, F and the base set come from it) or "
+                       "f_module/f_graphdef, g_fn and base_features, not both")
+    built = from_base(base, split, num_subvectors, num_centroids, pq_iters, seed, codebook)
+    f_module, g_fn, codebook = built["f_module"], built["g_fn"], built["codebook"]
+    base_features, base_labels = built["base_features"], built["base_labels"]
+  if codebook is None:
+    raise ValueError("remind needs a codebook [M, C, D / M] (cljax.ops.pq.train on G's base "
+                     "features), or base=... to build one")
   on_cpu = jax.default_backend() == "cpu"
   if matmul_conv_grad is None:
     matmul_conv_grad = on_cpu
@@ -204,7 +287,10 @@ def remind(num_classes: int,
                  new_per_step=b, random_crop=random_crop, crop_scale=tuple(crop_scale),
                  crop_ratio=tuple(crop_ratio), g=g_fn is not None,
                  loop=loop, max_unrolled_steps=max_unrolled_steps,
-                 matmul_conv_grad=bool(matmul_conv_grad))
+                 matmul_conv_grad=bool(matmul_conv_grad), split=split if base is not None else None,
+                 buffer_bytes=buffer_bytes, prefill_buffer=prefill_buffer,
+                 base_examples=0 if base_features is None else len(base_features),
+                 respect_budget=False)  # one SGD step per example, whatever the budget
 
   def features(x):
     feats = g_fn(x) if g_fn is not None else x
@@ -221,6 +307,16 @@ def remind(num_classes: int,
     n, h, w, _ = codes.shape
     return pq.decode(cb, codes.reshape(n * h * w, m_sub)).reshape(n, h, w, m_sub * ds)
 
+  def capacity(h, w):
+    if buffer_bytes <= 0:
+      return int(buffer_capacity)
+    cap = pq.capacity_for_bytes(int(buffer_bytes), m_sub, codebook.shape[1], m_sub * ds,
+                                vectors_per_item=h * w)
+    if cap < 1:
+      raise ValueError(f"buffer_bytes={buffer_bytes} does not even pay for the codebook "
+                       f"({pq.memory_bytes(0, m_sub, codebook.shape[1], m_sub * ds)['codebook']} B)")
+    return cap
+
   def init(key, example_batch):
     feats = jax.eval_shape(features, example_batch["x"])
     _, h, w, _ = feats.shape
@@ -234,12 +330,12 @@ def remind(num_classes: int,
         "params": params,
         "batch_stats": jax.tree.map(jnp.array, head.stats),
         "momentum": jax.tree.map(jnp.zeros_like, params),
-        "buffer": code_buffer.create(buffer_capacity, (h, w, m_sub), num_classes),
+        "buffer": code_buffer.create(capacity(h, w), (h, w, m_sub), num_classes),
         "class_seen": jnp.zeros((num_classes,), jnp.int32),
         "codebook": jnp.array(codebook),
         "steps": jnp.zeros((), jnp.int32),
     }
-    if base_features is not None:
+    if base_features is not None and prefill_buffer:
       state = fill_buffer(state, base_features, base_labels, key)
     return state
 

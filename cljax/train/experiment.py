@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 import ml_collections
+import numpy as np
 
 from cljax import data as data_lib
 from cljax import learners as learners_lib
+from cljax import models as models_lib
 from cljax.eval import report
+from cljax.learners import _common
+from cljax.train import pretrain
 from cljax.train import runner
+
+BASE_KINDS = ("supervised", "mae")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,15 +37,33 @@ def base_config() -> ml_collections.ConfigDict:
   # has a 'learner' key (e.g. er_cb with hparams.er_cb.learner='er', buffer='class_balanced').
   c.learners = "finetune,er,offline"
   c.model = "cnn"  # default model for learners that take one
+  # Keyword arguments of cljax.models.create for config.model (e.g. resnet18: width, stem); used
+  # by base initialisation and handed to learners that accept `model_kwargs`.
+  c.model_kwargs = ml_collections.ConfigDict()
   c.hparams = ml_collections.ConfigDict()  # run name -> hyper-parameters
   c.budget = ml_collections.ConfigDict(dict(passes_per_step=-1, batch_size=32))
   c.eval = ml_collections.ConfigDict(dict(every_examples=0, batch_size=250))
   c.num_devices = 0
   c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
   c.plots = True
-  # Base initialisation: train config.model on the first `classes` classes (step 0 of the
-  # stream), then give learners its parameters (init_params) or its frozen features (backbone).
-  c.base_init = ml_collections.ConfigDict(dict(classes=0, epochs=5.0, lr=1e-3, batch_size=64))
+  # Base initialisation of config.model, active when classes > 0, kind == "mae" or checkpoint
+  # is set. Learners then get its parameters (init_params), its frozen features (backbone) or
+  # the whole of it (base: model, parameters, base set; REMIND). Saved to WORKDIR/base_init.
+  #   kind: "supervised" (classification on the base set) or "mae" (masked autoencoding of
+  #     unlabeled images, cljax.train.mae; ViT models).
+  #   classes: the stream's step 0 holds the first `classes` classes, the base set.
+  #   checkpoint: "" trains (or loads WORKDIR/base_init); else a base_init folder written by
+  #     experiments/pretrain.py, loaded instead of training.
+  #   dataset: "" uses step 0 (mae without classes: all training images of the stream); else a
+  #     data set name whose train split is the base set.
+  #   optimizer/lr/momentum/weight_decay: see cljax.learners._common.optimizer; lr_milestones:
+  #     fractions of training where the lr is multiplied by lr_factor (REMIND: (0.375, 0.75)).
+  #   augment: "none", "crop" (random crop, zero padding crop_padding px) or "crop_flip" (also a
+  #     horizontal flip; not for digits). mask_ratio: mae's fraction of masked patches.
+  c.base_init = ml_collections.ConfigDict(dict(
+      classes=0, kind="supervised", checkpoint="", dataset="", epochs=5.0, lr=1e-3,
+      batch_size=64, optimizer="adam", momentum=0.9, weight_decay=0.0, lr_milestones=(),
+      lr_factor=0.1, augment="none", crop_padding=4, mask_ratio=0.75))
   return c
 
 
@@ -56,13 +80,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       if k not in ref:
         raise ConfigError(f"unknown config key {prefix}{k!r}; valid keys: "
                           f"{sorted(prefix + x for x in ref.keys())}")
-      if isinstance(ref[k], ml_collections.ConfigDict) and k not in ("hparams", "dataset_kwargs"):
+      if isinstance(ref[k], ml_collections.ConfigDict) and k not in ("hparams", "dataset_kwargs",
+                                                                      "model_kwargs"):
         check(cfg[k], ref[k], f"{prefix}{k}.")
 
   check(config, base, "")
   if config.stream.ordering not in data_lib.ORDERINGS:
     raise ConfigError(f"unknown stream.ordering {config.stream.ordering!r}; valid: "
                       f"{list(data_lib.ORDERINGS)}")
+  if config.model not in models_lib.names():
+    raise ConfigError(f"unknown model {config.model!r}; valid models: {models_lib.names()}")
+  _validate_base_init(config.base_init)
   names = run_names(config)
   if not names:
     raise ConfigError("config.learners is empty; give a comma-separated list, e.g. 'finetune,er'")
@@ -71,6 +99,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     lname = learner_of(config, n)
     if lname not in valid:
       raise ConfigError(f"unknown learner {lname!r} (run {n!r}); valid learners: {valid}")
+
+
+def _validate_base_init(b) -> None:
+  for key, value, valid in (("kind", b.kind, BASE_KINDS),
+                            ("optimizer", b.optimizer, _common.OPTIMIZERS),
+                            ("augment", b.augment, pretrain.AUGMENTS)):
+    if value not in valid:
+      raise ConfigError(f"unknown base_init.{key} {value!r}; valid: {list(valid)}")
+  if b.dataset and b.dataset not in data_lib.names() and not str(b.dataset).startswith("tfds:"):
+    raise ConfigError(f"unknown base_init.dataset {b.dataset!r}; valid: {data_lib.names()}")
+  try:
+    pretrain.lr_schedule(1.0, 1000, tuple(b.lr_milestones), float(b.lr_factor))
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"base_init.lr_milestones: {e}") from None
+  if int(b.classes) < 0 or float(b.epochs) < 0 or int(b.batch_size) < 1:
+    raise ConfigError(f"base_init needs classes >= 0, epochs >= 0 and batch_size >= 1, got "
+                      f"{b.classes}, {b.epochs}, {b.batch_size}")
+  if not 0.0 < float(b.mask_ratio) < 1.0:
+    raise ConfigError(f"base_init.mask_ratio must be in (0, 1), got {b.mask_ratio}")
 
 
 def run_names(config) -> list:
@@ -82,17 +129,24 @@ def learner_of(config, run_name: str) -> str:
   return hp.get("learner", run_name) if hp is not None else run_name
 
 
-def build_learner(config, run_name: str, stream, base=None) -> learners_lib.Learner:
+def build_learner(config, run_name: str, stream, base: Optional["BaseInit"] = None
+                  ) -> learners_lib.Learner:
+  """Learner of run ``run_name``; hparams from the config, the rest offered when accepted:
+  ``model``, ``model_kwargs``, ``batch_size`` and the stream's sizes, and with a base
+  initialisation its parameters (``init_params``), frozen features (``backbone``) and the whole
+  ``BaseInit`` (``base``)."""
   lname = learner_of(config, run_name)
   hp = dict(config.hparams.get(run_name, {}) or {})
   hp.pop("learner", None)
   hp = {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v) for k, v in hp.items()}
   accepted = set(learners_lib.hparam_names(lname))
-  defaults = {"model": config.model, "batch_size": config.budget.batch_size}
+  defaults = {"model": config.model, "batch_size": config.budget.batch_size,
+              "model_kwargs": config.model_kwargs.to_dict()}
   if base is not None:
     params = base.params
     defaults["init_params"] = params
     defaults["backbone"] = lambda x: base.features(params, x)
+    defaults["base"] = base
   for k, v in defaults.items():
     if k in accepted:
       hp.setdefault(k, v)
@@ -122,37 +176,126 @@ def make_stream(config):
       first_step_classes=int(config.base_init.classes), label_noise=float(s.label_noise))
 
 
-def base_model(config, stream, workdir: str, log=runner.default_log):
-  """The base-initialised model (trained on step 0), or None when base_init.classes is 0.
+class BaseInit(NamedTuple):
+  """A base-initialised model and the data it was trained on (what ``base`` learners receive).
 
-  Saved under WORKDIR/base_init; a later run (or --resume) in the same workdir loads it.
+  model, model_kwargs: the ``cljax.models`` name and constructor arguments.
+  pure: ``PureModel`` (graphdef, params = the whole model state incl. batch statistics, apply and
+    features in eval mode).
+  x: [N, ...] float32 base-set inputs; y: [N] int32 labels (-1 where unlabeled: mae).
+  classes: the base classes (sorted), empty for mae.
+  kind: "supervised" or "mae"; path: where the checkpoint lies; test_accuracy: on the test
+    examples of the base classes (None for mae).
+  """
+
+  model: str
+  model_kwargs: dict
+  pure: _common.PureModel
+  x: np.ndarray
+  y: np.ndarray
+  classes: list
+  kind: str
+  path: str
+  test_accuracy: Optional[float]
+
+  @property
+  def params(self) -> dict:
+    return self.pure.params
+
+  def features(self, params, x) -> Any:
+    return self.pure.features(params, x)
+
+  def apply(self, params, x) -> Any:
+    return self.pure.apply(params, x)
+
+
+def base_init_active(config) -> bool:
+  b = config.base_init
+  return int(b.classes) > 0 or b.kind == "mae" or bool(b.checkpoint)
+
+
+def _base_data(config, stream):
+  """(x [N, ...] float32, y [N] int32, classes, test x, test y) of the base set."""
+  b = config.base_init
+  k = stream.dataset.num_classes
+  if b.dataset:
+    kw = config.dataset_kwargs.to_dict() if b.dataset == config.dataset else {}
+    ds = data_lib.load(b.dataset, **kw)
+    x, y = ds.train.batch(np.arange(len(ds.train))), np.asarray(ds.train.y, np.int32)
+    if tuple(x.shape[1:]) != tuple(stream.dataset.train.example_shape):
+      raise ConfigError(f"base_init.dataset {b.dataset!r} has inputs of shape {x.shape[1:]}, the "
+                        f"stream's are {stream.dataset.train.example_shape}")
+    if b.kind == "supervised" and ds.num_classes > k:
+      raise ConfigError(f"base_init.dataset {b.dataset!r} has {ds.num_classes} classes, the "
+                        f"model's head has {k} (the stream's)")
+    tx = ds.test.batch(np.arange(len(ds.test)))
+    return x, y, sorted(set(y.tolist())), tx, np.asarray(ds.test.y)
+  if int(b.classes) > 0:
+    lab = stream.labeled[0]
+    x = stream.dataset.train.batch(stream.steps[0][lab])
+    y = np.asarray(stream.labels[0][lab], np.int32)
+    t = stream.test_index[0]
+    return (x, y, stream.tasks[0].tolist(), stream.dataset.test.batch(t),
+            np.asarray(stream.dataset.test.y[t]))
+  train = stream.dataset.train
+  if b.kind == "mae":  # no base classes: every training image of the stream, labels unused
+    x = train.batch(np.arange(len(train)))
+  else:  # a checkpoint without a base set
+    x = np.zeros((0, *train.example_shape), np.float32)
+  return x, np.full((len(x),), -1, np.int32), [], None, None
+
+
+def base_model(config, stream, workdir: str, log=runner.default_log) -> Optional[BaseInit]:
+  """The base-initialised model (``BaseInit``), or None when base initialisation is off.
+
+  Order: ``base_init.checkpoint`` if set (loaded, never written); else WORKDIR/base_init if it
+  exists (a pretrain.py run or an earlier run in this workdir); else trained and saved there.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from cljax.learners import _common  # pylint: disable=import-outside-toplevel
-  from cljax.train import pretrain  # pylint: disable=import-outside-toplevel
-  b = config.base_init
-  if int(b.classes) <= 0:
+  if not base_init_active(config):
     return None
-  src = stream.dataset.train
-  idx = stream.steps[0][stream.labeled[0]]
-  x, y = src.batch(idx), stream.labels[0][stream.labeled[0]]
+  b = config.base_init
+  x, y, classes, tx, ty = _base_data(config, stream)
+  k = stream.dataset.num_classes
+  mkw = config.model_kwargs.to_dict()
   key = jax.random.fold_in(jax.random.key(int(config.seed)), 7)
-  path = os.path.join(workdir, "base_init")
-  if os.path.isdir(path):
-    pm = _common.pure_model(config.model, x.shape[1:], stream.dataset.num_classes, key)
-    pm = pm._replace(params=pretrain.load_params(path, pm.params))
+  path = os.path.abspath(b.checkpoint or os.path.join(workdir, "base_init"))
+  if b.checkpoint or os.path.isdir(path):
+    if not os.path.isdir(path):
+      raise ConfigError(f"base_init.checkpoint: no folder at {path}; write one with "
+                        "experiments/pretrain.py --workdir=W (it goes to W/base_init)")
+    pm = _common.pure_model(config.model, stream.dataset.train.example_shape, k, key, mkw)
+    try:
+      pm = pm._replace(params=pretrain.load_params(path, pm.params))
+    except (ValueError, KeyError) as e:
+      raise ConfigError(f"base-init checkpoint {path} does not fit model {config.model!r} with "
+                        f"model_kwargs {mkw} ({type(e).__name__}: {str(e)[:300]})") from None
     log(f"[base_init] loaded {path}")
-  else:
-    pm = pretrain.train_classifier(config.model, x, y, stream.dataset.num_classes, key=key,
-                                   epochs=float(b.epochs), lr=float(b.lr),
-                                   batch_size=int(b.batch_size), log=log)
+  elif b.kind == "mae":
+    from cljax.train import mae  # pylint: disable=import-outside-toplevel
+    log(f"[base_init] mae: {config.model} on {len(x)} unlabeled images")
+    pm = mae.train_mae(config.model, x, k, key=key, epochs=float(b.epochs),
+                       batch_size=int(b.batch_size), lr=float(b.lr),
+                       mask_ratio=float(b.mask_ratio), model_kwargs=mkw, log=log)
     pretrain.save_params(path, pm.params)
-  test = np.concatenate([stream.test_index[0]])
-  acc = pretrain.accuracy(pm, stream.dataset.test.batch(test), stream.dataset.test.y[test])
-  log(f"[base_init] {config.model} on {len(idx)} examples of classes "
-      f"{stream.tasks[0].tolist()}: test accuracy {acc:.4f} on those classes")
-  return pm
+  else:
+    if len(x) == 0:
+      raise ConfigError("base_init: no labelled base examples (set base_init.classes > 0 or "
+                        "base_init.dataset)")
+    log(f"[base_init] supervised: {config.model} on {len(x)} examples of classes {classes}")
+    pm = pretrain.train_classifier(
+        config.model, x, y, k, key=key, epochs=float(b.epochs), lr=float(b.lr),
+        batch_size=int(b.batch_size), optimizer=str(b.optimizer), momentum=float(b.momentum),
+        weight_decay=float(b.weight_decay), lr_milestones=tuple(b.lr_milestones),
+        lr_factor=float(b.lr_factor), augment=str(b.augment), crop_padding=int(b.crop_padding),
+        model_kwargs=mkw, log=log)
+    pretrain.save_params(path, pm.params)
+  acc = None
+  if b.kind == "supervised" and tx is not None and len(tx):
+    acc = pretrain.accuracy(pm, tx, ty)
+    log(f"[base_init] {config.model} trained on {len(x)} examples of classes {classes}: "
+        f"test accuracy {acc:.4f} on those classes ({len(tx)} test examples)")
+  return BaseInit(config.model, mkw, pm, x, y, classes, str(b.kind), path, acc)
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool = False,
@@ -168,7 +311,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool
   t0 = time.perf_counter()
   base = base_model(config, stream, workdir, log)
   if base is not None:
-    results["base_init"] = {"classes": stream.tasks[0].tolist(), "model": config.model}
+    results["base_init"] = {"classes": base.classes, "model": config.model, "kind": base.kind,
+                            "examples": len(base.x), "test_accuracy": base.test_accuracy}
   for name in run_names(config):
     learner = build_learner(config, name, stream, base)
     results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,

@@ -294,3 +294,25 @@ def test_remind_beats_naive_fine_tuning_on_mnist():
   assert acc["remind"][0] > acc["naive"][0] + 0.3, acc
   assert acc["remind"][1] > 0.5 and acc["remind"][2] > 0.4, acc
   assert acc["naive"][1] < 0.2, acc
+
+
+# --- REMIND's base initialisation from a base model (the experiment's `base` hook) ----------------
+
+
+def test_remind_from_base_checks_its_inputs():
+  import types  # pylint: disable=import-outside-toplevel
+  from cljax.learners import _common  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="codebook"):
+    learners.get("remind", num_classes=3)
+  x = np.zeros((4, 8, 8, 1), np.float32)
+  mlp = types.SimpleNamespace(pure=_common.pure_model("mlp", (8, 8, 1), 3, jax.random.key(0)),
+                              x=x, y=np.zeros(4, np.int32))
+  with pytest.raises(ValueError, match="resnet18"):
+    learners.get("remind", num_classes=3, base=mlp)
+  with pytest.raises(ValueError, match="not both"):
+    learners.get("remind", num_classes=3, base=mlp, g_fn=lambda v: v)
+  net = _common.pure_model("resnet18", (8, 8, 1), 3, jax.random.key(0),
+                           dict(width=1 / 16, stem="small"))
+  unlabeled = types.SimpleNamespace(pure=net, x=x, y=np.full(4, -1, np.int32))
+  with pytest.raises(ValueError, match="labelled"):
+    learners.get("remind", num_classes=3, base=unlabeled)
