@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,23 +20,37 @@ class PureModel(NamedTuple):
   """A Flax NNX model split once into a static graph and a pure parameter dict.
 
   ``apply(params, x) -> logits [B, K]`` and ``features(params, x) -> [B, F]`` are pure, so they
-  jit, differentiate and checkpoint like any function of arrays.
+  jit, differentiate and checkpoint like any function of arrays. ``params`` is the module's whole
+  state: for batch-norm models (e.g. ResNet-18) it holds the running statistics too, and
+  ``apply``/``features`` use them (inference mode: a row's output does not depend on its batch).
+
+  ``apply_train(params, x, mask=None) -> (logits, trained)`` runs the model in training mode
+  (batch norm normalises with the batch's statistics over the rows where ``mask`` [B] is True,
+  when the model takes a mask) and returns in ``trained`` the params with the running statistics
+  moved by that batch (no gradient flows into them). A training step differentiates the loss of
+  ``logits``, applies its optimizer update, then ``with_stats(new_params, trained)`` keeps the
+  moved statistics: torch's ``model.train()`` / ``model.eval()`` semantics. Models without batch
+  norm: ``apply_train`` is ``apply`` and ``trained`` is ``params``.
   """
 
   graphdef: nnx.GraphDef
   params: dict
   apply: Callable[[dict, jax.Array], jax.Array]
   features: Callable[[dict, jax.Array], jax.Array]
+  apply_train: Callable[..., tuple] = None
+  stat_mask: Any = None  # same tree as params: True at running-statistic leaves
 
-
-BN_MODES = ("eval", "batch")
+  def with_stats(self, params: dict, trained: dict, take=True) -> dict:
+    """``params`` with the running statistics of ``trained`` where ``take`` (a bool scalar)."""
+    return jax.tree.map(lambda is_stat, p, t: jnp.where(take, t, p) if is_stat else p,
+                        self.stat_mask, params, trained)
 
 
 def pure_model(name: str, in_shape, num_classes: int, key: jax.Array,
-               model_kwargs: Optional[dict] = None, bn_mode: str = "eval") -> PureModel:
-  """Builds model ``name`` and splits it into graphdef + pure params (see ``pure_model_of``)."""
+               model_kwargs: Optional[dict] = None) -> PureModel:
+  """Builds model ``name`` and splits it into graphdef + pure params (see ``PureModel``)."""
   module = models.create(name, in_shape, num_classes, key, **(model_kwargs or {}))
-  return pure_model_of(module, bn_mode)
+  return pure_model_of(module)
 
 
 def takes_mode(fn) -> bool:
@@ -44,51 +58,52 @@ def takes_mode(fn) -> bool:
   return "use_running_average" in inspect.signature(fn).parameters
 
 
-def pure_model_of(module: nnx.Module, bn_mode: str = "eval") -> PureModel:
-  """``PureModel`` of an existing module; ``params`` is its whole state (batch statistics too).
+def pure_model_of(module: nnx.Module) -> PureModel:
+  """``PureModel`` of an existing module (see ``PureModel``).
 
-  For modules whose ``__call__`` takes ``use_running_average`` (batch norm), ``bn_mode``:
-
-  * "eval": batch norm uses the running statistics in ``params``, so an output row does not
-    depend on the rest of the batch (base models, frozen backbones, evaluation).
-  * "batch": batch norm normalises with the statistics of the batch itself, in training and in
-    prediction; the running statistics are not used or updated. This is how the SGD learners
-    (``LazyModel``) train such a model without carrying statistics in their state: measured here,
-    fine-tuning a base-trained ResNet-18 with its statistics frozen ("eval") diverged within ~20
-    steps (Adam 1e-3: loss stuck at log 10; SGD 0.01: saturated logits), while batch statistics
-    keep activations normalised. Predictions then depend on the test batch's composition.
-
-  Either way the running statistics get zero gradients (stop_gradient) and no weight decay from
-  ``optimizer``.
+  The running statistics never get gradients (stop_gradient) and ``optimizer`` never decays
+  them. Why training mode matters: fine-tuning a base-trained ResNet-18 with its statistics
+  frozen diverged within ~20 steps here (Adam 1e-3: loss stuck at log 10).
   """
-  if bn_mode not in BN_MODES:
-    raise ValueError(f"unknown bn_mode {bn_mode!r}; valid: {list(BN_MODES)}")
   graphdef, state = nnx.split(module)
   params = nnx.to_pure_dict(state)
-  ura = {"use_running_average": bn_mode == "eval"}
-  call_kw = ura if takes_mode(type(module).__call__) else {}
+  stats = nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+  stat_paths = {p for p, _ in jax.tree_util.tree_flatten_with_path(stats)[0]}
+  stat_mask = jax.tree_util.tree_map_with_path(lambda p, _: p in stat_paths, params)
+  call = type(module).__call__
+  bn = takes_mode(call)
+  eval_kw = {"use_running_average": True} if bn else {}
   feat = getattr(type(module), "features", None)
-  feat_kw = ura if feat is not None and takes_mode(feat) else {}
+  feat_kw = eval_kw if feat is not None and takes_mode(feat) else {}
+  takes_mask = "mask" in inspect.signature(call).parameters
 
   def merged(p):
     m = nnx.merge(graphdef, p, copy=True)
-    stats = nnx.state(m, nnx.BatchStat)
-    nnx.update(m, jax.tree.map(jax.lax.stop_gradient, stats))  # never trained by gradients
+    nnx.update(m, jax.tree.map(jax.lax.stop_gradient, nnx.state(m, nnx.BatchStat)))
     return m
 
   def apply(p, x):
-    return merged(p)(x, **call_kw)
+    return merged(p)(x, **eval_kw)
 
   def features(p, x):
     return merged(p).features(x, **feat_kw)
 
-  return PureModel(graphdef, params, apply, features)
+  def apply_train(p, x, mask=None):
+    if not bn:
+      return apply(p, x), p
+    m = merged(p)
+    kw = {"mask": mask} if mask is not None and takes_mask else {}
+    logits = m(x, use_running_average=False, **kw)
+    return logits, jax.lax.stop_gradient(nnx.to_pure_dict(nnx.state(m)))
+
+  return PureModel(graphdef, params, apply, features, apply_train, stat_mask)
 
 
 class LazyModel:
   """A model built by a learner's ``init`` (which first sees the input shape) and used by its
-  jitted functions at trace time. ``build(key, x)`` returns the initial params; ``apply`` runs
-  the model and raises a clear error when called before ``build``."""
+  jitted functions at trace time. ``build(key, x)`` returns the initial params; ``apply``,
+  ``apply_train`` and ``with_stats`` are ``PureModel``'s, and raise a clear error when called
+  before ``build``."""
 
   def __init__(self, learner: str, model: str, num_classes: int,
                model_kwargs: Optional[dict] = None):
@@ -96,15 +111,49 @@ class LazyModel:
     self.pure: Optional[PureModel] = None
 
   def build(self, key: jax.Array, x: jax.Array) -> dict:
-    # Batch-norm models train and predict with batch statistics (see pure_model_of).
-    self.pure = pure_model(self._model, x.shape[1:], self._k, key, self._kw, bn_mode="batch")
+    self.pure = pure_model(self._model, x.shape[1:], self._k, key, self._kw)
     return self.pure.params
 
-  def apply(self, params, x):
+  def _built(self) -> PureModel:
     if self.pure is None:
       raise RuntimeError(f"learner {self._learner!r}: call init(key, example_batch) before "
                          "update/predict")
-    return self.pure.apply(params, x)
+    return self.pure
+
+  def apply(self, params, x):
+    return self._built().apply(params, x)
+
+  def apply_train(self, params, x, mask=None):
+    return self._built().apply_train(params, x, mask)
+
+  def with_stats(self, params, trained, take=True):
+    return self._built().with_stats(params, trained, take)
+
+
+def train_step(net, tx: optax.GradientTransformation, params: dict, opt, x: jax.Array,
+               w: jax.Array, loss_fn: Callable, edit_update: Optional[Callable] = None):
+  """One optimizer step with the model in training mode (``PureModel.apply_train``).
+
+  Args:
+    net: a ``PureModel`` or ``LazyModel``.
+    x: [B, ...] inputs; w: [B] row weights (0 = padding: left out of batch-norm statistics when
+      the model takes a mask; an all-zero batch leaves the running statistics unchanged).
+    loss_fn: (params, logits [B, K]) -> scalar loss.
+    edit_update: optional (update tree) -> update tree, applied before the update is added.
+
+  Returns:
+    (params, opt, loss): new parameters with the running statistics moved by the batch.
+  """
+  def f(p):
+    logits, trained = net.apply_train(p, x, w > 0)
+    return loss_fn(p, logits), trained
+
+  (loss, trained), grads = jax.value_and_grad(f, has_aux=True)(params)
+  upd, opt = tx.update(grads, opt, params)
+  if edit_update is not None:
+    upd = edit_update(upd)
+  new = jax.tree.map(jnp.add, params, upd)
+  return net.with_stats(new, trained, jnp.sum(w) > 0), opt, loss
 
 
 _STAT_LEAVES = ("mean", "var")  # nnx.BatchNorm's running statistics in a pure dict

@@ -101,9 +101,6 @@ def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] 
   def _in_memory(state):
     return state["mem"]["class_count"] > 0
 
-  def _loss(params, x, y, w, seen):
-    return _common.cross_entropy(_common.mask_logits(_apply(params, x), seen), y, w)
-
   def _reset(state):
     return {**state, "params": state["init_params"], "opt": tx.init(state["init_params"])}
 
@@ -115,9 +112,10 @@ def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] 
       idx = buffers.sample_indices(jax.random.fold_in(key, start + i), mem["count"], batch_size)
       x, y, w = sharding.data_rows(
           (mem["x"][idx], mem["y"][idx], jnp.full((batch_size,), mem["count"] > 0, jnp.float32)))
-      loss, g = jax.value_and_grad(_loss)(state["params"], x, y, w, seen)
-      upd, opt = tx.update(g, state["opt"], state["params"])
-      new = {**state, "params": jax.tree.map(jnp.add, state["params"], upd), "opt": opt}
+      params, opt, loss = _common.train_step(
+          net, tx, state["params"], state["opt"], x, w,
+          lambda p, logits, y=y, w=w: _common.cross_entropy(_common.mask_logits(logits, seen), y, w))
+      new = {**state, "params": params, "opt": opt}
       active = start + i < stop
       state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
       total = total + jnp.where(active, loss, 0.0)

@@ -86,10 +86,6 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
     return ({**state, "seen": seen, "cur": buffers.append(state["cur"], batch["x"], y, mask)},
             {"passes": jnp.float32(0.0)})
 
-  def _loss(params, state, x, y, w):
-    ce = _common.cross_entropy(_apply(params, x), y, w)
-    return ce + penalty(params, state["anchor"], state["importance"], lam)
-
   def _train_chunk(state, key, start, stop):
     """``chunk`` SGD steps on the current step's data, unrolled, masked past ``stop``."""
     cur = state["cur"]
@@ -98,9 +94,12 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
       idx = buffers.sample_indices(jax.random.fold_in(key, start + i), cur["count"], batch_size)
       x, y, w = sharding.data_rows(
           (cur["x"][idx], cur["y"][idx], jnp.full((batch_size,), cur["count"] > 0, jnp.float32)))
-      loss, g = jax.value_and_grad(_loss)(state["params"], state, x, y, w)
-      upd, opt = tx.update(g, state["opt"], state["params"])
-      new = {**state, "params": jax.tree.map(jnp.add, state["params"], upd), "opt": opt}
+      params, opt, loss = _common.train_step(
+          net, tx, state["params"], state["opt"], x, w,
+          lambda p, logits, y=y, w=w, st=state: (
+              _common.cross_entropy(logits, y, w)
+              + penalty(p, st["anchor"], st["importance"], lam)))
+      new = {**state, "params": params, "opt": opt}
       active = start + i < stop
       state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
       total = total + jnp.where(active, loss, 0.0)

@@ -146,21 +146,25 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
       state["old_fraction"] = jnp.float32(old_fraction)
     return state
 
-  def _loss(params, x, y, w, seen):
-    logits = _apply(params, x)
+  def _loss_of_logits(logits, y, w, seen):
     if grow_head:  # unseen classes are not in the network yet: out of the softmax
       logits = _common.mask_logits(logits, seen)
     return _common.cross_entropy(logits, y, w)
 
   def _sgd(state, x, y, w):
-    loss, grads = jax.value_and_grad(_loss)(state["params"], x, y, w, state["seen"])
-    upd, opt = tx.update(grads, state["opt"], state["params"])
-    if grow_head:  # rows of unseen classes stay exactly as initialised (no weight decay either)
-      seen = state["seen"]
+    seen = state["seen"]
+
+    def keep_unseen_rows(upd):
+      if not grow_head:
+        return upd
+      # rows of unseen classes stay exactly as initialised (no weight decay either)
       head = upd["head"]
-      upd = {**upd, "head": {**head, "kernel": jnp.where(seen[None, :], head["kernel"], 0.0),
-                             "bias": jnp.where(seen, head["bias"], 0.0)}}
-    params = jax.tree.map(lambda p, u: p + u, state["params"], upd)
+      return {**upd, "head": {**head, "kernel": jnp.where(seen[None, :], head["kernel"], 0.0),
+                              "bias": jnp.where(seen, head["bias"], 0.0)}}
+
+    params, opt, loss = _common.train_step(
+        net, tx, state["params"], state["opt"], x, w,
+        lambda p, logits: _loss_of_logits(logits, y, w, seen), keep_unseen_rows)
     return {**state, "params": params, "opt": opt}, loss
 
   def _gather(buf, idx):

@@ -62,9 +62,9 @@ def test_resnet_base_init_keeps_and_uses_batch_norm_statistics(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_frozen_statistics_get_no_gradient_and_no_weight_decay():
+def test_statistics_get_no_gradient_no_weight_decay_and_move_only_in_training_mode():
   net = models.create("resnet18", (8, 8, 1), 3, jax.random.key(0), width=1 / 16, stem="small")
-  pm, pb = _common.pure_model_of(net), _common.pure_model_of(net, bn_mode="batch")
+  pm = _common.pure_model_of(net)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
   # jitted: eager op-by-op ResNet calls took ~20 s here
   grad = jax.jit(lambda f, p: jax.grad(lambda q: f(q, x).sum())(p), static_argnums=0)
@@ -74,13 +74,29 @@ def test_frozen_statistics_get_no_gradient_and_no_weight_decay():
   tx = _common.optimizer("sgd", 0.1, weight_decay=0.1)
   upd, _ = tx.update(g, tx.init(pm.params), pm.params)
   assert float(jnp.abs(upd["bn1"]["var"]).sum()) == 0.0
-  # The SGD learners' mode: batch statistics, so a row's output depends on its batch.
-  ev, bt = jax.jit(pm.apply), jax.jit(pb.apply)
-  assert not np.allclose(bt(pb.params, x)[:2], bt(pb.params, x[:2]), atol=1e-4)
+  # Inference mode: running statistics, a row's output does not depend on its batch.
+  ev = jax.jit(pm.apply)
   np.testing.assert_allclose(ev(pm.params, x)[:2], ev(pm.params, x[:2]), atol=1e-5)
-  assert float(jnp.abs(grad(pb.apply, pb.params)["bn1"]["var"]).sum()) == 0.0
-  with pytest.raises(ValueError, match="bn_mode"):
-    _common.pure_model("mlp", (4,), 3, jax.random.key(0), bn_mode="train")
+  # Training mode: batch statistics (over the masked rows), and the running ones move.
+  tr = jax.jit(pm.apply_train)
+  (l4, t4), (l2, _) = tr(pm.params, x), tr(pm.params, x[:2])
+  assert not np.allclose(l4[:2], l2, atol=1e-4)
+  assert not np.allclose(t4["bn1"]["mean"], pm.params["bn1"]["mean"])
+  np.testing.assert_array_equal(t4["bn1"]["scale"], pm.params["bn1"]["scale"])
+  lm, _ = tr(pm.params, jnp.concatenate([x[:2], 100 + x[2:]]), jnp.asarray([1, 1, 0, 0], bool))
+  np.testing.assert_allclose(lm[:2], l2, atol=1e-4)  # masked rows are left out of the statistics
+  gt = jax.grad(lambda p: jax.jit(pm.apply_train)(p, x)[0].sum())(pm.params)
+  assert float(jnp.abs(gt["bn1"]["mean"]).sum()) == 0.0
+  kept = pm.with_stats(pm.params, t4, take=False)
+  moved = pm.with_stats(pm.params, t4)
+  np.testing.assert_array_equal(kept["bn1"]["var"], pm.params["bn1"]["var"])
+  np.testing.assert_array_equal(moved["bn1"]["var"], t4["bn1"]["var"])
+  # One training step keeps the moved statistics and changes the weights.
+  new, _, loss = _common.train_step(pm, tx, pm.params, tx.init(pm.params), x, jnp.ones(4),
+                                    lambda p, logits: jnp.mean(logits ** 2))
+  np.testing.assert_allclose(new["bn1"]["mean"], t4["bn1"]["mean"], rtol=1e-5, atol=1e-7)
+  assert not np.allclose(new["conv1"]["kernel"], pm.params["conv1"]["kernel"])
+  assert np.isfinite(float(loss))
 
 
 # --- lr schedule and augmentation ----------------------------------------------------------------
