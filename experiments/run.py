@@ -10,7 +10,7 @@ Writes DIR/results.json, DIR/plots/*.png and checkpoints under DIR/checkpoints/<
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,18 +25,10 @@ _RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest complete 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  if os.environ.get("CLJAX_JAX_CACHE"):  # persistent compile cache: repeat runs skip compiles
-    import jax  # pylint: disable=import-outside-toplevel
-    jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
-  from cljax.data.sources import DataError  # pylint: disable=import-outside-toplevel
-  try:
-    experiment.run_experiment(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
-  except (experiment.ConfigError, DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from cljax.train import cli, experiment  # pylint: disable=import-outside-toplevel
+  cli.setup()
+  cli.run_or_exit(lambda: experiment.run_experiment(_CONFIG.value, _WORKDIR.value,
+                                                    resume=_RESUME.value))
 
 
 if __name__ == "__main__":

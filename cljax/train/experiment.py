@@ -298,6 +298,33 @@ def base_model(config, stream, workdir: str, log=runner.default_log) -> Optional
   return BaseInit(config.model, mkw, pm, x, y, classes, str(b.kind), path, acc)
 
 
+def run_base_init(config, workdir: str, log: Callable[[str], None] = runner.default_log
+                  ) -> BaseInit:
+  """``experiments/pretrain.py``: validates ``config``, builds its stream and runs (or loads)
+  its base initialisation into WORKDIR/base_init, where ``run_experiment`` looks for it.
+
+  Returns the ``BaseInit``. Raises ``ConfigError`` when the config has no
+  base initialisation or is invalid, ``DataError`` for bad data.
+  """
+  validate_config(config)
+  if not base_init_active(config):
+    raise ConfigError(
+        "the config has no base initialisation: set base_init.classes > 0, "
+        "base_init.kind='mae' or base_init.checkpoint")
+  if config.base_init.checkpoint:
+    raise ConfigError(
+        f"base_init.checkpoint is set ({config.base_init.checkpoint}): nothing to pretrain; "
+        "clear it (--config.base_init.checkpoint='') to train one")
+  os.makedirs(workdir, exist_ok=True)
+  stream = make_stream(config)
+  log(f"stream: {stream.describe()}")
+  t0 = time.perf_counter()
+  base = base_model(config, stream, workdir, log)
+  log(f"[pretrain] {base.kind} base init of {config.model} ({len(base.x)} examples) in "
+      f"{time.perf_counter() - t0:.1f}s; checkpoint: {base.path}")
+  return base
+
+
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool = False,
                    log: Callable[[str], None] = runner.default_log) -> dict:
   """Runs every learner of ``config`` on one stream; writes results.json, plots, prints a table."""

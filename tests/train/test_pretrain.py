@@ -1,7 +1,5 @@
 """Base initialisation: batch norm kept and used, lr schedule, augmentation, the pretrain binary."""
 
-import functools
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,15 +16,6 @@ from cljax.train import experiment
 from cljax.train import pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@functools.lru_cache(maxsize=None)  # once: the binary defines absl flags at import
-def _pretrain_module():
-  spec = importlib.util.spec_from_file_location(
-      "pretrain_main", os.path.join(ROOT, "experiments", "pretrain.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 # --- batch norm: running statistics move in training and are what eval mode uses ---------------
@@ -156,10 +145,9 @@ def _config(**base):
 
 
 def test_pretrain_writes_the_checkpoint_run_py_loads(tmp_path):
-  mod = _pretrain_module()
   logs = []
   wd = str(tmp_path / "w")
-  base = mod.pretrain(_config(), wd, log=logs.append)
+  base = experiment.run_base_init(_config(), wd, log=logs.append)
   assert os.path.isdir(os.path.join(wd, "base_init")) and base.path == os.path.join(wd, "base_init")
   assert any("ex/s" in m and "ETA" in m for m in logs), logs
   assert base.test_accuracy is not None and base.test_accuracy > 0.8, logs
@@ -220,9 +208,8 @@ def test_bad_base_init_configs_are_clear_errors(tmp_path):
   c = _config(dataset="mnist5k")  # 28x28 base images for an 8x8 stream
   with pytest.raises(experiment.ConfigError, match="shape"):
     experiment.base_model(c, experiment.make_stream(c), str(tmp_path), log=lambda m: None)
-  mod = _pretrain_module()
   with pytest.raises(experiment.ConfigError, match="no base initialisation"):
-    mod.pretrain(_config(classes=0), str(tmp_path / "none"), log=lambda m: None)
+    experiment.run_base_init(_config(classes=0), str(tmp_path / "none"), log=lambda m: None)
   # The binary: exit status 2 and the message.
   p = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "pretrain.py"),
                       f"--config={os.path.join(ROOT, 'experiments', 'configs', 'demo.py')}",
