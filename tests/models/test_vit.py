@@ -107,15 +107,19 @@ def test_bfloat16_compute_keeps_float32_params_logits_and_loss():
   for a, b in zip(jax.tree.leaves(f32.params), jax.tree.leaves(bf16.params)):
     assert b.dtype == jnp.float32
     np.testing.assert_array_equal(a, b)
-  tok = bf16.encode(bf16.params, x)
+  key = jax.random.key(2)
+
+  @jax.jit  # one program: op-by-op bfloat16 on CPU is slow
+  def run(p32, p16):
+    return (bf16.encode(p16, x), f32.logits(p32, x), bf16.logits(p16, x),
+            f32.mae_loss(p32, x, key), bf16.mae_loss(p16, x, key),
+            jax.grad(bf16.mae_loss)(p16, x, key))
+
+  tok, lo32, lo16, l32, l16, g = run(f32.params, bf16.params)
   assert tok.dtype == jnp.bfloat16
-  lo32, lo16 = f32.logits(f32.params, x), bf16.logits(bf16.params, x)
   assert lo16.dtype == jnp.float32
   np.testing.assert_allclose(lo16, lo32, atol=0.05 * float(jnp.abs(lo32).max()) + 1e-3)
-  key = jax.random.key(2)
-  l32, l16 = f32.mae_loss(f32.params, x, key), bf16.mae_loss(bf16.params, x, key)
   assert l16.dtype == jnp.float32
   assert float(l16) == pytest.approx(float(l32), rel=0.02)
-  g = jax.grad(bf16.mae_loss)(bf16.params, x, key)
   assert all(v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v)))
              for v in jax.tree.leaves(g))

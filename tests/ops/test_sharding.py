@@ -35,7 +35,7 @@ CHILD = textwrap.dedent("""
 
     def run(mesh):
       er = cljax.learners.get("er", num_classes=10, model="mlp", lr=3e-3, memory_size=100,
-                              batch_size=32, max_step_size=200)
+                              batch_size=32, max_step_size=200, chunk=2)
       state = er.init(jax.random.key(0), {"x": x[:32], "y": y[:32]})
       batch = {"x": x[:32], "y": y[:32], "valid": np.ones(32, bool), "labeled": np.ones(32, bool)}
       if mesh is not None:
