@@ -13,8 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "tests", "configs", "tiny.py")
 
-# One xdist worker runs this whole file, so the uninterrupted run (a module fixture) is made once.
-pytestmark = pytest.mark.xdist_group("subprocess_runs")
+# `--dist loadfile` (scripts/test.sh) runs this whole file on one worker: the fixture runs once.
 
 
 def _run(workdir, *extra, env=None, wait=True):
@@ -37,7 +36,7 @@ def _matrices(workdir):
           for k, r in res["runs"].items()}
 
 
-@pytest.fixture(scope="session")  # session: xdist may interleave modules on a worker
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("full"))
   out = _run(wd)

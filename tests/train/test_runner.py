@@ -10,8 +10,7 @@ import pytest
 
 from cljax.train import experiment
 
-# One xdist worker runs this file, so the module fixture's experiment is computed once.
-pytestmark = pytest.mark.xdist_group("runner_fixture")
+# `--dist loadfile` (scripts/test.sh) runs this whole file on one worker: the fixture runs once.
 
 
 def small_config(learners="finetune,er", **over):
@@ -40,7 +39,7 @@ def _acc(results):
                          for row in r["accuracy_matrix"]]) for k, r in results["runs"].items()}
 
 
-@pytest.fixture(scope="session")  # session: xdist may interleave modules on a worker
+@pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("run"))
   return wd, experiment.run_experiment(small_config("finetune,er,offline", plots=True), wd,
