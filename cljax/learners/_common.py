@@ -99,6 +99,16 @@ def pure_model_of(module: nnx.Module) -> PureModel:
   return PureModel(graphdef, params, apply, features, apply_train, stat_mask)
 
 
+def warm_start(params: dict, init_params: Optional[dict], learner: str, built: str) -> dict:
+  """``params`` of a freshly built model, or ``init_params`` (a warm start) when given; a
+  structure mismatch is a clear error naming the learner and what was built (``built``)."""
+  if init_params is None:
+    return params
+  if jax.tree.structure(init_params) != jax.tree.structure(params):
+    raise ValueError(f"learner {learner!r}: init_params do not match the {built}")
+  return jax.tree.map(jnp.asarray, init_params)
+
+
 class LazyModel:
   """A model built by a learner's ``init`` (which first sees the input shape) and used by its
   jitted functions at trace time. ``build(key, x)`` returns the initial params; ``apply``,
@@ -110,9 +120,12 @@ class LazyModel:
     self._learner, self._model, self._k, self._kw = learner, model, num_classes, model_kwargs
     self.pure: Optional[PureModel] = None
 
-  def build(self, key: jax.Array, x: jax.Array) -> dict:
+  def build(self, key: jax.Array, x: jax.Array, init_params: Optional[dict] = None) -> dict:
+    """Builds the model for inputs like x [B, ...]; returns its initial params, or
+    ``init_params`` (a warm start, e.g. a base-initialised network) once checked to fit it."""
     self.pure = pure_model(self._model, x.shape[1:], self._k, key, self._kw)
-    return self.pure.params
+    return warm_start(self.pure.params, init_params, self._learner,
+                      f"model {self._model!r} built for inputs {tuple(x.shape[1:])}")
 
   def _built(self) -> PureModel:
     if self.pure is None:

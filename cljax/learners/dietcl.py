@@ -207,12 +207,9 @@ class LazyViT:
     shape = tuple(x.shape[1:])
     self._vit = vit_lib.pure_vit(vit_lib.create(shape, self._k, nnx.Rngs(params=key),
                                                 config=self._config, **self._kw))
-    params = self._vit.params
-    if self._init is not None:
-      if jax.tree.structure(self._init) != jax.tree.structure(params):
-        raise ValueError(f"learner {self._learner!r}: init_params do not match the ViT built "
-                         f"here (config {self._config!r}, options {self._kw}, inputs {shape})")
-      params = jax.tree.map(jnp.asarray, self._init)
+    params = _common.warm_start(self._vit.params, self._init, self._learner,
+                                f"ViT built here (config {self._config!r}, options "
+                                f"{self._kw}, inputs {shape})")
     self.scales = layer_scales(params, self._vit.depth, self._decay)
     return params
 

@@ -83,12 +83,7 @@ def gdumb(*, num_classes: int, model: str = "cnn", model_kwargs: Optional[dict] 
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
-    params = net.build(key, x)
-    if init_params is not None:
-      if jax.tree.structure(init_params) != jax.tree.structure(params):
-        raise ValueError(f"learner 'gdumb': init_params do not match model {model!r} built for "
-                         f"inputs {tuple(x.shape[1:])}")
-      params = jax.tree.map(jnp.asarray, init_params)
+    params = net.build(key, x, init_params)
     return {"params": params, "opt": tx.init(params), "init_params": params,
             "mem": buffers.init(memory_size, x.shape[1:], num_classes)}
 

@@ -68,12 +68,7 @@ def _regularized(name: str, importance: str, *, num_classes: int, model: str = "
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
-    params = net.build(key, x)
-    if init_params is not None:
-      if jax.tree.structure(init_params) != jax.tree.structure(params):
-        raise ValueError(f"learner {name!r}: init_params do not match model {model!r} built for "
-                         f"inputs {tuple(x.shape[1:])}")
-      params = jax.tree.map(jnp.asarray, init_params)
+    params = net.build(key, x, init_params)
     return {"params": params, "opt": tx.init(params), "seen": jnp.zeros((num_classes,), bool),
             "cur": buffers.init(max_step_size, x.shape[1:], num_classes),
             "anchor": params, "importance": jax.tree.map(jnp.zeros_like, params)}

@@ -121,12 +121,7 @@ def sgd_learner(name: str, *, num_classes: int, model: str = "cnn",
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
-    params = net.build(key, x)
-    if init_params is not None:
-      if jax.tree.structure(init_params) != jax.tree.structure(params):
-        raise ValueError(f"learner {name!r}: init_params do not match model {model!r} "
-                         f"built for inputs {tuple(x.shape[1:])}")
-      params = jax.tree.map(jnp.asarray, init_params)
+    params = net.build(key, x, init_params)
     if grow_head and not ("head" in params and {"kernel", "bias"} <= set(params["head"])):
       raise ValueError(f"learner {name!r}: grow_head needs a model whose output layer is "
                        f"'head' (kernel, bias); {model!r} has {sorted(params)}")
