@@ -1,111 +1,231 @@
-"""The learner protocol and the registry of learners.
+"""The learner contract: a small record of pure functions over a state pytree.
 
-A learner is a small record of pure functions over a state pytree, in the style of optax's
-``GradientTransformation``::
+Like optax's ``GradientTransformation``, every method is the same four functions::
 
-    learner = cljax.learners.get("er", num_classes=10, memory_size=200)
-    state = learner.init(key, example_batch)
-    state, metrics = learner.update(state, batch, key)          # jit-compiled
-    logits = learner.predict(state, x)                          # jit-compiled
-    state, metrics = learner.end_of_step(state, key, budget)    # optional, jit-compiled
+    learner = cljax.learners.get("er", num_classes=10)
+    state = learner.init(key, {"x": x, "y": y})             # example batch: shapes and dtypes
+    state, info = learner.update(state, batch, key)         # ingest one batch of the stream
+    state, info = learner.end_of_step(state, key)           # spend the rest of a time step
+    logits = learner.predict(state, x)                      # [B, num_classes]
 
-Batches are dicts of arrays with a fixed leading size B:
+* ``init(key, example_batch) -> state``: the input shape and dtype come from ``example_batch["x"]``
+  [B, ...]; nothing else about the data is given to a factory.
+* ``update(state, batch, key) -> (state, info)``: one batch of incoming stream data. A batch is a
+  dict with ``x`` [B, ...] and ``y`` [B] int labels in ``[0, num_classes)``; optionally ``valid``
+  [B] bool (False on padding rows, which are ignored) and ``labeled`` [B] bool (False where the
+  label is withheld), both all True when absent.
+* ``end_of_step(state, key, budget=None) -> (state, info)``: called once when a time step (a task,
+  a chunk of the stream) ends. ``budget`` is the forward-backward passes it may still spend in this
+  step, ``None`` for the learner's own default. Learners with nothing to do return the state.
+* ``predict(state, x) -> logits`` [B, num_classes] float32.
+* ``info`` is an ``Info``: ``passes`` spent (forward-backward passes of the learner's training batch
+  size; the runner charges them to the step's budget), ``loss`` (NaN when nothing was trained) and
+  ``extra``, a dict of method-specific figures. All are arrays (``update`` is jitted).
 
-* ``x``       [B, ...] float32 inputs (images [B, H, W, C] or features [B, d]);
-* ``y``       [B] int32 labels in [0, num_classes);
-* ``valid``   [B] bool, False on the padding rows of a ragged last batch (they must be ignored);
-* ``labeled`` [B] bool, False where the label is withheld (sparse-label streams).
+State is a pytree of arrays only (parameters, optimizer state, buffers, statistics, counters) with
+fixed shapes, so a growing stream never recompiles, and the whole state can be jitted, donated,
+sharded and checkpointed as one object.
 
-``update`` ingests one batch of incoming stream data. ``end_of_step`` (may be None) is called once
-after the last batch of a time step with an int32 ``budget``: the forward-backward passes (of the
-learner's training batch size) it may still spend in this step, or -1 for "use your own default".
-``end_of_step`` may be a host function that loops over jitted, fixed-shape pieces (XLA:CPU runs
-convolutions several times slower inside while loops). Both return ``metrics`` with at least ``passes`` (float32 scalar): the forward-backward passes
-actually spent, which the runner adds up into each step's ``budget_used``.
-
-State holds arrays only (parameters, optimizer state, buffers, statistics, counters) with fixed
-shapes, so the stream never triggers a recompile and the whole state checkpoints as one pytree.
+``cljax.learners.get`` returns these functions wrapped by ``checked``: every batch is checked at the
+Python boundary (missing keys, shapes and dtype against ``init``'s example batch, NaN/Inf, labels
+outside ``[0, num_classes)``) and a bad one raises ``BatchError`` with one line naming the problem,
+before any jitted code runs. ``get(..., checked=False)`` gives the bare jitted functions for hot
+loops whose caller has done its own checks (the runner does).
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, NamedTuple, Optional
+import math
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 State = Any
-Batch = dict
+Batch = Mapping[str, Any]
+
+
+class Info(NamedTuple):
+  """What one ``update`` or ``end_of_step`` call did. All fields are arrays (or a dict of them).
+
+  passes: [] float32, forward-backward passes spent, charged to the step's budget.
+  loss: [] float32, mean training loss of the call (NaN when it trained nothing).
+  extra: method-specific figures, name -> [] array (e.g. ``buffer_count``).
+  """
+
+  passes: Any
+  loss: Any
+  extra: Mapping[str, Any]
+
+
+def info(passes=0.0, loss=float("nan"), **extra) -> Info:
+  """An ``Info`` with float32 ``passes`` and ``loss``; keyword arguments become ``extra``."""
+  return Info(jnp.asarray(passes, jnp.float32), jnp.asarray(loss, jnp.float32), dict(extra))
 
 
 class Learner(NamedTuple):
-  """A continual learner: pure functions over a state pytree (see module docstring)."""
+  """A continual learner: pure functions over a state pytree (see the module docstring).
+
+  name: the registry name; hparams: the effective hyper-parameters (for result records).
+  budgeted: False for reference learners (offline, joint upper bounds) and one-step-per-example
+    methods (REMIND) that spend what their method prescribes whatever ``budget`` says; the runner
+    then does not flag their steps as over budget.
+  """
 
   name: str
   init: Callable[[jax.Array, Batch], State]
-  update: Callable[[State, Batch, jax.Array], tuple[State, dict]]
+  update: Callable[[State, Batch, jax.Array], tuple]
+  end_of_step: Callable[..., tuple]
   predict: Callable[[State, jax.Array], jax.Array]
-  end_of_step: Optional[Callable[[State, jax.Array, jax.Array], tuple[State, dict]]] = None
-  hparams: dict = {}
+  hparams: Mapping[str, Any] = {}
+  budgeted: bool = True
 
 
-_REGISTRY: dict[str, Callable[..., Learner]] = {}
+def identity_end_of_step(state, key, budget=None):
+  """``end_of_step`` of a learner with nothing to do at the end of a time step."""
+  del key, budget
+  return state, info()
 
 
-def register(name: str):
-  """Decorator registering ``factory(**hparams) -> Learner`` under ``name``."""
+def masks(batch: Batch) -> tuple:
+  """(valid [B] bool, labeled [B] bool) of a batch, all True where the key is absent.
 
-  def wrap(factory):
-    if name in _REGISTRY and _REGISTRY[name] is not factory:
-      raise ValueError(f"learner {name!r} is already registered")
-    _REGISTRY[name] = factory
-    return factory
-
-  return wrap
-
-
-def names() -> list[str]:
-  """Sorted names of all registered learners."""
-  _load_builtin()
-  return sorted(_REGISTRY)
+  ``labeled`` is returned already and-ed with ``valid``. For use inside jitted ``update``s: the
+  batch's keys are static, so this costs nothing.
+  """
+  n = batch["y"].shape[0]
+  valid = jnp.asarray(batch["valid"], bool) if "valid" in batch else jnp.ones((n,), bool)
+  labeled = jnp.asarray(batch["labeled"], bool) if "labeled" in batch else jnp.ones((n,), bool)
+  return valid, valid & labeled
 
 
-def hparam_names(name: str) -> list[str]:
-  """The keyword arguments the factory of learner ``name`` accepts."""
-  _load_builtin()
-  factory = _factory(name)
-  if hasattr(factory, "valid_hparams"):  # factories that forward **kwargs list what they accept
-    return list(factory.valid_hparams)
-  return [p for p, v in inspect.signature(factory).parameters.items()
-          if v.kind != v.VAR_KEYWORD]
+class BatchError(ValueError):
+  """A batch (or an ``end_of_step`` budget) that breaks the contract; the message is one line."""
 
 
-def get(name: str, **hparams) -> Learner:
-  """Builds the registered learner ``name`` with the given hyper-parameters.
+def _shape(a) -> tuple:
+  return tuple(np.shape(a))
+
+
+def check_batch(batch: Batch, num_classes: int, example: Optional[tuple] = None,
+                where: str = "batch") -> dict:
+  """Checks one batch at the Python boundary and returns it with ``valid``/``labeled`` filled in.
+
+  Args:
+    batch: a dict with ``x`` [B, ...] and ``y`` [B] int; optional ``valid``/``labeled`` [B] bool.
+    num_classes: labels of valid, labelled rows must lie in [0, num_classes).
+    example: (shape of one input, dtype) from ``init``'s example batch, or None (not yet known).
+    where: names the call in error messages.
 
   Raises:
-    ValueError: for an unknown name (listing the valid ones) or an unknown hyper-parameter
-      (listing the ones the learner accepts).
+    BatchError: one line naming the first problem found (missing key, shape, dtype, NaN/Inf,
+      label range).
   """
-  _load_builtin()
-  factory = _factory(name)
-  valid = hparam_names(name)
-  params = inspect.signature(factory).parameters
-  if hasattr(factory, "valid_hparams") or not any(
-      p.kind == p.VAR_KEYWORD for p in params.values()):
-    unknown = sorted(set(hparams) - set(valid))
-    if unknown:
-      raise ValueError(
-          f"unknown hyper-parameter(s) {unknown} for learner {name!r}; valid: {sorted(valid)}")
-  return factory(**hparams)
+  if not isinstance(batch, Mapping):
+    raise BatchError(f"{where}: a batch must be a dict with 'x' and 'y', got {type(batch).__name__}")
+  missing = [k for k in ("x", "y") if k not in batch]
+  if missing:
+    raise BatchError(f"{where}: missing key(s) {missing}; a batch needs 'x' [B, ...] and "
+                     f"'y' [B] (got keys {sorted(batch)})")
+  unknown = sorted(set(batch) - {"x", "y", "valid", "labeled"})
+  if unknown:
+    raise BatchError(f"{where}: unknown key(s) {unknown}; valid keys: "
+                     "['labeled', 'valid', 'x', 'y']")
+  x, y = (v if hasattr(v, "dtype") else np.asarray(v) for v in (batch["x"], batch["y"]))
+  xs, ys = _shape(x), _shape(y)
+  if len(xs) < 2:
+    raise BatchError(f"{where}: x must be [B, ...] with a batch axis, got shape {xs}")
+  n = xs[0]
+  if ys != (n,):
+    raise BatchError(f"{where}: y must have shape ({n},) to match x {xs}, got {ys}")
+  if example is not None:
+    shape, dtype = example
+    if xs[1:] != tuple(shape):
+      raise BatchError(f"{where}: x has examples of shape {xs[1:]}, but init's example batch had "
+                       f"{tuple(shape)}")
+    if np.dtype(x.dtype) != np.dtype(dtype):
+      raise BatchError(f"{where}: x has dtype {np.dtype(x.dtype)}, but init's example batch had "
+                       f"{np.dtype(dtype)}; convert it (e.g. x.astype(np.float32))")
+  if not np.issubdtype(np.dtype(y.dtype), np.integer):
+    raise BatchError(f"{where}: y must hold integer labels, got dtype {np.dtype(y.dtype)}")
+  out = {"x": x, "y": y}
+  for k in ("valid", "labeled"):
+    if k in batch:
+      v = batch[k]
+      if _shape(v) != (n,) or np.dtype(v.dtype) != np.bool_:
+        raise BatchError(f"{where}: {k} must be bool of shape ({n},), got "
+                         f"{np.dtype(v.dtype)} {_shape(v)}")
+      out[k] = v
+    else:
+      out[k] = np.ones((n,), bool)
+  valid = np.asarray(out["valid"])
+  if np.issubdtype(np.dtype(x.dtype), np.floating):
+    xv = np.asarray(x)[valid]
+    if not np.isfinite(xv).all():
+      bad = int(np.flatnonzero(~np.isfinite(xv.reshape(len(xv), -1)).all(1))[0])
+      raise BatchError(f"{where}: x holds NaN or Inf (first in valid row {bad}); clean the "
+                       "input before it reaches the learner")
+  yl = np.asarray(y)[valid & np.asarray(out["labeled"])]
+  if yl.size and (yl.min() < 0 or yl.max() >= num_classes):
+    bad = int(yl.max() if yl.max() >= num_classes else yl.min())
+    raise BatchError(f"{where}: label {bad} outside [0, {num_classes}); the learner was built "
+                     f"with num_classes={num_classes}")
+  return out
 
 
-def _factory(name: str):
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown learner {name!r}; valid learners: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
+def check_budget(budget, where: str = "end_of_step") -> Optional[int]:
+  """``budget`` as an int >= 0, or None; anything else raises ``BatchError``."""
+  if budget is None:
+    return None
+  if isinstance(budget, (bool, np.bool_)) or not (
+      isinstance(budget, (int, np.integer)) or (np.ndim(budget) == 0 and hasattr(budget, "dtype")
+                                                  and np.issubdtype(budget.dtype, np.integer))):
+    raise BatchError(f"{where}: budget must be an int >= 0 (forward-backward passes) or None "
+                     f"(the learner's default), got {budget!r}")
+  b = int(budget)
+  if b < 0:
+    raise BatchError(f"{where}: budget must be >= 0 passes or None (the learner's default), "
+                     f"got {b}")
+  return b
 
 
-def _load_builtin():
-  # Importing the package registers every built-in learner exactly once.
-  import cljax.learners  # noqa: F401  pylint: disable=import-outside-toplevel
+def checked(learner: Learner, num_classes: int) -> Learner:
+  """``learner`` with every call checked at the Python boundary (see ``check_batch``).
+
+  The example batch given to ``init`` fixes the shape and dtype later batches must have; a state
+  restored without calling ``init`` in this process is still checked for everything else.
+  """
+  example: list = []
+
+  def init(key, example_batch):
+    b = check_batch(example_batch, num_classes, None, f"{learner.name}.init")
+    example[:] = [(_shape(b["x"])[1:], b["x"].dtype)]
+    return learner.init(key, b)
+
+  def update(state, batch, key):
+    b = check_batch(batch, num_classes, example[0] if example else None,
+                    f"{learner.name}.update")
+    return learner.update(state, b, key)
+
+  def end_of_step(state, key, budget=None):
+    return learner.end_of_step(state, key, check_budget(budget, f"{learner.name}.end_of_step"))
+
+  def predict(state, x):
+    xs = _shape(x)
+    where = f"{learner.name}.predict"
+    if example and xs[1:] != tuple(example[0][0]):
+      raise BatchError(f"{where}: x has examples of shape {xs[1:]}, but init's example batch "
+                       f"had {tuple(example[0][0])}")
+    if len(xs) < 2:
+      raise BatchError(f"{where}: x must be [B, ...] with a batch axis, got shape {xs}")
+    if np.issubdtype(np.dtype(x.dtype), np.floating) and not np.isfinite(np.asarray(x)).all():
+      raise BatchError(f"{where}: x holds NaN or Inf")
+    return learner.predict(state, x)
+
+  return learner._replace(init=init, update=update, end_of_step=end_of_step, predict=predict)
+
+
+def default_passes(epochs: float, rows: int, batch_size: int) -> int:
+  """Passes of ``batch_size`` rows that make ``epochs`` epochs over ``rows`` rows (ceil)."""
+  return int(math.ceil(float(epochs) * int(rows) / int(batch_size)))

@@ -1,4 +1,5 @@
 """Data: random-access sources (``sources``) and streams laid out in time steps (``streams``)."""
 
 from cljax.data.sources import ArraySource, DataError, Dataset, load, names  # noqa: F401
-from cljax.data.streams import ORDERINGS, Stream, batches, make_stream  # noqa: F401
+from cljax.data.streams import (ORDERINGS, Stream, array_batches, batches, chunks,  # noqa: F401
+                                make_stream)

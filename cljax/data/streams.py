@@ -231,21 +231,6 @@ class _BatchSpec:
   last_in_step: bool
 
 
-class _Loader(grain.transforms.Map):
-  """Turns a batch spec into a batch dict of numpy arrays."""
-
-  def __init__(self, src: ArraySource):
-    self._src = src
-
-  def map(self, spec: _BatchSpec) -> dict:
-    return {"x": self._src.batch(spec.index), "y": spec.label,
-            "valid": spec.valid, "labeled": spec.labeled & spec.valid,
-            "step": np.int32(spec.step), "last_in_step": np.bool_(spec.last_in_step)}
-
-  def __repr__(self):
-    return f"_Loader({self._src!r})"
-
-
 def batch_specs(stream: Stream, batch_size: int) -> list:
   """Fixed-size batches of the stream in order; each step's last batch padded (valid=False)."""
   if batch_size < 1:
@@ -265,14 +250,89 @@ def batch_specs(stream: Stream, batch_size: int) -> list:
   return specs
 
 
-def batches(stream: Stream, batch_size: int) -> grain.DatasetIterator:
-  """A checkpointable grain iterator over the stream's batches (``get_state``/``set_state``)."""
-  ds = grain.MapDataset.source(batch_specs(stream, batch_size)).map(_Loader(stream.dataset.train))
+@dataclasses.dataclass(frozen=True)
+class _ChunkSpec:
+  """Consecutive batches of one step, loaded together (one gather, one check, one transfer)."""
+
+  step: int
+  first_batch: int           # number of the chunk's first batch in the whole stream
+  batches: tuple             # of _BatchSpec
+  ends_step: bool            # its last batch is the step's last
+
+
+def chunk_specs(stream: Stream, batch_size: int, max_bytes: int = 16 << 20,
+                max_batches: int = 256) -> list:
+  """The stream's batches grouped into chunks of at most ``max_batches`` batches and about
+  ``max_bytes`` of inputs; a chunk never spans two steps."""
+  specs = batch_specs(stream, batch_size)
+  row_bytes = 4 * int(np.prod(stream.dataset.train.example_shape))
+  per = int(max(1, min(max_batches, max_bytes // max(1, row_bytes * batch_size))))
+  chunks, cur = [], []
+  for n, b in enumerate(specs):
+    cur.append(b)
+    if b.last_in_step or len(cur) == per:
+      chunks.append(_ChunkSpec(b.step, n - len(cur) + 1, tuple(cur), b.last_in_step))
+      cur = []
+  return chunks
+
+
+class _Loader(grain.transforms.Map):
+  """Turns a chunk spec into stacked numpy arrays: x [n, B, ...], y / valid / labeled [n, B]."""
+
+  def __init__(self, src: ArraySource):
+    self._src = src
+
+  def map(self, spec: _ChunkSpec) -> dict:
+    bs = spec.batches
+    n, b = len(bs), len(bs[0].index)
+    x = self._src.batch(np.concatenate([s.index for s in bs]))
+    valid = np.stack([s.valid for s in bs])
+    return {"x": x.reshape(n, b, *x.shape[1:]), "y": np.stack([s.label for s in bs]),
+            "valid": valid, "labeled": np.stack([s.labeled for s in bs]) & valid,
+            "step": np.int32(spec.step), "first_batch": np.int64(spec.first_batch),
+            "ends_step": np.bool_(spec.ends_step)}
+
+  def __repr__(self):
+    return f"_Loader({self._src!r})"
+
+
+def chunks(stream: Stream, batch_size: int, **kw) -> grain.DatasetIterator:
+  """A checkpointable grain iterator (``get_state``/``set_state``) over the stream's chunks of
+  batches (``chunk_specs``); each element is a dict of stacked arrays (``_Loader``)."""
+  ds = grain.MapDataset.source(chunk_specs(stream, batch_size, **kw)).map(
+      _Loader(stream.dataset.train))
   return iter(ds.to_iter_dataset())
+
+
+def batches(stream: Stream, batch_size: int) -> Iterator[dict]:
+  """The stream's batches one at a time: dicts with ``x`` [B, ...], ``y``, ``valid``,
+  ``labeled`` [B], ``step`` and ``last_in_step`` (the runner reads whole chunks instead)."""
+  for c in chunks(stream, batch_size):
+    n = c["y"].shape[0]
+    for i in range(n):
+      yield {"x": c["x"][i], "y": c["y"][i], "valid": c["valid"][i],
+             "labeled": c["labeled"][i], "step": c["step"],
+             "last_in_step": np.bool_(bool(c["ends_step"]) and i == n - 1)}
 
 
 def num_batches(stream: Stream, batch_size: int) -> int:
   return int(sum(-(-len(s) // batch_size) for s in stream.steps))
+
+
+def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
+                  labeled: Optional[np.ndarray] = None) -> Iterator[dict]:
+  """Fixed-size batches of arrays x [N, ...], y [N] in order, the last one padded and marked by
+  ``valid`` (so a jitted learner sees one shape): dicts with ``x``, ``y``, ``valid``, ``labeled``.
+  For driving a learner from a plain Python loop."""
+  x, y = np.asarray(x), np.asarray(y)
+  labeled = np.ones(len(y), bool) if labeled is None else np.asarray(labeled, bool)
+  for s in range(0, len(y), batch_size):
+    n = min(batch_size, len(y) - s)
+    pad = batch_size - n
+    valid = np.r_[np.ones(n, bool), np.zeros(pad, bool)]
+    yield {"x": np.concatenate([x[s:s + n], np.zeros((pad,) + x.shape[1:], x.dtype)]),
+           "y": np.r_[y[s:s + n], np.zeros(pad, y.dtype)].astype(np.int32),
+           "valid": valid, "labeled": np.r_[labeled[s:s + n], np.zeros(pad, bool)] & valid}
 
 
 def iterate_test(src: ArraySource, batch_size: int) -> Iterator[tuple]:

@@ -9,6 +9,8 @@ from typing import Optional
 
 import numpy as np
 
+from cljax.eval.results import COLUMNS
+
 
 def _clean(v):
   """JSON-safe: numpy to python, NaN/Inf to None."""
@@ -37,26 +39,16 @@ def write_json(path: str, obj) -> None:
 
 
 def table(runs: dict) -> str:
-  """A fixed-width table of the headline metrics, one row per learner."""
-  cols = [("learner", "{:<12}"), ("final", "{:>7.4f}"), ("average", "{:>8.4f}"),
-          ("forgetting", "{:>10.4f}"), ("bwt", "{:>8.4f}"), ("omega", "{:>7.4f}"),
-          ("top5", "{:>7.4f}"), ("budget", "{:>8.0f}"), ("wall_s", "{:>8.1f}"),
-          ("ex/s", "{:>8.0f}")]
-  head = " ".join(f"{c:>{len(f.format(0.0)) if c != 'learner' else 12}}" if c != "learner"
-                  else f"{c:<12}" for c, f in cols)
+  """A fixed-width table of the headline metrics (``results.COLUMNS``), one row per learner."""
+  widths = [len(f.format(0.0)) for _, f, _ in COLUMNS]
+  head = " ".join([f"{'learner':<12}"] + [f"{c:>{w}}" for (c, _, _), w in zip(COLUMNS, widths)])
   lines = [head, "-" * len(head)]
   for name, r in runs.items():
-    vals = [name, r.get("final_accuracy"), r.get("average_accuracy"), r.get("forgetting"),
-            r.get("backward_transfer"), r.get("omega"), r.get("final_top5"),
-            sum(s["budget_used"] for s in r.get("steps", [])), r.get("wall_s"),
-            r.get("examples_per_s")]
-    cells = []
-    for (c, f), v in zip(cols, vals):
-      if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        width = 12 if c == "learner" else len(f.format(0.0))
-        cells.append(f"{'-':>{width}}")
-      else:
-        cells.append(f.format(v))
+    cells = [f"{name:<12}"]
+    for (_, f, read), w in zip(COLUMNS, widths):
+      v = read(r)
+      ok = v is not None and not (isinstance(v, float) and not math.isfinite(v))
+      cells.append(f.format(v) if ok else f"{'-':>{w}}")
     lines.append(" ".join(cells))
   return "\n".join(lines)
 

@@ -1,14 +1,15 @@
-"""Built-in learners. Every module in this package registers its learners on import.
+"""Built-in learners, one file per method; every module registers its learners on import.
 
-``cljax.learners.get(name, **hparams)`` builds one; ``cljax.learners.names()`` lists them.
+    learner = cljax.learners.get("er", num_classes=10)   # see cljax/learner.py for the contract
+    cljax.learners.names()                              # every registered learner
 """
 
 import importlib
 import pkgutil
 
-from cljax.learner import Learner, get, hparam_names, names, register  # noqa: F401
+from cljax.learners.registry import INPUTS, get, hparam_names, inputs, names, register  # noqa: F401
 
-# Import every learner module so that each registers itself; adding a method is adding a file.
+# Import every method module so that each registers itself; adding a method is adding a file.
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-  if not _info.name.startswith("_"):
+  if not _info.name.startswith("_") and _info.name != "registry":
     importlib.import_module(f"{__name__}.{_info.name}")

@@ -2,8 +2,8 @@
 
 A classifier head on feature vectors (``batch["x"]`` [B, d] directly, or the output of an optional
 frozen ``backbone`` applied inside jit) is trained by rehearsal from a fixed-capacity buffer of c
-items per class (``cljax.ops.stream_buffers``: ``exstream`` by default; ``reservoir``, ``queue``
-and ``kmeans`` are the baselines of the paper, at equal memory K*c items).
+items per class (a ``cljax.ops.buffers`` policy: ``exstream`` by default; ``reservoir``,
+``queue`` and ``kmeans`` are the baselines of the paper, at equal memory K*c items).
 
 Replay modes:
 
@@ -44,16 +44,19 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cljax.learner import Learner, register
+from cljax import learner as contract
+from cljax.learner import Learner
+from cljax.learners.registry import register
 from cljax.models import heads
-from cljax.ops import stream_buffers
+from cljax.ops import buffers
 
 _REPLAYS = ("full_epoch", "sampled", "none")
 _HEADS = ("mlp", "linear")
+BUFFERS = ("exstream", "reservoir", "queue", "kmeans")
 
 
-@register("exstream")
-def exstream(num_classes: int,
+@register("exstream", inputs=("backbone",))
+def exstream(*, num_classes: int,
              capacity: int = 8,
              buffer: str = "exstream",
              replay: str = "full_epoch",
@@ -95,8 +98,8 @@ def exstream(num_classes: int,
       CPU) schedules the replay gather after the in-place insert and copies the buffer twice, so
       donation does not help there (measured; see notes/exstream.md).
   """
-  if buffer not in stream_buffers.names():
-    raise ValueError(f"unknown buffer {buffer!r}; valid: {stream_buffers.names()}")
+  if buffer not in BUFFERS:
+    raise ValueError(f"unknown buffer {buffer!r}; valid: {list(BUFFERS)}")
   if replay not in _REPLAYS:
     raise ValueError(f"unknown replay {replay!r}; valid: {list(_REPLAYS)}")
   if head not in _HEADS:
@@ -104,7 +107,7 @@ def exstream(num_classes: int,
   if epoch_per not in ("example", "batch"):
     raise ValueError(f"epoch_per must be 'example' or 'batch', got {epoch_per!r}")
   k = num_classes
-  buf = stream_buffers.get(buffer)
+  buf = buffers.get(buffer)
   if head == "mlp":
     lr = 2e-3 if lr is None else lr
     weight_decay = 0.0 if weight_decay is None else weight_decay
@@ -145,7 +148,7 @@ def exstream(num_classes: int,
         "params": params,
         "batch_stats": stats,
         "opt": tx.init(params),
-        "buffer": buf.init(k, capacity, d, k_buf),
+        "buffer": buf.init(k_buf, k * capacity, jax.ShapeDtypeStruct((d,), jnp.float32), k),
         "seen": jnp.zeros((), jnp.int32),
     }
 
@@ -202,7 +205,7 @@ def exstream(num_classes: int,
   def update(state, batch, key):
     f = features(batch["x"])
     gd = graphdef(f.shape[-1])
-    act = batch["valid"].astype(bool) & batch["labeled"].astype(bool)
+    _, act = contract.masks(batch)
     y = jnp.where(act, batch["y"].astype(jnp.int32), 0)
     model_state = (state["params"], state["batch_stats"], state["opt"])
     buffer_state = state["buffer"]
@@ -227,18 +230,13 @@ def exstream(num_classes: int,
       r = replay_size if replay == "sampled" else 0
       k_sel, k_drop = jax.random.split(key)
       if r > 0:
-        bx, by, bw, bm = buf.contents(buffer_state)
-        # The r largest of iid uniforms over the filled slots: a uniform r-subset, in O(K*c)
-        # rather than the full sort a permutation costs.
-        scores = jnp.where(bm, jax.random.uniform(k_sel, bm.shape), -1.0)
-        if r > bm.shape[0]:
-          scores = jnp.concatenate([scores, jnp.full((r - bm.shape[0],), -1.0)])
-        order = jax.lax.top_k(scores, r)[1]
-        order = jnp.minimum(order, bm.shape[0] - 1)
-        n = jnp.sum(bm)
-        x_tr = jnp.concatenate([f, bx[order]])
-        y_tr = jnp.concatenate([y, by[order]])
-        w_tr = jnp.concatenate([jnp.ones(y.shape, jnp.float32), bw[order]])
+        # r distinct items drawn uniformly from the filled slots; rows past the filled count
+        # (a buffer holding fewer than r items) are masked, so no item is replayed twice.
+        rep = buf.sample(buffer_state, k_sel, r, distinct=True)
+        n = jnp.sum(buf.contents(buffer_state).mask)
+        x_tr = jnp.concatenate([f, rep.x])
+        y_tr = jnp.concatenate([y, rep.y])
+        w_tr = jnp.concatenate([jnp.ones(y.shape, jnp.float32), rep.weight])
         m_tr = jnp.concatenate([act, jnp.arange(r) < n])
       else:
         x_tr, y_tr, w_tr, m_tr = f, y, jnp.ones(y.shape, jnp.float32), act
@@ -255,7 +253,7 @@ def exstream(num_classes: int,
         buffer_state = buf.insert(buffer_state, f, y, act)
 
     params, stats, opt = model_state
-    _, _, _, bm = buf.contents(buffer_state)
+    bm = buf.contents(buffer_state).mask
     new_state = {
         "params": params,
         "batch_stats": stats,
@@ -263,12 +261,8 @@ def exstream(num_classes: int,
         "buffer": buffer_state,
         "seen": state["seen"] + jnp.sum(act).astype(jnp.int32),
     }
-    metrics = {
-        "passes": passes.astype(jnp.float32),
-        "loss": loss_sum / jnp.maximum(passes, 1).astype(jnp.float32),
-        "buffer_items": jnp.sum(bm).astype(jnp.int32),
-    }
-    return new_state, metrics
+    loss = jnp.where(passes > 0, loss_sum / jnp.maximum(passes, 1).astype(jnp.float32), jnp.nan)
+    return new_state, contract.info(passes, loss, buffer_items=jnp.sum(bm).astype(jnp.int32))
 
   def predict(state, x):
     f = features(x)
@@ -283,5 +277,5 @@ def exstream(num_classes: int,
                                                                  repr(backbone)))
   return Learner(name="exstream", init=init,
                  update=jax.jit(update, donate_argnums=(0,) if donate else ()),
-                 predict=jax.jit(predict),
-                 end_of_step=None, hparams=hparams)
+                 end_of_step=contract.identity_end_of_step, predict=jax.jit(predict),
+                 hparams=hparams)

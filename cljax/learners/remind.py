@@ -31,7 +31,7 @@ loop body, so small B unrolls). A step without any usable row leaves F, its opti
 buffer unchanged. ``predict`` encodes and decodes x, then runs F in eval mode.
 
 Replay before the buffer is full enough: while 0 < count < 2r, the rows beyond ``count`` are drawn
-with replacement (``code_buffer.sample``) and all are used; while the buffer is empty, replay rows
+with replacement (the buffer's ``sample(..., distinct=True)``) and all are used; while the buffer is empty, replay rows
 get zero weight in the loss and in F's batch statistics (when F accepts a ``mask``, as
 ``cljax.models.resnet.ResNetHead`` does). The reference instead trains on uninitialised rows there.
 
@@ -39,16 +39,16 @@ get zero weight in the loss and in F's batch statistics (when F accepts a ``mask
 training batch. G's forward pass on the new examples is not counted (features are usually
 pre-extracted; with ``g_fn`` it is one inference pass per incoming example).
 
-The learner state is a dict of arrays: F's ``params`` and ``batch_stats`` and SGD ``momentum``
-(pure nested dicts with string keys, so checkpoints restore without a target tree), the ``buffer``
-(``cljax.ops.code_buffer.CodeBuffer``), ``class_seen`` [K] int32 (examples trained per class, for
-the lr), the ``codebook`` [M, C, D / M] and ``steps`` (SGD steps taken).
+The learner state is a dict of arrays: F's ``params`` (a ``cljax.models.pure.Net`` pure dict,
+batch-norm running statistics included) and its SGD state ``opt`` (momentum), the ``buffer``
+(``cljax.ops.buffers`` policy ``largest_class`` over uint8 codes), ``class_seen`` [K] int32
+(examples trained per class, for the lr), the ``codebook`` [M, C, D / M] and ``steps`` (SGD steps
+taken). ``end_of_step`` has nothing to do (REMIND learns one example at a time).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any, Callable, Optional
 
 from flax import nnx
@@ -56,11 +56,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.learner import Learner, register
+from cljax import learner as contract
+from cljax import optim
+from cljax.learner import Learner
+from cljax.learners.registry import register
 from cljax.models import resnet
-from cljax.ops import code_buffer
+from cljax.models.pure import Net
+from cljax.ops import buffers
 from cljax.ops import feature_aug
 from cljax.ops import pq
+from cljax.train.loop import apply_updates
+
+CODES = buffers.get("largest_class")  # REMIND's buffer policy
 
 
 def per_class_lr(class_seen: jax.Array, labels: jax.Array, use: jax.Array, lr0: float, gamma: float,
@@ -83,50 +90,17 @@ def per_class_lr(class_seen: jax.Array, labels: jax.Array, use: jax.Array, lr0: 
   return lr.astype(jnp.float32), class_seen + onehot.sum(0)
 
 
-def _str_keys(tree):
-  # nnx list indices are int keys; strings let a checkpoint restore without a target tree.
-  if isinstance(tree, dict):
-    return {str(k): _str_keys(v) for k, v in tree.items()}
-  return tree
-
-
-def _int_keys(tree):
-  # NNX attribute names are identifiers, so an all-digit key can only be a list index.
-  if isinstance(tree, dict):
-    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
-            for k, v in tree.items()}
-  return tree
-
-
 class _Head:
-  """F as pure functions over (params, batch_stats) pure dicts.
+  """F as pure functions: ``Net.of(F)``, plus a second graph of the same variables whose
+  convolutions compute their kernel gradient as a matmul (``resnet.conv_matmul_kernel_grad``),
+  for use inside loop bodies. Both read the same params dict."""
 
-  Two graph definitions of the same variables: plain XLA convolutions, and convolutions whose
-  kernel gradient is a matmul (``resnet.conv_matmul_kernel_grad``) for use inside loop bodies.
-  """
-
-  def __init__(self, f_module=None, f_graphdef=None, f_state=None):
-    if f_module is None:
-      if f_graphdef is None or f_state is None:
-        raise ValueError("remind needs F: f_module, or f_graphdef and f_state")
-    else:
-      f_graphdef, f_state = nnx.split(f_module)
-    # Private copies: switching the convolution hook must not touch the caller's module.
-    plain = nnx.merge(f_graphdef, f_state, copy=True)
-    self.graphdef, params, stats, self.rest = nnx.split(plain, nnx.Param, nnx.BatchStat, ...)
-    mm = resnet.use_matmul_kernel_grad(nnx.merge(f_graphdef, f_state, copy=True))
-    self.graphdef_mm = nnx.split(mm, nnx.Param, nnx.BatchStat, ...)[0]
-    self.params = _str_keys(nnx.to_pure_dict(params))
-    self.stats = _str_keys(nnx.to_pure_dict(stats))
-    self.takes_mask = "mask" in inspect.signature(type(plain).__call__).parameters
-
-  def apply(self, params, stats, x, train: bool, mask=None, matmul_grad: bool = False):
-    """(logits [N, K], new batch_stats); mask [N] bool rows for batch statistics (train mode)."""
-    gdef = self.graphdef_mm if matmul_grad else self.graphdef
-    m = nnx.merge(gdef, _int_keys(params), _int_keys(stats), self.rest, copy=True)
-    kw = {"mask": mask} if (self.takes_mask and mask is not None) else {}
-    out = m(x, use_running_average=not train, **kw)
-    return out, _str_keys(nnx.to_pure_dict(nnx.state(m, nnx.BatchStat)))
+  def __init__(self, f_module: nnx.Module):
+    self.net = Net.of(nnx.merge(*nnx.split(f_module), copy=True), "REMIND's F")
+    self.net_mm = Net.of(resnet.use_matmul_kernel_grad(nnx.merge(*nnx.split(f_module),
+                                                                 copy=True)),
+                         "REMIND's F (matmul kernel gradients)")
+    self.params = self.net.fixed_params
 
 
 def _labels_ok(y) -> np.ndarray:
@@ -143,9 +117,9 @@ def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] 
   """REMIND's base initialisation from a base-trained ResNet-18.
 
   Args:
-    base: has ``pure`` (a ``_common.PureModel`` of a ``resnet.ResNet18``: graphdef and params
-      incl. batch statistics), ``x`` [N, H, W, C] float32 base inputs and ``y`` [N] labels
-      (``cljax.train.experiment.BaseInit``).
+    base: has ``net`` (a ``cljax.models.pure.Net`` of a ``resnet.ResNet18``) and ``params``
+      (incl. batch statistics), ``x`` [N, H, W, C] float32 base inputs and ``y`` [N] labels
+      (``cljax.train.base_init.BaseInit``).
     split: last block of G (``resnet.split_model``).
     num_subvectors: M; None: D // 16 (16-dim sub-vectors, REMIND's 32 for D = 512), at least 1.
     num_centroids, pq_iters: C and Lloyd iterations of ``pq.train`` on all G features of the
@@ -158,13 +132,14 @@ def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] 
     dict(f_module=F (copies of the base variables), g_fn=G in eval mode (pure, parameters closed
     over), codebook, base_features [N, h, w, D] float32, base_labels [N] int32).
   """
-  module = nnx.merge(base.pure.graphdef, base.pure.params, copy=True)
+  module = base.net.module(base.params, np.shape(base.x)[1:])
   if not isinstance(module, resnet.ResNet18):
     raise ValueError(f"remind: the base model must be a resnet18 (split G/F at {split!r}), got "
                      f"{type(module).__name__}")
   g, f = resnet.split_model(module, split)
-  _, g_state, g_apply = resnet.make_pure(g)
-  g_fn = lambda x: g_apply(g_state, x)[0]
+  g_net = Net.of(g, "REMIND's G")
+  g_params = g_net.fixed_params
+  g_fn = lambda x: g_net.apply(g_params, x)  # eval mode; parameters closed over (frozen)
   x = np.asarray(base.x, np.float32)
   y = _labels_ok(base.y)
   if len(x) == 0:
@@ -181,12 +156,10 @@ def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] 
   return dict(f_module=f, g_fn=g_fn, codebook=codebook, base_features=feats, base_labels=y)
 
 
-@register("remind")
-def remind(num_classes: int,
+@register("remind", inputs=("base",))
+def remind(*, num_classes: int,
            codebook: Any = None,
            f_module: Optional[nnx.Module] = None,
-           f_graphdef: Any = None,
-           f_state: Any = None,
            buffer_capacity: int = 10_000,
            replay_size: int = 50,
            mixup_alpha: float = 0.1,
@@ -219,8 +192,8 @@ def remind(num_classes: int,
     num_classes: K, F's output size.
     codebook: [M, C, D / M] PQ codebook (``cljax.ops.pq.train`` on base-init features); fixed.
     f_module: F, an NNX module whose ``__call__(x, use_running_average=..., [mask=...])`` maps
-      [N, H, W, D] to logits [N, K] (e.g. ``resnet.split_model(model, "layer4.0")[1]``); or give
-      ``f_graphdef`` and ``f_state`` from ``nnx.split``. Its current variables are the start.
+      [N, H, W, D] to logits [N, K] (e.g. ``resnet.split_model(model, "layer4.0")[1]``). Its
+      current variables are the start (copied; the module is never modified).
     buffer_capacity: items the buffer holds (REMIND ImageNet: 959,665; see
       ``pq.capacity_for_bytes``).
     replay_size: r, mixed replay rows per step (2r items drawn); 0 gives plain fine-tuning of F
@@ -262,10 +235,9 @@ def remind(num_classes: int,
   if loop not in ("auto", "unroll", "scan"):
     raise ValueError(f"loop must be 'auto', 'unroll' or 'scan', got {loop!r}")
   if base is not None:
-    if f_module is not None or f_graphdef is not None or g_fn is not None or \
-        base_features is not None:
+    if f_module is not None or g_fn is not None or base_features is not None:
       raise ValueError("remind: give either base (G, F and the base set come from it) or "
-                       "f_module/f_graphdef, g_fn and base_features, not both")
+                       "f_module, g_fn and base_features, not both")
     built = from_base(base, split, num_subvectors, num_centroids, pq_iters, seed, codebook)
     f_module, g_fn, codebook = built["f_module"], built["g_fn"], built["codebook"]
     base_features, base_labels = built["base_features"], built["base_labels"]
@@ -275,7 +247,11 @@ def remind(num_classes: int,
   on_cpu = jax.default_backend() == "cpu"
   if matmul_conv_grad is None:
     matmul_conv_grad = on_cpu
-  head = _Head(f_module, f_graphdef, f_state)
+  if f_module is None:
+    raise ValueError("remind needs F: f_module (e.g. resnet.split_model(model, 'layer4.0')[1]), "
+                     "or base=... to split one")
+  head = _Head(f_module)
+  tx = optim.direction("sgd", momentum=momentum, weight_decay=weight_decay)
   codebook = jnp.asarray(codebook, jnp.float32)
   m_sub, _, ds = codebook.shape
   r, b = int(replay_size), int(new_per_step)
@@ -289,8 +265,7 @@ def remind(num_classes: int,
                  loop=loop, max_unrolled_steps=max_unrolled_steps,
                  matmul_conv_grad=bool(matmul_conv_grad), split=split if base is not None else None,
                  buffer_bytes=buffer_bytes, prefill_buffer=prefill_buffer,
-                 base_examples=0 if base_features is None else len(base_features),
-                 respect_budget=False)  # one SGD step per example, whatever the budget
+                 base_examples=0 if base_features is None else len(base_features))
 
   def features(x):
     feats = g_fn(x) if g_fn is not None else x
@@ -318,34 +293,34 @@ def remind(num_classes: int,
     return cap
 
   def init(key, example_batch):
-    feats = jax.eval_shape(features, example_batch["x"])
+    feats = jax.eval_shape(features, jnp.asarray(example_batch["x"]))
     _, h, w, _ = feats.shape
-    out = jax.eval_shape(lambda x: head.apply(head.params, head.stats, x, False)[0], feats)
+    out = jax.eval_shape(head.net.apply, head.params, feats)
     if out.shape[-1] != num_classes:
       raise ValueError(f"F outputs {out.shape[-1]} classes, num_classes is {num_classes}")
+    k_buf, k_fill = jax.random.split(key)
     # Copies (jnp.array), never aliases: update donates the state, which must not delete the
     # caller's module variables or the codebook this factory closes over.
     params = jax.tree.map(jnp.array, head.params)
     state = {
         "params": params,
-        "batch_stats": jax.tree.map(jnp.array, head.stats),
-        "momentum": jax.tree.map(jnp.zeros_like, params),
-        "buffer": code_buffer.create(capacity(h, w), (h, w, m_sub), num_classes),
+        "opt": tx.init(params),
+        "buffer": CODES.init(k_buf, capacity(h, w),
+                             jax.ShapeDtypeStruct((h, w, m_sub), jnp.uint8), num_classes),
         "class_seen": jnp.zeros((num_classes,), jnp.int32),
         "codebook": jnp.array(codebook),
         "steps": jnp.zeros((), jnp.int32),
     }
     if base_features is not None and prefill_buffer:
-      state = fill_buffer(state, base_features, base_labels, key)
+      state = fill_buffer(state, base_features, base_labels)
     return state
 
   def sgd_step(small, buf, cb, new_codes, y, use, key, matmul_grad):
-    params, stats, mom, class_seen = small
+    params, opt, class_seen = small
     k_sample, k_crop, k_mix = jax.random.split(key, 3)
     if r > 0:
-      idx, _ = code_buffer.sample(buf, k_sample, 2 * r)
-      replay_codes, replay_y = code_buffer.gather(buf, idx)
-      codes = jnp.concatenate([new_codes, replay_codes])
+      replay = CODES.sample(buf, k_sample, 2 * r, distinct=True)
+      codes = jnp.concatenate([new_codes, replay.x])
     else:
       codes = new_codes
     x = dequantize(cb, codes)  # [b + 2r, H, W, D]
@@ -355,38 +330,37 @@ def remind(num_classes: int,
     if r > 0:
       mixed, lam = feature_aug.mixup(k_mix, x[b:b + r], x[b + r:], mixup_alpha)
       x = jnp.concatenate([x[:b], mixed])
-      ya = jnp.concatenate([y, replay_y[:r]])
-      yb = jnp.concatenate([y, replay_y[r:]])
+      ya = jnp.concatenate([y, replay.y[:r]])
+      yb = jnp.concatenate([y, replay.y[r:]])
       lam_rows = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.full((r,), lam)])
-      weight = jnp.concatenate([use_f, jnp.full((r,), (buf.count > 0).astype(jnp.float32))])
+      # replay rows count once the buffer holds anything (sample's weight is 0 while empty)
+      weight = jnp.concatenate([use_f, replay.weight[:r]])
     else:
       ya = yb = y
       lam_rows = jnp.ones((b,), jnp.float32)
       weight = use_f
     lr_rows, class_seen = per_class_lr(class_seen, y, use, lr0, lr_gamma, lr_step)
     lr = jnp.sum(lr_rows * use_f) / jnp.maximum(jnp.sum(use_f), 1.0)
+    net = head.net_mm if matmul_grad else head.net
 
     def loss_fn(p):
-      logits, new_stats = head.apply(p, stats, x, True, mask=weight > 0, matmul_grad=matmul_grad)
+      logits, moved = net.apply_train(p, x, weight > 0)
       logp = jax.nn.log_softmax(logits.astype(jnp.float32))
       ce_a = -jnp.take_along_axis(logp, jnp.clip(ya, 0)[:, None], axis=1)[:, 0]
       ce_b = -jnp.take_along_axis(logp, jnp.clip(yb, 0)[:, None], axis=1)[:, 0]
       rows = lam_rows * ce_a + (1.0 - lam_rows) * ce_b
-      return jnp.sum(weight * rows) / jnp.maximum(jnp.sum(weight), 1.0), new_stats
+      return jnp.sum(weight * rows) / jnp.maximum(jnp.sum(weight), 1.0), moved
 
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    mom = jax.tree.map(lambda m, g, p: momentum * m + g + weight_decay * p, mom, grads, params)
-    params = jax.tree.map(lambda p, m: p - lr * m, params, mom)
-    return (params, stats, mom, class_seen), loss
+    (loss, moved), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    new, opt = apply_updates(tx, params, opt, grads, lr)
+    return (net.with_stats(new, moved, x.shape[1:]), opt, class_seen), loss
 
   def update(state, batch, key):
     feats = features(batch["x"])
     n_rows = feats.shape[0]
     if n_rows % b:
       raise ValueError(f"batch size {n_rows} is not a multiple of new_per_step={b}")
-    use = batch["valid"].astype(bool)
-    if "labeled" in batch:
-      use = use & batch["labeled"].astype(bool)
+    _, use = contract.masks(batch)
     steps = n_rows // b
     xs = feats.reshape(steps, b, *feats.shape[1:])
     ys = batch["y"].astype(jnp.int32).reshape(steps, b)
@@ -398,13 +372,12 @@ def remind(num_classes: int,
 
     def body(st, inp, unrolled):
       x, y, u, k = inp
-      k_step, k_insert = jax.random.split(k)
       new_codes = quantize(cb, x)
-      small = (st["params"], st["batch_stats"], st["momentum"], st["class_seen"])
+      small = (st["params"], st["opt"], st["class_seen"])
       taken = jnp.any(u)
       if unrolled:
         # Masked, not skipped: a cond body would put F's convolutions back under control flow.
-        new_small, loss = sgd_step(small, st["buffer"], cb, new_codes, y, u, k_step, False)
+        new_small, loss = sgd_step(small, st["buffer"], cb, new_codes, y, u, k, False)
         small = jax.tree.map(lambda a, c: jnp.where(taken, a, c), new_small, small)
         loss = jnp.where(taken, loss, 0.0)
       else:
@@ -412,11 +385,11 @@ def remind(num_classes: int,
         # a skipped step never copies it.
         small, loss = jax.lax.cond(
             taken,
-            lambda s: sgd_step(s, st["buffer"], cb, new_codes, y, u, k_step, matmul_conv_grad),
+            lambda s: sgd_step(s, st["buffer"], cb, new_codes, y, u, k, matmul_conv_grad),
             lambda s: (s, jnp.zeros((), jnp.float32)), small)
-      buf = code_buffer.insert_batch(st["buffer"], new_codes, y, k_insert, u)
-      st = dict(st, params=small[0], batch_stats=small[1], momentum=small[2], class_seen=small[3],
-                buffer=buf, steps=st["steps"] + taken.astype(jnp.int32))
+      buf = CODES.insert(st["buffer"], new_codes, y, u)
+      st = dict(st, params=small[0], opt=small[1], class_seen=small[2], buffer=buf,
+                steps=st["steps"] + taken.astype(jnp.int32))
       return st, (loss, taken)
 
     if unrolled:
@@ -430,35 +403,36 @@ def remind(num_classes: int,
       state, (losses, taken) = jax.lax.scan(lambda st, inp: body(st, inp, False), state,
                                             (xs, ys, us, keys))
     passes = jnp.sum(taken).astype(jnp.float32)
-    return state, {"passes": passes, "loss": jnp.sum(losses) / jnp.maximum(passes, 1.0),
-                   "buffer_count": state["buffer"].count}
+    loss = jnp.where(passes > 0, jnp.sum(losses) / jnp.maximum(passes, 1.0), jnp.nan)
+    return state, contract.info(passes, loss, buffer_count=state["buffer"].count)
 
   def predict(state, x):
     feats = features(x)
     recon = dequantize(state["codebook"], quantize(state["codebook"], feats))
-    return head.apply(state["params"], state["batch_stats"], recon, False)[0]
+    return head.net.apply(state["params"], recon)
 
+  # One SGD step per example whatever the budget: not budgeted.
   return Learner(name="remind", init=init, update=jax.jit(update, donate_argnums=0),
-                 predict=jax.jit(predict), end_of_step=None, hparams=hparams)
+                 end_of_step=contract.identity_end_of_step, predict=jax.jit(predict),
+                 hparams=hparams, budgeted=False)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def _fill_chunk(state, feats, labels, mask, key):
+def _fill_chunk(state, feats, labels, mask):
   cb = state["codebook"]
   n, h, w, d = feats.shape
   m_sub = cb.shape[0]
   codes = pq.encode(cb, feats.reshape(n * h * w, d), batch_size=None).reshape(n, h, w, m_sub)
-  buf = code_buffer.insert_batch(state["buffer"], codes, labels, key, mask)
-  return dict(state, buffer=buf)
+  return dict(state, buffer=CODES.insert(state["buffer"], codes, labels, mask))
 
 
-def fill_buffer(state: dict, features, labels, key: jax.Array, chunk: int = 512) -> dict:
+def fill_buffer(state: dict, features, labels, chunk: int = 512) -> dict:
   """REMIND's base initialization of the buffer: encodes and inserts every base-init example.
 
   Args:
-    state: a remind learner state (its codebook is used).
+    state: a remind learner state (its codebook is used; its buffer's own key draws evictions,
+      if N exceeds the capacity).
     features: [N, H, W, D] G features (numpy or jax), labels: [N] int.
-    key: PRNG key (eviction, if N exceeds the capacity).
     chunk: examples encoded per jitted call (the last chunk is padded and masked, so one compile).
 
   Returns:
@@ -467,7 +441,7 @@ def fill_buffer(state: dict, features, labels, key: jax.Array, chunk: int = 512)
   features = np.asarray(features, np.float32)
   labels = np.asarray(labels, np.int32)
   n = features.shape[0]
-  for i, start in enumerate(range(0, n, chunk)):
+  for start in range(0, n, chunk):
     f = features[start:start + chunk]
     y = labels[start:start + chunk]
     mask = np.ones((chunk,), bool)
@@ -476,6 +450,5 @@ def fill_buffer(state: dict, features, labels, key: jax.Array, chunk: int = 512)
       mask[f.shape[0]:] = False
       f = np.concatenate([f, np.zeros((pad, *f.shape[1:]), np.float32)])
       y = np.concatenate([y, np.zeros((pad,), np.int32)])
-    state = _fill_chunk(state, jnp.asarray(f), jnp.asarray(y), jnp.asarray(mask),
-                        jax.random.fold_in(key, i))
+    state = _fill_chunk(state, jnp.asarray(f), jnp.asarray(y), jnp.asarray(mask))
   return state

@@ -1,6 +1,6 @@
 """Deep SLDA: a streaming LDA head on frozen features (Hayes and Kanan, CVPR-W 2020).
 
-    learner = cljax.learners.get("slda", num_classes=1000, feature_dim=512)
+    learner = cljax.learners.get("slda", num_classes=1000)
     state = learner.init(key, example_batch)
     state = fit_base(state, x_base, y_base)                 # optional base initialization (OAS)
     state, metrics = learner.update(state, batch, key)      # jit; no backward pass
@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.learner import Learner, register
+from cljax import learner as contract
+from cljax.learner import Learner
+from cljax.learners.registry import register
 from cljax.ops import slda as ops
 
 COVARIANCES = ("plastic", "fixed")
@@ -62,9 +64,8 @@ def _check_dim(state: ops.SLDAState, feats: jax.Array, where: str):
                      f"but the state has feature_dim={d}")
 
 
-@register("slda")
-def slda(num_classes: int,
-         feature_dim: Optional[int] = None,
+@register("slda", inputs=("backbone",))
+def slda(*, num_classes: int,
          shrinkage: float = 1e-4,
          covariance: str = "plastic",
          update_rule: str = "reference",
@@ -76,8 +77,8 @@ def slda(num_classes: int,
   """Builds the Deep SLDA learner.
 
   Args:
-    num_classes: K, fixed maximum number of classes.
-    feature_dim: d; None infers it in ``init`` from the example batch (and backbone).
+    num_classes: K, fixed maximum number of classes. The feature dimension d comes from
+      ``init``'s example batch (flattened inputs, or the backbone's output).
     shrinkage: ε in Λ = ((1−ε)Σ + εI)⁻¹.
     covariance: "plastic" (Σ streams) or "fixed" (Σ only from :func:`fit_base`; means stream).
     update_rule: "reference" (Deep SLDA / Avalanche, global-count weight) or "pooled" (exact
@@ -93,8 +94,6 @@ def slda(num_classes: int,
   """
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"slda: num_classes must be a positive int, got {num_classes!r}")
-  if feature_dim is not None and (not isinstance(feature_dim, int) or feature_dim < 1):
-    raise ValueError(f"slda: feature_dim must be a positive int or None, got {feature_dim!r}")
   if covariance not in COVARIANCES:
     raise ValueError(f"slda: covariance must be one of {COVARIANCES}, got {covariance!r}")
   if update_rule not in ops.RULES:
@@ -108,11 +107,7 @@ def slda(num_classes: int,
 
   def init(key, example_batch):
     del key
-    d = _feature_dim(example_batch["x"], backbone)
-    if feature_dim is not None and d != feature_dim:
-      raise ValueError(f"slda.init: feature_dim={feature_dim} but batch['x'] gives features of "
-                       f"dim {d}")
-    return ops.init_state(num_classes, d)
+    return ops.init_state(num_classes, _feature_dim(example_batch["x"], backbone))
 
   @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
   def update(state, batch, key):
@@ -120,20 +115,13 @@ def slda(num_classes: int,
     feats = _features(batch["x"], backbone)
     _check_dim(state, feats, "update")
     y = batch["y"]
-    mask = jnp.ones(y.shape, jnp.bool_)
-    for name in ("valid", "labeled"):
-      if name in batch:
-        mask = mask & batch[name].astype(jnp.bool_)
+    _, mask = contract.masks(batch)
     in_range = (y >= 0) & (y < num_classes)
     state = ops.update_batch(state, feats, y, mask, rule=update_rule, plastic=plastic)
     if refresh_on_update:
       state = ops.refresh(state, shrinkage, solver)
-    metrics = {
-        "passes": jnp.zeros((), jnp.float32),
-        "examples": (mask & in_range).sum().astype(jnp.int32),
-        "ignored": (mask & ~in_range).sum().astype(jnp.int32),
-    }
-    return state, metrics
+    return state, contract.info(examples=(mask & in_range).sum().astype(jnp.int32),
+                                ignored=(mask & ~in_range).sum().astype(jnp.int32))
 
   @jax.jit
   def predict(state, x):
@@ -141,16 +129,18 @@ def slda(num_classes: int,
     _check_dim(state, feats, "predict")
     return ops.scores(state, feats, shrinkage, solver, mask_unseen)
 
-  @jax.jit
-  def end_of_step(state, key, budget):
-    del key, budget
-    return ops.refresh(state, shrinkage, solver), {"passes": jnp.zeros((), jnp.float32)}
+  refresh = jax.jit(lambda state: ops.refresh(state, shrinkage, solver))
 
-  hparams = dict(num_classes=num_classes, feature_dim=feature_dim, shrinkage=shrinkage,
+  def end_of_step(state, key, budget=None):
+    """Refreshes the cached head (no training: 0 passes, whatever the budget)."""
+    del key, budget
+    return refresh(state), contract.info()
+
+  hparams = dict(num_classes=num_classes, shrinkage=shrinkage,
                  covariance=covariance, update_rule=update_rule, solver=solver,
-                 mask_unseen=mask_unseen, backbone=backbone,
+                 mask_unseen=mask_unseen, backbone=backbone is not None,
                  refresh_on_update=refresh_on_update, donate=donate)
-  return Learner("slda", init, update, predict, end_of_step, hparams)
+  return Learner("slda", init, update, end_of_step, predict, hparams)
 
 
 def fit_base(state: ops.SLDAState,

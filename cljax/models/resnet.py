@@ -21,8 +21,8 @@ train/eval mode, or an explicit ``use_running_average`` argument to ``__call__``
 ``mask`` [N] bool restricts the batch statistics to the rows that are real data (padding rows are
 still computed but do not move the statistics). One difference from torch: Flax updates the running
 variance with the biased batch variance, torch with the unbiased one (factor n / (n - 1), n = rows x
-positions; 2,499 for a REMIND step at 7 x 7). The pure functions
-``pure_apply`` / ``make_pure`` run G in eval mode (running statistics) and F in either mode.
+positions; 2,499 for a REMIND step at 7 x 7). As pure functions
+(``cljax.models.pure.Net.of``), G runs in eval mode (running statistics) and F in either mode.
 
 CPU tip: initialising with ``nnx.Rngs(jax.random.key(seed, impl="rbg"))`` compiles the variable
 initialisers about 10x faster than the default threefry keys (measured here: 6 s against 65 s on a
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, Optional
+from typing import Optional
 
 from flax import nnx
 import jax
@@ -234,27 +234,6 @@ class ResNetHead(nnx.Module):
 def split_model(model: ResNet18, split: str = "layer4.0") -> tuple[ResNetTrunk, ResNetHead]:
   """(G, F) modules sharing ``model``'s variables: F(G(x)) equals model(x)."""
   return ResNetTrunk(model, split), ResNetHead(model, split)
-
-
-def pure_apply(graphdef, state, x, train: bool = False):
-  """Runs an NNX module given as (graphdef, state) from ``nnx.split`` without side effects.
-
-  The module's ``__call__`` must accept ``use_running_average`` (every module here does).
-  ``train`` True: batch norm uses batch statistics and its running statistics are updated;
-  False: eval mode (running statistics), the state comes back unchanged.
-
-  Returns:
-    (output, new_state).
-  """
-  module = nnx.merge(graphdef, state, copy=True)
-  out = module(x, use_running_average=not train)
-  return out, nnx.state(module)
-
-
-def make_pure(module: nnx.Module) -> tuple[Any, Any, Callable]:
-  """(graphdef, state, apply) with apply(state, x, train=False) -> (output, new_state)."""
-  graphdef, state = nnx.split(module)
-  return graphdef, state, lambda s, x, train=False: pure_apply(graphdef, s, x, train)
 
 
 # --- convolution with a matmul kernel gradient (fast inside loops on CPU) ----------------------

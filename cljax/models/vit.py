@@ -8,7 +8,7 @@ The model DietCL uses (Zhang et al., ICLR 2024; He et al. 2022 for MAE):
 * encoder: learned position embeddings, ``depth`` pre-LayerNorm transformer blocks, a final
   LayerNorm; no class token;
 * classifier: a linear head on the mean of the patch tokens after the final LayerNorm. The head has a
-  fixed maximum number of classes; it "grows" through a seen-class mask (``masked_logits``), so old
+  fixed maximum number of classes; it "grows" through a seen-class mask (``ops.losses.mask_logits``), so old
   rows are kept as they are and shapes never change;
 * MAE: random masking keeps a fixed number of patches (argsort of uniform noise, so shapes are
   static); a light decoder fills in mask tokens, restores the patch order and predicts pixels; the
@@ -20,15 +20,14 @@ default: float32 throughout, as before), ``param_dtype`` the dtype parameters ar
 attention softmax, LayerNorm statistics, the classifier head, the logits and the MAE loss stay in
 float32.
 
-Pure functions: ``pure_vit(module)`` splits a module once (``nnx.split``) and returns ``encode``,
-``mae_loss``, ``logits`` and ``features`` as functions of a pure parameter dict, ready for
-``jax.jit`` / ``jax.grad``.
+Pure functions: ``cljax.models.pure.Net.named("vit_tiny", K)`` gives ``apply`` (logits),
+``features`` and ``call(params, x, "mae_loss", key)`` as functions of a pure parameter dict.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -232,11 +231,6 @@ def create(in_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs, config: st
   return ViTMAE(in_shape, num_classes, config=config, patch=patch, rngs=rngs, **kw)
 
 
-def masked_logits(logits: jax.Array, seen: jax.Array) -> jax.Array:
-  """The "grown" head: logits [B, K] with classes not seen yet (seen [K] bool) set very low."""
-  return jnp.where(seen[None, :], logits, -1e9)
-
-
 def layer_id(path: Sequence, depth: int) -> int:
   """Layer index of a parameter for layer-wise lr decay (BEiT / MAE fine-tuning convention).
 
@@ -249,43 +243,3 @@ def layer_id(path: Sequence, depth: int) -> int:
   if top == "blocks":
     return int(path[1]) + 1
   return depth + 1
-
-
-class PureViT(NamedTuple):
-  """A ViTMAE split once into graphdef + pure params, with its methods as pure functions."""
-
-  graphdef: nnx.GraphDef
-  params: dict
-  depth: int
-  encode: Callable
-  mae_loss: Callable
-  logits: Callable
-  features: Callable
-
-
-def pure_vit(module: ViTMAE) -> PureViT:
-  """Splits ``module`` (``nnx.split``) and exposes pure functions of a params dict:
-
-  * ``encode(params, x, mask_key=None, mask_ratio=0.75)``: see ``ViTMAE.encode``;
-  * ``mae_loss(params, x, key, mask_ratio=0.75, norm_pix=True, weight=None)`` -> scalar;
-  * ``logits(params, x)`` -> [B, K]; ``features(params, x)`` -> [B, D].
-  """
-  graphdef, state = nnx.split(module)
-  params = nnx.to_pure_dict(state)
-
-  def _m(p):
-    return nnx.merge(graphdef, p, copy=True)
-
-  def encode(p, x, mask_key=None, mask_ratio=0.75):
-    return _m(p).encode(x, mask_key, mask_ratio)
-
-  def mae_loss(p, x, key, mask_ratio=0.75, norm_pix=True, weight=None):
-    return _m(p).mae_loss(x, key, mask_ratio, norm_pix, weight)
-
-  def logits(p, x):
-    return _m(p)(x)
-
-  def features(p, x):
-    return _m(p).features(x)
-
-  return PureViT(graphdef, params, module.depth, encode, mae_loss, logits, features)

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import ml_collections
-import numpy as np
 
 from cljax import data as data_lib
 from cljax import learners as learners_lib
 from cljax import models as models_lib
+from cljax import optim
 from cljax.eval import report
-from cljax.learners import _common
-from cljax.train import pretrain
+from cljax.eval import results as results_lib
+from cljax.train import base_init as base_lib
 from cljax.train import runner
-
-BASE_KINDS = ("supervised", "mae")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -56,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   #     experiments/pretrain.py, loaded instead of training.
   #   dataset: "" uses step 0 (mae without classes: all training images of the stream); else a
   #     data set name whose train split is the base set.
-  #   optimizer/lr/momentum/weight_decay: see cljax.learners._common.optimizer; lr_milestones:
+  #   optimizer/lr/momentum/weight_decay: see cljax.optim.build; lr_milestones:
   #     fractions of training where the lr is multiplied by lr_factor (REMIND: (0.375, 0.75)).
   #   augment: "none", "crop" (random crop, zero padding crop_padding px) or "crop_flip" (also a
   #     horizontal flip; not for digits). mask_ratio: mae's fraction of masked patches.
@@ -99,18 +97,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     lname = learner_of(config, n)
     if lname not in valid:
       raise ConfigError(f"unknown learner {lname!r} (run {n!r}); valid learners: {valid}")
+    try:
+      learners_lib.registry.check_hparams(lname, _hparams_of(config, n))
+    except ValueError as e:
+      raise ConfigError(f"hparams.{n}: {e}") from None
 
 
 def _validate_base_init(b) -> None:
-  for key, value, valid in (("kind", b.kind, BASE_KINDS),
-                            ("optimizer", b.optimizer, _common.OPTIMIZERS),
-                            ("augment", b.augment, pretrain.AUGMENTS)):
+  for key, value, valid in (("kind", b.kind, base_lib.KINDS),
+                            ("optimizer", b.optimizer, optim.OPTIMIZERS),
+                            ("augment", b.augment, base_lib.AUGMENTS)):
     if value not in valid:
       raise ConfigError(f"unknown base_init.{key} {value!r}; valid: {list(valid)}")
   if b.dataset and b.dataset not in data_lib.names() and not str(b.dataset).startswith("tfds:"):
     raise ConfigError(f"unknown base_init.dataset {b.dataset!r}; valid: {data_lib.names()}")
   try:
-    pretrain.lr_schedule(1.0, 1000, tuple(b.lr_milestones), float(b.lr_factor))
+    optim.step_schedule(1.0, 1000, tuple(b.lr_milestones), float(b.lr_factor))
   except (TypeError, ValueError) as e:
     raise ConfigError(f"base_init.lr_milestones: {e}") from None
   if int(b.classes) < 0 or float(b.epochs) < 0 or int(b.batch_size) < 1:
@@ -129,31 +131,34 @@ def learner_of(config, run_name: str) -> str:
   return hp.get("learner", run_name) if hp is not None else run_name
 
 
-def build_learner(config, run_name: str, stream, base: Optional["BaseInit"] = None
-                  ) -> learners_lib.Learner:
-  """Learner of run ``run_name``; hparams from the config, the rest offered when accepted:
-  ``model``, ``model_kwargs``, ``batch_size`` and the stream's sizes, and with a base
-  initialisation its parameters (``init_params``), frozen features (``backbone``) and the whole
-  ``BaseInit`` (``base``)."""
-  lname = learner_of(config, run_name)
+def _hparams_of(config, run_name: str) -> dict:
   hp = dict(config.hparams.get(run_name, {}) or {})
   hp.pop("learner", None)
-  hp = {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v) for k, v in hp.items()}
-  accepted = set(learners_lib.hparam_names(lname))
-  defaults = {"model": config.model, "batch_size": config.budget.batch_size,
-              "model_kwargs": config.model_kwargs.to_dict()}
-  if base is not None:
-    params = base.params
-    defaults["init_params"] = params
-    defaults["backbone"] = lambda x: base.features(params, x)
-    defaults["base"] = base
-  for k, v in defaults.items():
-    if k in accepted:
-      hp.setdefault(k, v)
-  opts = run_options(config)
-  for k, v in runner.stream_hparams(lname, stream, opts).items():
-    hp.setdefault(k, v)
-  return learners_lib.get(lname, **hp)
+  return {k: (v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v)
+          for k, v in hp.items()}
+
+
+def build_learner(config, run_name: str, stream,
+                  base: Optional[base_lib.BaseInit] = None) -> learners_lib.registry.Learner:
+  """The bare learner (``checked=False``: the runner checks batches) of run ``run_name``.
+
+  Hyper-parameters come from ``config.hparams.<run_name>``; the inputs the learner declares in
+  the registry (``cljax.learners.INPUTS``) are filled, unless the config sets them, from the
+  config (``model``, ``model_kwargs``, ``budget.batch_size``), the stream (``max_step_size``,
+  ``stream_size``) and the base initialisation (``init_params``, ``backbone``, ``base``).
+  """
+  lname = learner_of(config, run_name)
+  hp = _hparams_of(config, run_name)
+  offered = {"model": config.model, "model_kwargs": config.model_kwargs.to_dict(),
+             "batch_size": int(config.budget.batch_size), **runner.stream_inputs(stream),
+             **base_lib.inputs_for(base)}
+  for name in learners_lib.inputs(lname):
+    if name in offered:
+      hp.setdefault(name, offered[name])
+  try:
+    return learners_lib.get(lname, num_classes=stream.dataset.num_classes, checked=False, **hp)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"learner {lname!r} (run {run_name!r}): {e}") from None
 
 
 def run_options(config) -> runner.RunOptions:
@@ -176,130 +181,19 @@ def make_stream(config):
       first_step_classes=int(config.base_init.classes), label_noise=float(s.label_noise))
 
 
-class BaseInit(NamedTuple):
-  """A base-initialised model and the data it was trained on (what ``base`` learners receive).
-
-  model, model_kwargs: the ``cljax.models`` name and constructor arguments.
-  pure: ``PureModel`` (graphdef, params = the whole model state incl. batch statistics, apply and
-    features in eval mode).
-  x: [N, ...] float32 base-set inputs; y: [N] int32 labels (-1 where unlabeled: mae).
-  classes: the base classes (sorted), empty for mae.
-  kind: "supervised" or "mae"; path: where the checkpoint lies; test_accuracy: on the test
-    examples of the base classes (None for mae).
-  """
-
-  model: str
-  model_kwargs: dict
-  pure: _common.PureModel
-  x: np.ndarray
-  y: np.ndarray
-  classes: list
-  kind: str
-  path: str
-  test_accuracy: Optional[float]
-
-  @property
-  def params(self) -> dict:
-    return self.pure.params
-
-  def features(self, params, x) -> Any:
-    return self.pure.features(params, x)
-
-  def apply(self, params, x) -> Any:
-    return self.pure.apply(params, x)
-
-
-def base_init_active(config) -> bool:
-  b = config.base_init
-  return int(b.classes) > 0 or b.kind == "mae" or bool(b.checkpoint)
-
-
-def _base_data(config, stream):
-  """(x [N, ...] float32, y [N] int32, classes, test x, test y) of the base set."""
-  b = config.base_init
-  k = stream.dataset.num_classes
-  if b.dataset:
-    kw = config.dataset_kwargs.to_dict() if b.dataset == config.dataset else {}
-    ds = data_lib.load(b.dataset, **kw)
-    x, y = ds.train.batch(np.arange(len(ds.train))), np.asarray(ds.train.y, np.int32)
-    if tuple(x.shape[1:]) != tuple(stream.dataset.train.example_shape):
-      raise ConfigError(f"base_init.dataset {b.dataset!r} has inputs of shape {x.shape[1:]}, the "
-                        f"stream's are {stream.dataset.train.example_shape}")
-    if b.kind == "supervised" and ds.num_classes > k:
-      raise ConfigError(f"base_init.dataset {b.dataset!r} has {ds.num_classes} classes, the "
-                        f"model's head has {k} (the stream's)")
-    tx = ds.test.batch(np.arange(len(ds.test)))
-    return x, y, sorted(set(y.tolist())), tx, np.asarray(ds.test.y)
-  if int(b.classes) > 0:
-    lab = stream.labeled[0]
-    x = stream.dataset.train.batch(stream.steps[0][lab])
-    y = np.asarray(stream.labels[0][lab], np.int32)
-    t = stream.test_index[0]
-    return (x, y, stream.tasks[0].tolist(), stream.dataset.test.batch(t),
-            np.asarray(stream.dataset.test.y[t]))
-  train = stream.dataset.train
-  if b.kind == "mae":  # no base classes: every training image of the stream, labels unused
-    x = train.batch(np.arange(len(train)))
-  else:  # a checkpoint without a base set
-    x = np.zeros((0, *train.example_shape), np.float32)
-  return x, np.full((len(x),), -1, np.int32), [], None, None
-
-
-def base_model(config, stream, workdir: str, log=runner.default_log) -> Optional[BaseInit]:
-  """The base-initialised model (``BaseInit``), or None when base initialisation is off.
-
-  Order: ``base_init.checkpoint`` if set (loaded, never written); else WORKDIR/base_init if it
-  exists (a pretrain.py run or an earlier run in this workdir); else trained and saved there.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  if not base_init_active(config):
-    return None
-  b = config.base_init
-  x, y, classes, tx, ty = _base_data(config, stream)
-  k = stream.dataset.num_classes
-  mkw = config.model_kwargs.to_dict()
-  key = jax.random.fold_in(jax.random.key(int(config.seed)), 7)
-  path = os.path.abspath(b.checkpoint or os.path.join(workdir, "base_init"))
-  if b.checkpoint or os.path.isdir(path):
-    if not os.path.isdir(path):
-      raise ConfigError(f"base_init.checkpoint: no folder at {path}; write one with "
-                        "experiments/pretrain.py --workdir=W (it goes to W/base_init)")
-    pm = _common.pure_model(config.model, stream.dataset.train.example_shape, k, key, mkw)
-    try:
-      pm = pm._replace(params=pretrain.load_params(path, pm.params))
-    except (ValueError, KeyError) as e:
-      raise ConfigError(f"base-init checkpoint {path} does not fit model {config.model!r} with "
-                        f"model_kwargs {mkw} ({type(e).__name__}: {str(e)[:300]})") from None
-    log(f"[base_init] loaded {path}")
-  elif b.kind == "mae":
-    from cljax.train import mae  # pylint: disable=import-outside-toplevel
-    log(f"[base_init] mae: {config.model} on {len(x)} unlabeled images")
-    pm = mae.train_mae(config.model, x, k, key=key, epochs=float(b.epochs),
-                       batch_size=int(b.batch_size), lr=float(b.lr),
-                       mask_ratio=float(b.mask_ratio), model_kwargs=mkw, log=log)
-    pretrain.save_params(path, pm.params)
-  else:
-    if len(x) == 0:
-      raise ConfigError("base_init: no labelled base examples (set base_init.classes > 0 or "
-                        "base_init.dataset)")
-    log(f"[base_init] supervised: {config.model} on {len(x)} examples of classes {classes}")
-    pm = pretrain.train_classifier(
-        config.model, x, y, k, key=key, epochs=float(b.epochs), lr=float(b.lr),
-        batch_size=int(b.batch_size), optimizer=str(b.optimizer), momentum=float(b.momentum),
-        weight_decay=float(b.weight_decay), lr_milestones=tuple(b.lr_milestones),
-        lr_factor=float(b.lr_factor), augment=str(b.augment), crop_padding=int(b.crop_padding),
-        model_kwargs=mkw, log=log)
-    pretrain.save_params(path, pm.params)
-  acc = None
-  if b.kind == "supervised" and tx is not None and len(tx):
-    acc = pretrain.accuracy(pm, tx, ty)
-    log(f"[base_init] {config.model} trained on {len(x)} examples of classes {classes}: "
-        f"test accuracy {acc:.4f} on those classes ({len(tx)} test examples)")
-  return BaseInit(config.model, mkw, pm, x, y, classes, str(b.kind), path, acc)
+def base_model(config, stream, workdir: str, log=runner.default_log
+               ) -> Optional[base_lib.BaseInit]:
+  """``cljax.train.base_init.from_config`` with bad settings reported as ``ConfigError``."""
+  try:
+    return base_lib.from_config(config, stream, workdir, data_lib.load, log)
+  except ValueError as e:
+    if isinstance(e, data_lib.DataError):
+      raise
+    raise ConfigError(str(e)) from None
 
 
 def run_base_init(config, workdir: str, log: Callable[[str], None] = runner.default_log
-                  ) -> BaseInit:
+                  ) -> base_lib.BaseInit:
   """``experiments/pretrain.py``: validates ``config``, builds its stream and runs (or loads)
   its base initialisation into WORKDIR/base_init, where ``run_experiment`` looks for it.
 
@@ -307,7 +201,7 @@ def run_base_init(config, workdir: str, log: Callable[[str], None] = runner.defa
   base initialisation or is invalid, ``DataError`` for bad data.
   """
   validate_config(config)
-  if not base_init_active(config):
+  if not base_lib.active(config):
     raise ConfigError(
         "the config has no base initialisation: set base_init.classes > 0, "
         "base_init.kind='mae' or base_init.checkpoint")
@@ -327,7 +221,10 @@ def run_base_init(config, workdir: str, log: Callable[[str], None] = runner.defa
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool = False,
                    log: Callable[[str], None] = runner.default_log) -> dict:
-  """Runs every learner of ``config`` on one stream; writes results.json, plots, prints a table."""
+  """Runs every learner of ``config`` on one stream; writes results.json, plots, prints a table.
+
+  Every learner is built (and its hyper-parameters checked) before any of them trains.
+  """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   stream = make_stream(config)
@@ -340,11 +237,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool
   if base is not None:
     results["base_init"] = {"classes": base.classes, "model": config.model, "kind": base.kind,
                             "examples": len(base.x), "test_accuracy": base.test_accuracy}
-  for name in run_names(config):
-    learner = build_learner(config, name, stream, base)
+  built = {name: build_learner(config, name, stream, base) for name in run_names(config)}
+  for name, learner in built.items():
     results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
                                                resume=resume, log=log)
-    runner.add_omega(results["runs"])
+    results_lib.add_omega(results["runs"])
     report.write_json(path, results)
   results["wall_s"] = time.perf_counter() - t0
   report.write_json(path, results)

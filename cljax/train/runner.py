@@ -1,14 +1,19 @@
 """The stream runner: walks a stream step by step, drives any learner, evaluates, checkpoints.
 
-Data flows one way: source -> stream -> runner -> learner.update -> checkpoint / metrics -> report.
-The runner never knows which method it drives; a learner never reads files.
+Data flows one way: source -> stream -> runner -> learner.update / end_of_step -> checkpoint /
+metrics -> report. The runner never knows which method it drives; a learner never reads files.
 
 Per time step t:
-  1. every batch of the step: ``state, m = update(state, batch, key)``; anytime evaluation every
-     ``eval_every_examples`` examples if set;
-  2. ``end_of_step(state, key, remaining_budget)`` if the learner has one;
+  1. every batch of the step: ``state, info = update(state, batch, key)``; anytime evaluation
+     every ``eval_every_examples`` examples if set;
+  2. ``end_of_step(state, key, remaining budget)`` (``None`` when no budget is set);
   3. evaluation on every task's test set -> row t of the accuracy matrix;
   4. a checkpoint of the whole run: learner state, grain iterator state, metrics so far.
+
+The runner drives the bare jitted functions (``cljax.learners.get(..., checked=False)``) after its
+own checks. Its overhead is kept off the per-batch path: batches arrive in chunks (one gather, one
+check, one transfer and one key derivation per chunk), and the passes each call reports stay on
+device until the step ends (no per-batch host sync), so dispatch stays asynchronous.
 
 Keys are derived from (seed, run name, batch number), never carried, so a run resumed from a
 checkpoint draws exactly the keys the uninterrupted run would have drawn.
@@ -27,9 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax import learner as contract
 from cljax.data import streams as streams_lib
 from cljax.data.sources import DataError
 from cljax.eval import metrics as M
+from cljax.eval import results as results_lib
 from cljax.learner import Learner
 from cljax.train import mesh as mesh_lib
 from cljax.train.checkpoint import Checkpointer
@@ -45,6 +52,7 @@ class RunOptions:
   eval_batch_size: fixed batch size for prediction on test sets.
   num_devices: devices on the ``data`` mesh axis (None: all).
   max_to_keep: checkpoints kept per learner (>= 2 so a corrupt latest can fall back).
+  seed: the run's seed (keys derive from it and the run name).
   """
 
   batch_size: int = 32
@@ -62,6 +70,11 @@ class RunError(RuntimeError):
 
 def _key_for(seed: int, run_name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(run_name.encode()) & 0x7FFFFFFF)
+
+
+@jax.jit
+def _batch_keys(key: jax.Array, first: jax.Array, offsets: jax.Array) -> jax.Array:
+  return jax.vmap(lambda i: jax.random.fold_in(key, first + i))(offsets)
 
 
 def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_size: int,
@@ -96,52 +109,36 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
   return out
 
 
-def _check_batch(batch: dict, example_shape: tuple, num_classes: int, where: str):
-  """Boundary checks on one batch before any jitted code sees it."""
-  x, y = batch["x"], batch["y"]
-  if tuple(x.shape[1:]) != tuple(example_shape):
-    raise DataError(f"{where}: inputs of shape {tuple(x.shape[1:])}, expected {example_shape}")
-  if x.dtype != np.float32:
-    raise DataError(f"{where}: inputs must be float32, got {x.dtype}")
-  v = batch["valid"]
-  if not np.isfinite(x[v]).all():
-    raise DataError(f"{where}: NaN or Inf in inputs")
-  yl = y[v & batch["labeled"]]
-  if yl.size and (yl.min() < 0 or yl.max() >= num_classes):
-    raise DataError(f"{where}: label {int(yl.max() if yl.max() >= num_classes else yl.min())} "
-                    f"outside [0, {num_classes})")
+def _check_chunk(chunk: dict, example_shape: tuple, num_classes: int, where: str) -> None:
+  """The contract's boundary checks (``cljax.learner.check_batch``) on a whole chunk at once."""
+  n, b = chunk["y"].shape
+  flat = {"x": chunk["x"].reshape(n * b, *chunk["x"].shape[2:]), "y": chunk["y"].reshape(-1),
+          "valid": chunk["valid"].reshape(-1), "labeled": chunk["labeled"].reshape(-1)}
+  try:
+    contract.check_batch(flat, num_classes, (example_shape, np.float32), where)
+  except contract.BatchError as e:
+    raise DataError(str(e)) from None
 
 
-def _summary(acc_rows: list, task_step: list, steps: list, eval_points: list, final: dict,
-             wall: float) -> dict:
-  acc = np.asarray([[np.nan if v is None else v for v in row] for row in acc_rows], float)
-  n = steps[-1]["examples_seen"] if steps else 0
-  return {
-      "final_accuracy": M.final_accuracy(acc, task_step),
-      "average_accuracy": M.average_accuracy(acc, task_step),
-      "forgetting": M.forgetting(acc, task_step),
-      "backward_transfer": M.backward_transfer(acc, task_step),
-      "final_top1": final.get("accuracy"),
-      "final_top5": final.get("top5"),
-      "mean_per_class_accuracy": final.get("mean_per_class"),
-      "confusion_matrix": final.get("confusion_matrix"),
-      "precision": final.get("precision"), "recall": final.get("recall"), "f1": final.get("f1"),
-      "accuracy_matrix": acc_rows,
-      "steps": steps,
-      "eval_points": eval_points,
-      "wall_s": wall,
-      "examples_per_s": n / wall if wall > 0 else None,
-  }
+def _stage(mesh, chunk: dict) -> list:
+  """The chunk's batches as device-resident dicts, in order (one transfer per array)."""
+  keys = ("x", "y", "valid", "labeled")
+  if mesh.devices.size == 1:
+    cols = {k: list(jax.device_put(chunk[k])) for k in keys}
+    return [{k: cols[k][i] for k in keys} for i in range(chunk["y"].shape[0])]
+  return [mesh_lib.shard_batch(mesh, {k: chunk[k][i] for k in keys})
+          for i in range(chunk["y"].shape[0])]
 
 
 def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opts: RunOptions,
                 workdir: str, resume: bool = False,
                 log: Callable[[str], None] = print) -> dict:
-  """Runs one learner over the whole stream; returns its results (see ``_summary``).
+  """Runs one learner over the whole stream; returns its result record (``cljax.eval.results``).
 
-  Checkpoints go to ``workdir/checkpoints/<run_name>/<step>``. With ``resume`` the newest readable
-  checkpoint is restored and the run continues from the next step; without it, a folder that
-  already holds checkpoints is an error (nothing already written is overwritten).
+  ``learner``: its bare functions (``get(..., checked=False)``); the runner checks every chunk
+  of batches itself. Checkpoints go to ``workdir/checkpoints/<run_name>/<step>``. With
+  ``resume`` the newest readable checkpoint is restored and the run continues from the next step;
+  without it, a folder that already holds checkpoints is an error (nothing written is overwritten).
 
   The run happens under ``jax.set_mesh(mesh)``, so learners that sample their training batches
   inside jit can split them over the devices (``cljax.ops.sharding.data_rows``).
@@ -153,17 +150,21 @@ def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opt
 
 def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) -> dict:
   ckdir = os.path.join(workdir, "checkpoints", run_name)
-  specs = streams_lib.batch_specs(stream, opts.batch_size)
-  it = streams_lib.batches(stream, opts.batch_size)
+  n_batches = streams_lib.num_batches(stream, opts.batch_size)
+  it = streams_lib.chunks(stream, opts.batch_size)
   key = _key_for(opts.seed, run_name)
   k_batch, k_step = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
-  first = streams_lib._Loader(stream.dataset.train).map(specs[0])  # pylint: disable=protected-access
   example_shape = stream.dataset.train.example_shape
-  state = learner.init(jax.random.fold_in(key, 0), {"x": first["x"], "y": first["y"]})
   num_classes = stream.dataset.num_classes
+  first = stream.steps[0][:opts.batch_size]
+  state = learner.init(jax.random.fold_in(key, 0),
+                       {"x": stream.dataset.train.batch(first),
+                        "y": np.asarray(stream.labels[0][:opts.batch_size], np.int32)})
 
   steps, acc_rows, eval_points = [], [], []
-  examples_seen, batch_no, t_next, wall_before = 0, 0, 0, 0.0
+  examples_seen, t_next, wall_before = 0, 0, 0.0
+  every = opts.eval_every_examples
+  next_eval = every or None
   with Checkpointer(ckdir, max_to_keep=opts.max_to_keep) as ck:
     if ck.steps() and not resume:
       raise RunError(f"{ckdir} already holds checkpoints (steps {ck.steps()}); pass --resume to "
@@ -172,12 +173,13 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
       restored = ck.restore_latest(state)
       if restored is not None:
         step, state, meta = restored
-        if meta.get("run_name") != run_name or meta.get("num_batches") != len(specs):
+        if meta.get("run_name") != run_name or meta.get("num_batches") != n_batches:
           raise RunError(f"checkpoint in {ckdir} belongs to a different run/stream "
                          f"({meta.get('run_name')}, {meta.get('num_batches')} batches); "
                          "use a new --workdir")
         steps, acc_rows, eval_points = meta["steps"], meta["acc_rows"], meta["eval_points"]
-        examples_seen, batch_no, t_next = meta["examples_seen"], meta["batch_no"], step + 1
+        examples_seen, t_next = meta["examples_seen"], step + 1
+        next_eval = meta.get("next_eval", next_eval)
         wall_before = meta["wall_s"]
         it.set_state(meta["iterator"])
         log(f"[{run_name}] resumed after step {step} ({examples_seen} examples seen)")
@@ -185,41 +187,43 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
           return meta["result"]
     state = mesh_lib.replicate(mesh, state)
     t0 = time.perf_counter()
-    step_t0, step_budget, step_examples = time.perf_counter(), 0.0, 0
-    next_eval = ((examples_seen // opts.eval_every_examples) + 1) * opts.eval_every_examples \
-        if opts.eval_every_examples else None
+    step_t0, step_passes, step_examples = time.perf_counter(), [], 0
     total = stream.num_examples
-    for batch in it:
-      t = int(batch.pop("step"))
-      last = bool(batch.pop("last_in_step"))
-      _check_batch(batch, example_shape, num_classes, f"step {t} batch {batch_no}")
-      bkey = jax.random.fold_in(k_batch, batch_no)
-      state, m = learner.update(state, mesh_lib.shard_batch(mesh, batch), bkey)
-      batch_no += 1
-      step_budget += float(m["passes"])
-      n_valid = int(batch["valid"].sum())
-      examples_seen += n_valid
-      step_examples += n_valid
-      if next_eval is not None and examples_seen >= next_eval and not last:
-        ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh)
-        eval_points.append({"step": t, "examples_seen": examples_seen,
-                            "accuracy": ev["accuracy"]})
-        next_eval += opts.eval_every_examples
-      if not last:
+    for chunk in it:
+      t = int(chunk["step"])
+      b0 = int(chunk["first_batch"])
+      _check_chunk(chunk, example_shape, num_classes, f"step {t} batches {b0}+")
+      n = chunk["y"].shape[0]
+      keys = list(_batch_keys(k_batch, jnp.int32(b0), jnp.arange(n, dtype=jnp.int32)))
+      counts = chunk["valid"].sum(1)
+      for i, batch in enumerate(_stage(mesh, chunk)):
+        state, info = learner.update(state, batch, keys[i])
+        step_passes.append(info.passes)
+        examples_seen += int(counts[i])
+        step_examples += int(counts[i])
+        last = bool(chunk["ends_step"]) and i == n - 1
+        if next_eval is not None and examples_seen >= next_eval and not last:
+          ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh)
+          eval_points.append({"step": t, "examples_seen": examples_seen,
+                              "accuracy": ev["accuracy"]})
+          while next_eval <= examples_seen:
+            next_eval += every
+      if not chunk["ends_step"]:
         continue
-      if learner.end_of_step is not None:
-        remaining = -1 if opts.budget is None else max(opts.budget - int(round(step_budget)), 0)
-        state, m = learner.end_of_step(state, jax.random.fold_in(k_step, t),
-                                       jnp.int32(remaining))
-        step_budget += float(m["passes"])
-      if (opts.budget is not None and step_budget > opts.budget + 1e-6
-          and learner.hparams.get("respect_budget", True)):
+      used = float(np.sum(jax.device_get(step_passes))) if step_passes else 0.0
+      remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
+      state, info = learner.end_of_step(state, jax.random.fold_in(k_step, t), remaining)
+      step_budget = used + float(info.passes)
+      if (opts.budget is not None and step_budget > opts.budget + 1e-6 and learner.budgeted):
         log(f"[{run_name}] warning: step {t} spent {step_budget:g} passes, over the budget "
             f"{opts.budget}")
       is_final = t == stream.num_steps - 1
       ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh, full=is_final)
       acc_rows.append(ev["row"])
       eval_points.append({"step": t, "examples_seen": examples_seen, "accuracy": ev["accuracy"]})
+      if next_eval is not None:
+        while next_eval <= examples_seen:
+          next_eval += every
       now = time.perf_counter()
       wall = now - step_t0
       steps.append({"step": t, "accuracy": ev["A"], "accuracy_seen": ev["accuracy"],
@@ -232,13 +236,15 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
       log(f"[{run_name}] step {t + 1}/{stream.num_steps} | {examples_seen}/{total} ex | "
           f"A(t)={ev['A']:.4f} | {step_examples / wall:,.0f} ex/s | budget {step_budget:g} | "
           f"ETA {eta:.0f}s")
-      meta = {"run_name": run_name, "num_batches": len(specs), "steps": steps,
+      meta = {"run_name": run_name, "num_batches": n_batches, "steps": steps,
               "acc_rows": acc_rows, "eval_points": eval_points, "examples_seen": examples_seen,
-              "batch_no": batch_no, "wall_s": elapsed, "iterator": it.get_state(), "seed": opts.seed}
+              "next_eval": next_eval, "wall_s": elapsed, "iterator": it.get_state(),
+              "seed": opts.seed}
       if is_final:
-        meta["result"] = _summary(acc_rows, stream.task_step, steps, eval_points, ev, elapsed)
+        meta["result"] = results_lib.record(acc_rows, stream.task_step, steps, eval_points, ev,
+                                            elapsed)
       ck.save(t, state, meta)
-      step_t0, step_budget, step_examples = time.perf_counter(), 0.0, 0
+      step_t0, step_passes, step_examples = time.perf_counter(), [], 0
     ck.wait()
   if not steps or len(acc_rows) != stream.num_steps:
     raise RunError(f"[{run_name}] the stream ended after {len(acc_rows)} of "
@@ -246,25 +252,9 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
   return meta["result"]
 
 
-def stream_hparams(learner_name: str, stream: streams_lib.Stream, opts: RunOptions) -> dict:
-  """Hyper-parameters the runner supplies from the stream, for factories that accept them."""
-  from cljax import learners  # pylint: disable=import-outside-toplevel
-  accepted = set(learners.hparam_names(learner_name))
-  offer = {"num_classes": stream.dataset.num_classes, "max_step_size": stream.max_step_size,
-           "stream_size": stream.num_examples}
-  return {k: v for k, v in offer.items() if k in accepted}
-
-
-def add_omega(runs: dict, reference: str = "offline") -> None:
-  """Adds ``omega`` to every run, against run ``reference`` (None when it was not run)."""
-  ref = runs.get(reference)
-  for r in runs.values():
-    if ref is None:
-      r["omega"] = None
-      continue
-    a = [p["accuracy"] for p in r["eval_points"]]
-    b = [p["accuracy"] for p in ref["eval_points"]]
-    r["omega"] = M.omega(a, b) if len(a) == len(b) else None
+def stream_inputs(stream: streams_lib.Stream) -> dict:
+  """What the stream offers learners (``cljax.learners.registry.INPUTS``)."""
+  return {"max_step_size": stream.max_step_size, "stream_size": stream.num_examples}
 
 
 def default_log(msg: str) -> None:

@@ -64,7 +64,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed end_of_step calls per phase
 _ROWS = flags.DEFINE_integer("step_rows", 640, "Rows in the time step.")
 _RATE = flags.DEFINE_float("label_rate", 0.1, "Share of labeled rows.")
 _CHUNK = flags.DEFINE_integer("chunk", 8, "Steps per jitted call.")
-_UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan unroll inside a chunk.")
 _SYN = flags.DEFINE_bool("synthetic", False, "Uniform random images instead of MNIST (no grain).")
 _SIZE = flags.DEFINE_integer("image_size", 224, "Synthetic image side (with --synthetic).")
 _CH = flags.DEFINE_integer("channels", 3, "Synthetic image channels (with --synthetic).")
@@ -160,15 +159,17 @@ def _fill(learner, ds, rows, rate, bs, seed):
 
 
 def _phase(ds, threshold):
-  kw = dict(num_classes=ds.num_classes, vit=_VIT.value, batch_size=_BS.value,
-            max_step_size=_ROWS.value, memory_size=max(_ROWS.value, 256), threshold=threshold,
-            chunk=_CHUNK.value, unroll=_UNROLL.value, patch=_PATCH.value,
-            vit_kwargs={"dtype": _DTYPE.value} if _DTYPE.value != "float32" else None)
-  learner = learners.get("dietcl", **kw)
+  mkw = {"patch": _PATCH.value} if _PATCH.value else {}
+  if _DTYPE.value != "float32":
+    mkw["dtype"] = _DTYPE.value
+  kw = dict(num_classes=ds.num_classes, model=f"vit_{_VIT.value}", model_kwargs=mkw,
+            batch_size=_BS.value, max_step_size=_ROWS.value, memory_size=max(_ROWS.value, 256),
+            threshold=threshold, chunk=_CHUNK.value)
+  learner = learners.get("dietcl", checked=False, **kw)
   state = _fill(learner, ds, _ROWS.value, _RATE.value, _BS.value, 0)
   p = _PASSES.value
   t0 = time.perf_counter()
-  out, m = learner.end_of_step(state, jax.random.key(1), jnp.int32(p))
+  out, m = learner.end_of_step(state, jax.random.key(1), p)
   jax.block_until_ready(out["params"])
   first = time.perf_counter() - t0
   times = []
@@ -176,7 +177,7 @@ def _phase(ds, threshold):
     state = _fill(learner, ds, _ROWS.value, _RATE.value, _BS.value, r + 1)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
-    out, m = learner.end_of_step(state, jax.random.key(2 + r), jnp.int32(p))
+    out, m = learner.end_of_step(state, jax.random.key(2 + r), p)
     jax.block_until_ready(out["params"])
     times.append(time.perf_counter() - t0)
   med = statistics.median(times)
@@ -184,7 +185,7 @@ def _phase(ds, threshold):
   return {"threshold": threshold, "passes": p, "first_call_s": first, "times_s": times,
           "median_s": med, "examples_per_s": p * _BS.value / med,
           "ms_per_pass": 1000 * med / p, "params": n_params,
-          "passes_reported": float(m["passes"])}
+          "passes_reported": float(m.passes)}
 
 
 def main(argv):
@@ -207,7 +208,7 @@ def main(argv):
          "config": {"vit": _VIT.value, "data": name, "image": image, "patch": patch,
                     "dtype": _DTYPE.value, "num_classes": ds.num_classes,
                     "batch_size": _BS.value, "passes": _PASSES.value, "chunk": _CHUNK.value,
-                    "unroll": _UNROLL.value, "step_rows": _ROWS.value,
+                    "step_rows": _ROWS.value,
                     "label_rate": _RATE.value}}
   cfg = vit_lib.CONFIGS[_VIT.value]
   fl = train_flops(cfg, image, patch, ds.num_classes, _BS.value)

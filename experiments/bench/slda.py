@@ -83,7 +83,7 @@ def main(argv):
   x = centres[y] + rng.normal(size=(n, d)).astype(np.float32)
   mask = np.ones(b, bool)
 
-  learner = cljax.learners.get("slda", num_classes=k, feature_dim=d, update_rule=_RULE.value)
+  learner = cljax.learners.get("slda", num_classes=k, update_rule=_RULE.value, checked=False)
   batches = [{"x": jax.device_put(x[i * b:(i + 1) * b]), "y": jax.device_put(y[i * b:(i + 1) * b]),
               "valid": jax.device_put(mask), "labeled": jax.device_put(mask)} for i in range(nb)]
   state0 = learner.init(None, batches[0])
@@ -98,7 +98,7 @@ def main(argv):
   t_batched = _median_time(run_learner, reps)
   final = run_learner()
 
-  donating = cljax.learners.get("slda", num_classes=k, feature_dim=d, update_rule=_RULE.value,
+  donating = cljax.learners.get("slda", num_classes=k, update_rule=_RULE.value, checked=False,
                                donate=True)
 
   def run_donated():

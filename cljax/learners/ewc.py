@@ -1,0 +1,179 @@
+"""EWC (Kirkpatrick et al. 2017), and the quadratic-penalty learner MAS shares with it.
+
+Warm-started fine-tuning on the current step's labelled data plus a quadratic penalty that holds
+each parameter near its value after the previous steps, weighted by an importance:
+
+    L(θ) = CE(θ) + ½ λ Σ_i Ω_i (θ_i − θ*_i)²
+
+EWC's Ω is the diagonal empirical Fisher: the mean over the step's examples of the squared
+per-example gradient of log p(y | x) at the true label (``fisher``). MAS (``learners/mas.py``)
+plugs in its own label-free importance.
+
+Importance is computed after each step's training, at the new parameters, on the step's data; it
+accumulates online, Ω ← γ Ω + Ω_step (``decay`` γ = 1: the sum over steps), and θ* becomes the new
+parameters. The importance pass is charged: each batch of ``batch_size`` examples it reads costs one
+forward-backward pass, taken from the step's budget before training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from cljax import learner as contract
+from cljax import optim
+from cljax.learner import Learner
+from cljax.learners.registry import register
+from cljax.ops.losses import cross_entropy, mask_logits, seen_classes
+from cljax.models.pure import Net
+from cljax.ops import buffers
+from cljax.ops import sharding
+from cljax.ops.buffers import append as append_store
+from cljax.train.loop import Loop, classifier_step
+
+# importance(apply, params, x [...], y []) -> params-shaped tree, for one example
+Importance = Callable[[Callable, dict, jax.Array, jax.Array], dict]
+
+
+def penalty(params, anchor, importance, lam: float) -> jax.Array:
+  """½ λ Σ_i Ω_i (θ_i − θ*_i)² over matching pytrees of parameters, anchors and importances."""
+  terms = jax.tree.map(lambda p, a, w: jnp.sum(w * (p - a) ** 2), params, anchor, importance)
+  return 0.5 * lam * sum(jax.tree.leaves(terms))
+
+
+def fisher(apply: Callable, params: dict, x: jax.Array, y: jax.Array) -> dict:
+  """EWC's importance of one example x [...] with label y []: (∂ log p(y|x) / ∂θ)²."""
+  g = jax.grad(lambda p: jax.nn.log_softmax(apply(p, x[None]))[0, y])(params)
+  return jax.tree.map(jnp.square, g)
+
+
+def penalty_learner(name: str, importance: Importance, *, num_classes: int,
+                    model: Optional[str] = None, model_kwargs: Optional[dict] = None,
+                    optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
+                    weight_decay: float = 0.0, batch_size: int = 32, lam: float = 100.0,
+                    decay: float = 1.0, importance_passes: int = 16,
+                    epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
+                    init_params: Optional[dict] = None) -> Learner:
+  """Builds a quadratic-penalty learner (see the module docstring).
+
+  Args:
+    importance: per-example importance (``fisher``, or MAS's).
+    num_classes, model, model_kwargs, optimizer, lr, momentum, weight_decay, batch_size,
+      epochs_per_step, max_step_size, chunk, init_params: as for ``replay.replay_learner``.
+    lam: penalty strength λ.
+    decay: online accumulation factor γ of the importance (1 = sum over steps).
+    importance_passes: the most batches of the step's data read to estimate the importance; the
+      pass uses min(this, ceil(step size / batch_size), budget) batches, each charged one pass.
+  """
+  for k, v in (("batch_size", batch_size), ("max_step_size", max_step_size), ("chunk", chunk)):
+    if int(v) < 1:
+      raise ValueError(f"{k} must be >= 1, got {v}")
+  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay)
+  net = Net.named(model, num_classes, **(model_kwargs or {}))
+  store = buffers.get("append")
+
+  def init(key, example_batch):
+    x = jnp.asarray(example_batch["x"])
+    k_net, k_cur = jax.random.split(key)
+    params = net.init(k_net, x.shape[1:], init_params)
+    return {"params": params, "opt": tx.init(params), "seen": jnp.zeros((num_classes,), bool),
+            "cur": store.init(k_cur, max_step_size, jax.ShapeDtypeStruct(x.shape[1:], jnp.float32),
+                              num_classes),
+            "anchor": params, "importance": jax.tree.map(jnp.zeros_like, params)}
+
+  @jax.jit
+  def update(state, batch, key):
+    del key
+    _, lab = contract.masks(batch)
+    y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
+    return ({**state, "seen": seen_classes(state["seen"], y, lab),
+             "cur": store.insert(state["cur"], jnp.asarray(batch["x"], jnp.float32), y, lab)},
+            contract.info())
+
+  def _step(carry, data, key, i, stop):
+    del i, stop
+    params, opt = carry
+    s = store.sample(data["cur"], key, batch_size)
+    x, y, w = sharding.data_rows((s.x, s.y, s.weight))
+    params, opt, loss = classifier_step(
+        net, tx, params, opt, x, w,
+        lambda p, logits: (cross_entropy(logits, y, w)
+                           + penalty(p, data["anchor"], data["importance"], lam)))
+    return (params, opt), loss[None]
+
+  loop = Loop(_step, chunk=chunk, unroll=True)
+
+  @jax.jit
+  def importance_batch(state, start):
+    """Sum of per-example importances over rows [start, start + batch_size) of the step data."""
+    cur = state["cur"]
+    cap = cur.y.shape[0]
+    rows = start + jnp.arange(batch_size)
+    w = (rows < cur.count).astype(jnp.float32)
+    rows = jnp.minimum(rows, cap - 1)
+    per = jax.vmap(lambda x, y: importance(net.apply, state["params"], x, y))(
+        cur.x[rows], cur.y[rows])
+    return jax.tree.map(lambda a: jnp.tensordot(w, a, axes=1), per)
+
+  @jax.jit
+  def consolidate(state, total, n):
+    """Ω ← γ Ω + total / n; anchor θ* ← θ; clears the step store."""
+    scale = 1.0 / jnp.maximum(n, 1.0)
+    imp = jax.tree.map(lambda o, t: decay * o + t * scale, state["importance"], total)
+    return {**state, "importance": imp, "anchor": state["params"],
+            "cur": append_store.clear(state["cur"])}
+
+  clear = jax.jit(lambda state: {**state, "cur": append_store.clear(state["cur"])})
+
+  def end_of_step(state, key, budget=None):
+    """Trains, then estimates the importance; together they spend exactly ``budget`` passes."""
+    n = int(state["cur"].count)
+    imp_passes = min(importance_passes, math.ceil(n / batch_size))
+    if budget is not None:
+      imp_passes = min(imp_passes, budget)
+      train = budget - imp_passes
+    else:
+      train = contract.default_passes(epochs_per_step, n, batch_size)
+    (params, opt), sums = loop((state["params"], state["opt"]), state, key, train)
+    state = {**state, "params": params, "opt": opt}
+    acc = None
+    for b in range(imp_passes):
+      part = importance_batch(state, jnp.int32(b * batch_size))
+      acc = part if acc is None else jax.tree.map(jnp.add, acc, part)
+    used = min(n, imp_passes * batch_size)
+    state = consolidate(state, acc, jnp.float32(used)) if used else clear(state)
+    loss = sums[0] / train if sums is not None else jnp.float32(jnp.nan)
+    return state, contract.info(train + imp_passes, loss, importance_passes=imp_passes)
+
+  @jax.jit
+  def predict(state, x):
+    return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), state["seen"])
+
+  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs, optimizer=optimizer,
+            lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, lam=lam,
+            decay=decay, importance_passes=importance_passes, epochs_per_step=epochs_per_step,
+            max_step_size=max_step_size, chunk=chunk, warm_start=init_params is not None)
+  return Learner(name=name, init=init, update=update, end_of_step=end_of_step, predict=predict,
+                 hparams=hp)
+
+
+PENALTY_INPUTS = ("model", "model_kwargs", "batch_size", "init_params", "max_step_size")
+
+
+@register("ewc", inputs=PENALTY_INPUTS)
+def ewc(*, num_classes: int, lam: float = 100.0, decay: float = 1.0,
+        importance_passes: int = 16, model: Optional[str] = None,
+        model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
+        momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
+        epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
+        init_params: Optional[dict] = None) -> Learner:
+  """EWC: diagonal empirical Fisher penalty, accumulated online over steps."""
+  return penalty_learner(
+      "ewc", fisher, num_classes=num_classes, model=model, model_kwargs=model_kwargs,
+      optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
+      batch_size=batch_size, lam=lam, decay=decay, importance_passes=importance_passes,
+      epochs_per_step=epochs_per_step, max_step_size=max_step_size, chunk=chunk,
+      init_params=init_params)
