@@ -6,10 +6,11 @@ capacity is reallocated by water-filling: every task keeps min(its examples, L) 
 largest level L whose total fits, and the slots left over go one each to the first tasks (lowest
 id) that have more examples. A task over its quota keeps a uniformly random subset.
 
-Randomness: the n-th offered example gets the score ``uniform(fold_in(key, n))`` (recomputed from
-its stored stream position, never stored); a task keeps the items of its lowest scores. As scores
-never change and a task's quota never grows, the items kept at each reallocation are a uniformly
-random subset of the task, and of the items kept before. Kept old items stay in slot order,
+Randomness: the n-th offered example gets the score ``uniform(fold_in(key, n))`` (the state stores
+the stream position ``index``, the score is recomputed from it); a task keeps the items of its
+lowest scores. As scores never change and a finished task's quota never grows, the items kept at
+each reallocation are a uniformly random subset of the task, nested in the items kept before (the
+shared last id pools its tasks' rows and keeps the lowest scores of the pool). Kept old items stay in slot order,
 followed by the new task's kept rows in stream order. Fixed shapes throughout; O((capacity + B)
 log(capacity + B)) per call.
 """
