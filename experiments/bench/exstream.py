@@ -34,9 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import cljax.learners as learners
-from cljax.ops import exstream as ex
-from cljax.ops import stream_buffers as sb
+from cljax.ops import buffers
+from cljax.ops.buffers import exstream as ex
 
 _OUT = flags.DEFINE_string("out", None, "JSON file for the results.")
 _K = flags.DEFINE_integer("num_classes", 1000, "K classes.")
@@ -49,6 +48,15 @@ _FULL_EPOCH_STEPS = flags.DEFINE_integer("full_epoch_steps", 3, "Timed full_epoc
 _SAMPLED_STEPS = flags.DEFINE_integer("sampled_steps", 30, "Timed sampled learner updates.")
 _DIGITS = flags.DEFINE_bool("digits", False, "Run the digits accuracy study instead.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds (stream order and init) in the digits study.")
+
+# The buffer kinds the ExStream paper compares (equal memory: c items per class, K*c in all).
+KINDS = ("exstream", "kmeans", "queue", "reservoir")
+
+
+def _learners():
+  # Imported where used: the buffer benchmarks need only cljax.ops.
+  import cljax.learners as learners  # pylint: disable=import-outside-toplevel
+  return learners
 
 
 @jax.jit
@@ -67,19 +75,19 @@ def _full_exstream(key, k, c, d, normalize=False):
   cents = jax.random.normal(key, (k, c, d), jnp.float32)
   if normalize:
     cents = cents / jnp.linalg.norm(cents, axis=-1, keepdims=True)
-  return ex.ExStreamBuffer(cents, jnp.ones((k, c), jnp.float32), jnp.full((k,), c, jnp.int32),
-                           _pair_dists(cents))
+  return ex.ExStreamState(cents, jnp.ones((k, c), jnp.float32), jnp.full((k,), c, jnp.int32),
+                          _pair_dists(cents))
 
 
 def _full_state(kind, key, k, c, d):
   if kind == "exstream":
     return _full_exstream(key, k, c, d)
-  buf = sb.get(kind)
-  state = buf.init(k, c, d, key)
+  policy = buffers.get(kind)
+  state = policy.init(key, k * c, jax.ShapeDtypeStruct((d,), jnp.float32), k)
   # Fill through the insert itself: c examples of every class.
   y = jnp.repeat(jnp.arange(k, dtype=jnp.int32), c)
   x = jax.random.normal(key, (k * c, d), jnp.float32)
-  return jax.jit(buf.insert)(state, x, y, jnp.ones((k * c,), bool))
+  return jax.jit(policy.insert)(state, x, y, jnp.ones((k * c,), bool))
 
 
 def _time_calls(fn, args_fn, repeats):
@@ -97,9 +105,8 @@ def _time_calls(fn, args_fn, repeats):
 def bench_buffers(k, c, d, batches, repeats):
   rows = []
   key = jax.random.key(0)
-  for kind in sb.names():
-    buf = sb.get(kind)
-    insert = jax.jit(buf.insert, donate_argnums=0)
+  for kind in KINDS:
+    insert = jax.jit(buffers.get(kind).insert, donate_argnums=0)
     state = _full_state(kind, key, k, c, d)
     for b in batches:
       xk, yk = jax.random.split(jax.random.fold_in(key, b))
@@ -175,7 +182,7 @@ def bench_numpy(k, c, d, n):
   numpy_exstream_cached(cents, w, dists, xs, ys)
   out["numpy_cached_examples_per_s"] = n / (time.perf_counter() - t)
   # Same stream through the jitted insert: the NumPy loop is a faithful baseline, not a strawman.
-  ref = jax.jit(ex.insert)(full, jnp.asarray(xs), jnp.asarray(ys, jnp.int32))
+  ref = jax.jit(ex.insert)(full, jnp.asarray(xs), jnp.asarray(ys, jnp.int32), jnp.ones((n,), bool))
   out["numpy_matches_jax_max_abs_diff"] = float(np.abs(np.asarray(ref.centroids) - cents).max())
   print(f"  numpy plain : {out['numpy_plain_examples_per_s']:12.1f} ex/s")
   print(f"  numpy cached: {out['numpy_cached_examples_per_s']:12.1f} ex/s   "
@@ -184,7 +191,7 @@ def bench_numpy(k, c, d, n):
 
 
 def bench_learner(k, c, d, replay, batch, steps, donate):
-  learner = learners.get("exstream", num_classes=k, capacity=c, replay=replay, donate=donate)
+  learner = _learners().get("exstream", num_classes=k, capacity=c, replay=replay, donate=donate)
   key = jax.random.key(0)
   x = jax.random.normal(key, (batch, d), jnp.float32)
   state = learner.init(key, {"x": x})
@@ -228,7 +235,7 @@ def _digits_stream(seed):
 
 def digits_study(seeds, batch=10):
   configs = [dict(replay="none", capacity=8)]
-  for kind in sb.names():
+  for kind in KINDS:
     for cap in (2, 8):
       configs.append(dict(buffer=kind, capacity=cap, replay="full_epoch"))
   configs += [dict(buffer="exstream", capacity=8, replay="sampled"),
@@ -236,7 +243,7 @@ def digits_study(seeds, batch=10):
               dict(buffer="exstream", capacity=8, replay="full_epoch", head="linear")]
   rows = []
   for hp in configs:
-    learner = learners.get("exstream", num_classes=10, **hp)
+    learner = _learners().get("exstream", num_classes=10, **hp)
     accs, passes, secs = [], [], []
     for seed in range(seeds):
       xs, ys, xte, yte = _digits_stream(seed)

@@ -1,15 +1,17 @@
-"""Tests for cljax/ops/exstream.py: the merge rule against a NumPy loop, invariants, batching."""
+"""Tests for cljax/ops/buffers/exstream.py (the merge rule against a NumPy loop, invariants) and
+for the per-class batching of _per_class.class_sequential_apply."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.ops import exstream as ex
+from cljax.ops.buffers import exstream as ex
+from cljax.ops.buffers._per_class import class_sequential_apply
+from tests.ops.buffers import common
 
-K, C, D, B = 5, 4, 6, 16  # one set of shapes, so each jitted function compiles once
-
-_insert = jax.jit(ex.insert)
+NAME, K, C, D, B = "exstream", 5, 4, 6, 16  # one set of shapes, so each function compiles once
+CAP = K * C
 
 
 def numpy_exstream(xs, ys, num_classes, capacity, mask=None):
@@ -54,67 +56,42 @@ def _stream(seed, n, integer=False):
   return xs, ys
 
 
-def _insert_stream(xs, ys, mask=None, chunk=B):
-  """Feeds the stream through the jitted insert in padded chunks of ``B`` rows."""
-  buf = ex.init(K, C, D)
-  n = len(ys)
-  mask = np.ones(n, bool) if mask is None else mask
-  for s in range(0, n, chunk):
-    x = np.zeros((B, D), np.float32)
-    y = np.zeros(B, np.int32)
-    m = np.zeros(B, bool)
-    e = min(s + chunk, n)
-    x[:e - s], y[:e - s], m[:e - s] = xs[s:e], ys[s:e], mask[s:e]
-    buf = _insert(buf, x, y, m)
-  return buf
+def _run(xs, ys, mask=None):
+  return common.run(NAME, CAP, K, xs, ys, mask, batch=B)
 
 
 @pytest.mark.parametrize("seed,integer", [(0, False), (1, False), (2, True)])
 def test_matches_numpy_reference(seed, integer):
   xs, ys = _stream(seed, 300, integer)
-  buf = _insert_stream(xs, ys)
+  state = _run(xs, ys)
   cents, w, n = numpy_exstream(xs, ys, K, C)
-  np.testing.assert_array_equal(np.asarray(buf.counts), n)
-  np.testing.assert_array_equal(np.asarray(buf.weights), w)
-  np.testing.assert_allclose(np.asarray(buf.centroids), cents, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(state.counts, n)
+  np.testing.assert_array_equal(state.weights, w)
+  np.testing.assert_allclose(state.centroids, cents, rtol=1e-5, atol=1e-5)
+
+
+def test_batching_and_masks():
+  xs, ys = _stream(4, 160)
+  ys[20:60] = 2  # single-class runs inside batches force many sequential rounds
+  mask = np.random.default_rng(5).random(160) < 0.6
+  state = common.check_batching_and_masks(NAME, CAP, K, xs, ys, mask)
+  cents, w, _ = numpy_exstream(xs, ys, K, C, mask)
+  np.testing.assert_array_equal(state.weights, w)
+  np.testing.assert_allclose(state.centroids, cents, rtol=1e-5, atol=1e-5)
 
 
 def test_weights_sum_to_seen_and_capacity_holds():
   xs, ys = _stream(3, 208)
-  buf = ex.init(K, C, D)
+  state = ex.init(common.KEY, CAP, xs[0], K)
+  insert = common.jitted_insert(NAME)
   for s in range(0, 208, B):
-    buf = _insert(buf, xs[s:s + B], ys[s:s + B], np.ones(B, bool))
+    state = insert(state, xs[s:s + B], ys[s:s + B], np.ones(B, bool))
     seen = np.bincount(ys[:s + B], minlength=K)
-    w = np.asarray(buf.weights)
-    counts = np.asarray(buf.counts)
+    w, counts = np.asarray(state.weights), np.asarray(state.counts)
     np.testing.assert_array_equal(w.sum(1), seen)
-    assert (counts <= C).all()
     np.testing.assert_array_equal(counts, np.minimum(seen, C))
     filled = np.arange(C)[None, :] < counts[:, None]
     assert (w[filled] >= 1).all() and (w[~filled] == 0).all()
-
-
-def test_batched_equals_one_at_a_time_exactly():
-  xs, ys = _stream(4, 160)
-  # Single-class runs inside batches force many sequential rounds.
-  ys[20:60] = 2
-  one = _insert_stream(xs, ys, chunk=1)
-  for chunk in (5, B):
-    many = _insert_stream(xs, ys, chunk=chunk)
-    for a, b in zip(one, many):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_mask_skips_rows():
-  xs, ys = _stream(5, 160)
-  mask = np.random.default_rng(5).random(160) < 0.6
-  masked = _insert_stream(xs, ys, mask)
-  only = _insert_stream(xs[mask], ys[mask])
-  for a, b in zip(masked, only):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  cents, w, _ = numpy_exstream(xs, ys, K, C, mask)
-  np.testing.assert_array_equal(np.asarray(masked.weights), w)
-  np.testing.assert_allclose(np.asarray(masked.centroids), cents, rtol=1e-5, atol=1e-5)
 
 
 def test_slot_convention():
@@ -122,9 +99,9 @@ def test_slot_convention():
   # (weights 1 and 1) goes to the higher slot 2 and the new example to the lower slot 1.
   xs = np.zeros((5, D), np.float32)
   xs[:, 0] = [0.0, 10.0, 10.5, 20.0, 99.0]
-  buf = _insert_stream(xs, np.zeros(5, np.int32))
-  np.testing.assert_allclose(np.asarray(buf.centroids)[0, :, 0], [0.0, 99.0, 10.25, 20.0])
-  np.testing.assert_array_equal(np.asarray(buf.weights)[0], [1, 1, 2, 1])
+  state = _run(xs, np.zeros(5, np.int32))
+  np.testing.assert_allclose(np.asarray(state.centroids)[0, :, 0], [0.0, 99.0, 10.25, 20.0])
+  np.testing.assert_array_equal(np.asarray(state.weights)[0], [1, 1, 2, 1])
 
 
 def test_closest_pair_tie_break():
@@ -133,19 +110,30 @@ def test_closest_pair_tie_break():
   assert (int(i), int(j)) == (0, 1)
 
 
-def test_contents_shapes_and_mask():
+def test_protocol_pieces():
   xs, ys = _stream(6, 12)
-  buf = _insert_stream(xs, ys)
-  x, y, w, m = ex.contents(buf)
-  assert x.shape == (K * C, D) and y.shape == w.shape == m.shape == (K * C,)
-  np.testing.assert_array_equal(np.asarray(y), np.repeat(np.arange(K), C))
-  assert int(m.sum()) == int(buf.counts.sum())
-  assert float(w.sum()) == 12.0
+  state = _run(xs, ys)
+  c = common.check_contents(NAME, state, CAP, xs[0])
+  np.testing.assert_array_equal(np.asarray(c.y)[np.asarray(c.mask)],
+                                np.repeat(np.arange(K), C)[np.asarray(c.mask)])
+  assert int(c.mask.sum()) == int(state.counts.sum()) and float(c.weight.sum()) == 12.0
+  full = _run(*_stream(7, 80))
+  common.check_sample(NAME, full)
+  common.check_distinct(NAME, full)
+  common.check_empty(NAME, CAP, K, jnp.zeros((D,), jnp.float32))
 
 
-def test_capacity_below_two_rejected():
-  with pytest.raises(ValueError):
-    ex.init(3, 1, 4)
+def test_sizes_checked():
+  with pytest.raises(ValueError, match="at least 2"):
+    ex.init(common.KEY, 3, np.zeros(4, np.float32), 3)  # c = 1: a merge needs a pair
+  with pytest.raises(ValueError, match="multiple of num_classes"):
+    ex.init(common.KEY, 7, np.zeros(4, np.float32), 3)
+  with pytest.raises(ValueError, match="1-D"):
+    ex.init(common.KEY, 6, np.zeros((2, 2), np.float32), 3)
+
+
+def test_no_recompiles():
+  common.check_no_recompiles(NAME, CAP, K, *_stream(8, 64))
 
 
 def test_class_sequential_apply_counts_in_stream_order():
@@ -160,7 +148,7 @@ def test_class_sequential_apply_counts_in_stream_order():
   y = jnp.asarray([0, 1, 0, 0, 2, 1, 0, 2], jnp.int32)
   x = jnp.arange(8, dtype=jnp.int32)
   active = jnp.asarray([1, 1, 1, 0, 1, 1, 1, 1], bool)
-  lg, cnt = jax.jit(ex.class_sequential_apply, static_argnums=1)((log, n), step, x, y, active)
+  lg, cnt = jax.jit(class_sequential_apply, static_argnums=1)((log, n), step, x, y, active)
   np.testing.assert_array_equal(np.asarray(cnt), [3, 2, 2])
   np.testing.assert_array_equal(np.asarray(lg)[0, :3], [0, 2, 6])
   np.testing.assert_array_equal(np.asarray(lg)[1, :2], [1, 5])
