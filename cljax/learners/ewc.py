@@ -51,7 +51,7 @@ def fisher(apply: Callable, params: dict, x: jax.Array, y: jax.Array) -> dict:
 
 
 def penalty_learner(name: str, importance: Importance, *, num_classes: int,
-                    model: Optional[str] = None, model_kwargs: Optional[dict] = None,
+                    model: str = "mlp", model_kwargs: Optional[dict] = None,
                     optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
                     weight_decay: float = 0.0, batch_size: int = 32, lam: float = 100.0,
                     decay: float = 1.0, importance_passes: int = 16,
@@ -165,7 +165,7 @@ PENALTY_INPUTS = ("model", "model_kwargs", "batch_size", "init_params", "max_ste
 
 @register("ewc", inputs=PENALTY_INPUTS)
 def ewc(*, num_classes: int, lam: float = 100.0, decay: float = 1.0,
-        importance_passes: int = 16, model: Optional[str] = None,
+        importance_passes: int = 16, model: str = "mlp",
         model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
         momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
         epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,

@@ -26,7 +26,7 @@ from cljax.train.loop import Loop, classifier_step
 
 
 @register("gdumb", inputs=("model", "model_kwargs", "batch_size", "init_params"))
-def gdumb(*, num_classes: int, model: Optional[str] = None, model_kwargs: Optional[dict] = None,
+def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] = None,
           optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
           weight_decay: float = 0.0, batch_size: int = 32, memory_size: int = 500,
           epochs_per_step: float = 10.0, chunk: int = 8,
@@ -35,8 +35,7 @@ def gdumb(*, num_classes: int, model: Optional[str] = None, model_kwargs: Option
 
   Args:
     num_classes: K, size of the output layer; classes absent from memory are masked.
-    model, model_kwargs: a ``cljax.models`` name (None: cnn for images, mlp otherwise) and its
-      constructor options.
+    model, model_kwargs: a ``cljax.models`` name and its constructor options.
     optimizer, lr, momentum, weight_decay: ``cljax.optim.build``; a fresh optimizer every step.
     batch_size: examples per SGD step (one forward-backward pass of the budget).
     memory_size: capacity of the memory, in examples.

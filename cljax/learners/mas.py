@@ -26,7 +26,7 @@ def output_sensitivity(apply: Callable, params: dict, x: jax.Array, y: jax.Array
 
 @register("mas", inputs=PENALTY_INPUTS)
 def mas(*, num_classes: int, lam: float = 1.0, decay: float = 1.0,
-        importance_passes: int = 16, model: Optional[str] = None,
+        importance_passes: int = 16, model: str = "mlp",
         model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
         momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
         epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,

@@ -74,7 +74,7 @@ def _check_choice(name, value, valid):
     raise ValueError(f"unknown {name} {value!r}; valid: {list(valid)}")
 
 
-def replay_learner(name: str, *, num_classes: int, model: Optional[str] = None,
+def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
                    model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
                    momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
                    memory: str = "none", memory_size: int = 500, sampling: str = "uniform",
@@ -88,8 +88,8 @@ def replay_learner(name: str, *, num_classes: int, model: Optional[str] = None,
 
   Args:
     num_classes: K, the size of the output layer (fixed; unseen classes are masked).
-    model: a ``cljax.models`` name; None: ``cnn`` for images [H, W, C], ``mlp`` otherwise.
-      ``model_kwargs`` go to its constructor.
+    model: a ``cljax.models`` name (``mlp`` works on any input shape; ``cnn`` for images,
+      ``resnet18``, ViTs); ``model_kwargs`` go to its constructor.
     optimizer, lr, momentum, weight_decay: see ``cljax.optim.build``.
     batch_size: rows of one SGD step at the end of a step (one forward-backward pass).
     memory: one of MEMORIES (``none``: finetune; ``reservoir``/``class_balanced``: ER's memory of
@@ -317,7 +317,7 @@ _NET_INPUTS = ("model", "model_kwargs", "batch_size", "init_params")
 
 
 @register("finetune", inputs=_NET_INPUTS + ("max_step_size", "stream_size"))
-def finetune(*, num_classes: int, model: Optional[str] = None,
+def finetune(*, num_classes: int, model: str = "mlp",
              model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
              momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
              iters_per_batch: int = 1, epochs_per_step: float = 5.0, max_step_size: int = 4096,
@@ -342,7 +342,7 @@ def finetune(*, num_classes: int, model: Optional[str] = None,
 
 @register("finetune_kading", inputs=_NET_INPUTS + ("max_step_size", "stream_size"))
 def finetune_kading(*, num_classes: int, stream_size: Optional[int] = None,
-                    model: Optional[str] = None, model_kwargs: Optional[dict] = None,
+                    model: str = "mlp", model_kwargs: Optional[dict] = None,
                     optimizer: str = KADING_DEFAULTS["optimizer"],
                     lr: float = KADING_DEFAULTS["lr"],
                     momentum: float = KADING_DEFAULTS["momentum"],
@@ -371,7 +371,7 @@ def finetune_kading(*, num_classes: int, stream_size: Optional[int] = None,
 
 @register("er", inputs=_NET_INPUTS + ("max_step_size",))
 def er(*, num_classes: int, buffer: str = "reservoir", memory_size: int = 500,
-       sampling: str = "uniform", model: Optional[str] = None,
+       sampling: str = "uniform", model: str = "mlp",
        model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
        momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
        iters_per_batch: int = 1, epochs_per_step: float = 5.0, max_step_size: int = 4096,
@@ -391,7 +391,7 @@ def er(*, num_classes: int, buffer: str = "reservoir", memory_size: int = 500,
 
 @register("offline", inputs=_NET_INPUTS + ("stream_size",))
 def offline(*, num_classes: int, stream_size: Optional[int] = None,
-            epochs_per_step: float = 5.0, model: Optional[str] = None,
+            epochs_per_step: float = 5.0, model: str = "mlp",
             model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
             momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
             mask_unseen: bool = True, chunk: int = 8,

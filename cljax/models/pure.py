@@ -86,19 +86,14 @@ class Net:
                                                nnx.to_pure_dict(nnx.state(module)))
 
   @classmethod
-  def named(cls, name: Optional[str], num_classes: int, **model_kwargs) -> "Net":
+  def named(cls, name: str, num_classes: int, **model_kwargs) -> "Net":
     """Network ``name`` of ``cljax.models`` with ``num_classes`` outputs, built for each input
-    shape it is called on; ``None`` picks ``default_model(shape)`` (cnn for images, else mlp).
-    Unknown names raise ValueError listing the valid ones."""
-    if name is not None and name not in models.names():
+    shape it is called on. Unknown names raise ValueError listing the valid ones."""
+    if name not in models.names():
       raise ValueError(f"unknown model {name!r}; valid models: {models.names()}")
     kw = dict(model_kwargs)
-    desc = f"model {name or 'cnn/mlp (by input shape)'!r}" + (f" with {kw}" if kw else "")
-
-    def build(shape, key):
-      return models.create(name or default_model(shape), shape, num_classes, key, **kw)
-
-    return cls(desc, build=build)
+    desc = f"model {name!r}" + (f" with {kw}" if kw else "")
+    return cls(desc, build=lambda shape, key: models.create(name, shape, num_classes, key, **kw))
 
   @classmethod
   def of(cls, module: nnx.Module, description: Optional[str] = None) -> "Net":
@@ -192,8 +187,3 @@ class Net:
 
   def __repr__(self) -> str:
     return f"Net({self.description})"
-
-
-def default_model(in_shape: Sequence[int]) -> str:
-  """The model a learner uses when none is named: ``cnn`` for images [H, W, C], else ``mlp``."""
-  return "cnn" if len(tuple(in_shape)) == 3 else "mlp"
