@@ -161,11 +161,14 @@ def check_batch(batch: Batch, num_classes: int, example: Optional[tuple] = None,
       out[k] = np.ones((n,), bool)
   valid = np.asarray(out["valid"])
   if np.issubdtype(np.dtype(x.dtype), np.floating):
-    xv = np.asarray(x)[valid]
-    if not np.isfinite(xv).all():
-      bad = int(np.flatnonzero(~np.isfinite(xv.reshape(len(xv), -1)).all(1))[0])
-      raise BatchError(f"{where}: x holds NaN or Inf (first in valid row {bad}); clean the "
-                       "input before it reaches the learner")
+    xa = np.asarray(x)
+    # Fast path: a sum is finite when every term is (one pass, no copy); only a non-finite sum
+    # (a NaN/Inf somewhere, maybe in a padding row, or an overflow) pays for the exact check.
+    if not np.isfinite(np.add.reduce(xa, axis=None)):
+      rows = ~np.isfinite(xa.reshape(n, -1)).all(1) & valid
+      if rows.any():
+        raise BatchError(f"{where}: x holds NaN or Inf (first in row {int(np.argmax(rows))}); "
+                         "clean the input before it reaches the learner")
   yl = np.asarray(y)[valid & np.asarray(out["labeled"])]
   if yl.size and (yl.min() < 0 or yl.max() >= num_classes):
     bad = int(yl.max() if yl.max() >= num_classes else yl.min())

@@ -31,9 +31,9 @@ loop body, so small B unrolls). A step without any usable row leaves F, its opti
 buffer unchanged. ``predict`` encodes and decodes x, then runs F in eval mode.
 
 Replay before the buffer is full enough: while 0 < count < 2r, the rows beyond ``count`` are drawn
-with replacement (the buffer's ``sample(..., distinct=True)``) and all are used; while the buffer is empty, replay rows
-get zero weight in the loss and in F's batch statistics (when F accepts a ``mask``, as
-``cljax.models.resnet.ResNetHead`` does). The reference instead trains on uninitialised rows there.
+with replacement (the buffer's ``sample(..., distinct=True)``) and all are used; while the buffer
+is empty, replay rows get zero weight in the loss and in F's batch statistics (when F accepts a
+``mask``, as ``cljax.models.resnet.ResNetHead`` does). The reference instead trains on uninitialised rows there.
 
 ``passes``: 1.0 per SGD step; a step is one forward-backward pass of F over b + r rows, REMIND's own
 training batch. G's forward pass on the new examples is not counted (features are usually
@@ -219,7 +219,7 @@ def remind(*, num_classes: int,
       (``resnet.conv_matmul_kernel_grad``: same values up to rounding, ~10x faster there on CPU,
       ~2x slower at top level). Default: on for the CPU backend. Unrolled steps use plain
       convolutions.
-    base: a base initialisation (``cljax.train.experiment.BaseInit``: a base-trained resnet18
+    base: a base initialisation (``cljax.train.base_init.BaseInit``: a base-trained resnet18
       and its base set; the experiment runner passes it). REMIND's base init is then done here
       (``from_base``): G/F split at ``split``, G (eval mode) becomes ``g_fn`` so batches carry
       raw images, F the trained head, a codebook of ``num_subvectors`` x ``num_centroids``

@@ -74,6 +74,38 @@ def _check_choice(name, value, valid):
     raise ValueError(f"unknown {name} {value!r}; valid: {list(valid)}")
 
 
+def training_batch(state: dict, key: jax.Array, n: int, memory: str, sampling: str) -> tuple:
+  """An end-of-step training batch of a replay learner's ``state``: x [n, ...], y [n], w [n].
+
+  ``none``: uniform from the step's data; ``past``: Käding's λ mix of earlier data and the update
+  set (``sample_old_new``); ``balanced``: the first n // 2 rows from memory (from the step's
+  data while the memory is empty), the rest from the step's data; otherwise uniform from memory.
+  ``w`` is 0 on rows drawn from an empty store.
+  """
+  store = buffers.get("append")
+  if memory == "none":
+    s = store.sample(state["cur"], key, n)
+    return s.x, s.y, s.weight
+  policy = buffers.get("append" if memory in ("all", "past") else memory)
+  if memory == "past":  # mem = earlier steps, cur = this update set
+    k_src, k_old, k_new = jax.random.split(key, 3)
+    old = policy.sample(state["mem"], k_old, n)
+    new = store.sample(state["cur"], k_new, n)
+    from_old = sample_old_new(k_src, state["mem"].count, state["cur"].count, n,
+                              state["old_fraction"])
+  elif sampling == "balanced" and memory != "all":
+    k_mem, k_cur = jax.random.split(key)
+    old = policy.sample(state["mem"], k_mem, n)
+    new = store.sample(state["cur"], k_cur, n)
+    from_old = (jnp.arange(n) < n // 2) & (jnp.sum(old.weight) > 0)
+  else:
+    s = policy.sample(state["mem"], key, n)
+    return s.x, s.y, s.weight
+  sel = from_old.reshape((n,) + (1,) * (old.x.ndim - 1))
+  return (jnp.where(sel, old.x, new.x), jnp.where(from_old, old.y, new.y),
+          jnp.where(from_old, old.weight, new.weight))
+
+
 def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
                    model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
                    momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
@@ -219,36 +251,10 @@ def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
     loss = jnp.mean(jnp.stack(losses)) if losses else jnp.float32(jnp.nan)
     return state, contract.info(rows / batch_size, loss)
 
-  def _sample(data, key):
-    """A training batch x [b, ...], y [b], w [b] for the end of a step (from read-only data)."""
-    n = batch_size
-    if memory == "none":
-      s = store.sample(data["cur"], key, n)
-      return s.x, s.y, s.weight
-    if memory == "past":  # mem = earlier steps, cur = this update set
-      k_src, k_old, k_new = jax.random.split(key, 3)
-      old = policy.sample(data["mem"], k_old, n)
-      new = store.sample(data["cur"], k_new, n)
-      from_old = sample_old_new(k_src, data["mem"].count, data["cur"].count, n,
-                                data["old_fraction"])
-      sel = from_old.reshape((n,) + (1,) * (old.x.ndim - 1))
-      return (jnp.where(sel, old.x, new.x), jnp.where(from_old, old.y, new.y),
-              jnp.where(from_old, old.weight, new.weight))
-    if sampling == "balanced" and memory != "all":  # half memory (the step's data if empty)
-      k_mem, k_cur = jax.random.split(key)
-      m = policy.sample(data["mem"], k_mem, n)
-      c = store.sample(data["cur"], k_cur, n)
-      from_mem = (jnp.arange(n) < n // 2) & (jnp.sum(m.weight) > 0)
-      sel = from_mem.reshape((n,) + (1,) * (m.x.ndim - 1))
-      return (jnp.where(sel, m.x, c.x), jnp.where(from_mem, m.y, c.y),
-              jnp.where(from_mem, m.weight, c.weight))
-    s = policy.sample(data["mem"], key, n)
-    return s.x, s.y, s.weight
-
   def _step(carry, data, key, i, stop):
     del i, stop
     params, opt = carry
-    x, y, w = sharding.data_rows(_sample(data, key))
+    x, y, w = sharding.data_rows(training_batch(data, key, batch_size, memory, sampling))
     params, opt, loss = _sgd(params, opt, data["seen"], x, y, w)
     return (params, opt), loss[None]
 

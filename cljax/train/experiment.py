@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   # is set. Learners then get its parameters (init_params), its frozen features (backbone) or
   # the whole of it (base: model, parameters, base set; REMIND). Saved to WORKDIR/base_init.
   #   kind: "supervised" (classification on the base set) or "mae" (masked autoencoding of
-  #     unlabeled images, cljax.train.mae; ViT models).
+  #     unlabeled images, cljax.train.base_init.train_mae; ViT models).
   #   classes: the stream's step 0 holds the first `classes` classes, the base set.
   #   checkpoint: "" trains (or loads WORKDIR/base_init); else a base_init folder written by
   #     experiments/pretrain.py, loaded instead of training.

@@ -72,9 +72,24 @@ def _key_for(seed: int, run_name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(run_name.encode()) & 0x7FFFFFFF)
 
 
+_CHUNK = 256  # batches per chunk at most (streams.chunk_specs); keys and passes go in this size
+
+
 @jax.jit
-def _batch_keys(key: jax.Array, first: jax.Array, offsets: jax.Array) -> jax.Array:
-  return jax.vmap(lambda i: jax.random.fold_in(key, first + i))(offsets)
+def _chunk_keys(key: jax.Array, first: jax.Array) -> tuple:
+  """The keys of batches first .. first + _CHUNK - 1: one call returning _CHUNK keys (unstacking
+  an array of keys costs several times more per batch)."""
+  return tuple(jax.random.fold_in(key, first + i) for i in range(_CHUNK))
+
+
+@jax.jit
+def _sum_passes(*passes) -> jax.Array:
+  return jnp.sum(jnp.stack(passes))
+
+
+def _total_passes(passes: list) -> jax.Array:
+  """Sum of up to _CHUNK device scalars in one fixed-shape call (no host sync, no recompile)."""
+  return _sum_passes(*passes, *([jnp.float32(0)] * (_CHUNK - len(passes))))
 
 
 def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_size: int,
@@ -120,14 +135,13 @@ def _check_chunk(chunk: dict, example_shape: tuple, num_classes: int, where: str
     raise DataError(str(e)) from None
 
 
-def _stage(mesh, chunk: dict) -> list:
-  """The chunk's batches as device-resident dicts, in order (one transfer per array)."""
+def _batches_of(mesh, chunk: dict):
+  """The chunk's batches in order: numpy views on one device (jit transfers them with the call,
+  the cheapest way in), sharded over the ``data`` axis on several."""
   keys = ("x", "y", "valid", "labeled")
-  if mesh.devices.size == 1:
-    cols = {k: list(jax.device_put(chunk[k])) for k in keys}
-    return [{k: cols[k][i] for k in keys} for i in range(chunk["y"].shape[0])]
-  return [mesh_lib.shard_batch(mesh, {k: chunk[k][i] for k in keys})
-          for i in range(chunk["y"].shape[0])]
+  for i in range(chunk["y"].shape[0]):
+    batch = {k: chunk[k][i] for k in keys}
+    yield batch if mesh.devices.size == 1 else mesh_lib.shard_batch(mesh, batch)
 
 
 def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opts: RunOptions,
@@ -151,7 +165,7 @@ def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opt
 def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) -> dict:
   ckdir = os.path.join(workdir, "checkpoints", run_name)
   n_batches = streams_lib.num_batches(stream, opts.batch_size)
-  it = streams_lib.chunks(stream, opts.batch_size)
+  it = streams_lib.chunks(stream, opts.batch_size, max_batches=_CHUNK)
   key = _key_for(opts.seed, run_name)
   k_batch, k_step = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
   example_shape = stream.dataset.train.example_shape
@@ -187,18 +201,19 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
           return meta["result"]
     state = mesh_lib.replicate(mesh, state)
     t0 = time.perf_counter()
-    step_t0, step_passes, step_examples = time.perf_counter(), [], 0
+    step_t0, step_passes, step_examples = time.perf_counter(), [], 0  # passes: one per chunk
     total = stream.num_examples
     for chunk in it:
       t = int(chunk["step"])
       b0 = int(chunk["first_batch"])
       _check_chunk(chunk, example_shape, num_classes, f"step {t} batches {b0}+")
       n = chunk["y"].shape[0]
-      keys = list(_batch_keys(k_batch, jnp.int32(b0), jnp.arange(n, dtype=jnp.int32)))
+      keys = _chunk_keys(k_batch, jnp.int32(b0))
       counts = chunk["valid"].sum(1)
-      for i, batch in enumerate(_stage(mesh, chunk)):
+      chunk_passes = []
+      for i, batch in enumerate(_batches_of(mesh, chunk)):
         state, info = learner.update(state, batch, keys[i])
-        step_passes.append(info.passes)
+        chunk_passes.append(info.passes)
         examples_seen += int(counts[i])
         step_examples += int(counts[i])
         last = bool(chunk["ends_step"]) and i == n - 1
@@ -208,9 +223,10 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
                               "accuracy": ev["accuracy"]})
           while next_eval <= examples_seen:
             next_eval += every
+      step_passes.append(_total_passes(chunk_passes))
       if not chunk["ends_step"]:
         continue
-      used = float(np.sum(jax.device_get(step_passes))) if step_passes else 0.0
+      used = float(np.sum(jax.device_get(step_passes)))
       remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
       state, info = learner.end_of_step(state, jax.random.fold_in(k_step, t), remaining)
       step_budget = used + float(info.passes)
@@ -244,7 +260,7 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
         meta["result"] = results_lib.record(acc_rows, stream.task_step, steps, eval_points, ev,
                                             elapsed)
       ck.save(t, state, meta)
-      step_t0, step_passes, step_examples = time.perf_counter(), [], 0
+      step_t0, step_passes, step_examples = time.perf_counter(), [], 0  # passes: one per chunk
     ck.wait()
   if not steps or len(acc_rows) != stream.num_steps:
     raise RunError(f"[{run_name}] the stream ended after {len(acc_rows)} of "

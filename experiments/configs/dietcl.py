@@ -52,6 +52,11 @@ def get_config(options: str = ""):
   base = next((o.split("=", 1)[1] for o in opts if o.startswith("base=")), "")
   opts = {o for o in opts if not o.startswith("base=")}
   bad = opts - {"scratch", "small"}
+  if "tune" in bad:
+    raise ValueError("the dietcl config option 'tune' is gone (configs are data): choose B̄ with "
+                     "experiments/studies/dietcl_threshold.py, then pass "
+                     "--config.hparams.dietcl.threshold=<B̄>; valid options: "
+                     "['base=PATH', 'scratch', 'small']")
   if bad:
     raise ValueError(f"unknown dietcl config options {sorted(bad)}; valid: "
                      "['base=PATH', 'scratch', 'small']")

@@ -72,7 +72,7 @@ def get_config(dataset: str = "mnist5k"):
                           num_centroids=NUM_CENTROIDS, pq_iters=25, buffer_bytes=MEMORY_BYTES,
                           replay_size=20, lr_step=30, prefill_buffer=False)
   # SGD with momentum, like REMIND's F; batch norm in training mode while training, running
-  # statistics for prediction (cljax.learners._common.train_step). chunk=1: one SGD step per jitted
+  # statistics for prediction (cljax.train.loop.classifier_step). chunk=1: one SGD step per jitted
   # call; XLA:CPU compiled the default 8 unrolled ResNet steps in 2m12s (load ~5).
   sgd = dict(optimizer="sgd", lr=0.01, momentum=0.9, chunk=1)
   c.hparams.finetune = dict(sgd)

@@ -93,8 +93,21 @@ def select_threshold(config, candidates: Sequence[int], workdir: str, *, num_ste
                      log: Callable[[str], None] = print) -> dict:
   """Scores every candidate B̄ on validation streams of ``config`` (module docstring).
 
+  Args:
+    config: a dietcl experiment config (``experiments/configs/dietcl.py``); its stream, budget,
+      base initialisation, seed and ``hparams.dietcl`` are used, ``threshold`` replaced.
+    candidates: thresholds B̄ to try, in passes (ints >= 0).
+    workdir: the base initialisation (WORKDIR/base_init, trained or loaded as by ``run.py``) and
+      the runs' checkpoints (WORKDIR/runs) go here.
+    num_steps: first steps of the stream used (the paper: 3).
+    val_fraction: share of each class's labelled rows held out per step (``validation_mask``).
+    repeats: draws of held-out rows (seeds config.seed, config.seed + 1, ...), averaged.
+    log: one line per candidate and draw.
+
   Returns ``{"best", "scores": {B̄: mean accuracy}, "table": [{"threshold", "accuracy",
-  "draws", "seconds"}], "num_steps", "val_rows", "budget", "repeats"}``.
+  "step_accuracy", "draws", "seconds"}], "num_steps", "val_rows", "budget", "repeats"}``:
+  ``accuracy`` is the mean over draws of the accuracy after the last step, ``step_accuracy`` that
+  mean after every step, ``draws`` the per-draw accuracies after the last step.
   """
   from cljax.train import experiment, runner  # pylint: disable=import-outside-toplevel
   cands = [int(c) for c in candidates]
@@ -106,7 +119,7 @@ def select_threshold(config, candidates: Sequence[int], workdir: str, *, num_ste
   stream = experiment.make_stream(config)
   base = experiment.base_model(config, stream, workdir, log)
   opts = experiment.run_options(config)
-  table = {c: {"threshold": c, "draws": [], "seconds": 0.0} for c in cands}
+  table = {c: {"threshold": c, "draws": [], "steps": [], "seconds": 0.0} for c in cands}
   val_rows = 0
   for r in range(int(repeats)):
     vstream = validation_stream(stream, num_steps, val_fraction, int(config.seed) + r)
@@ -120,6 +133,7 @@ def select_threshold(config, candidates: Sequence[int], workdir: str, *, num_ste
                                os.path.join(workdir, "runs"), log=lambda m: None)
       acc = res["steps"][-1]["accuracy_seen"]
       table[cand]["draws"].append(acc)
+      table[cand]["steps"].append([s["accuracy_seen"] for s in res["steps"]])
       table[cand]["seconds"] += time.perf_counter() - t0
       log(f"[threshold] B̄={cand} draw {r + 1}/{repeats}: validation accuracy {acc:.4f} after "
           f"{vstream.num_steps} steps ({time.perf_counter() - t0:.0f}s)")
@@ -127,6 +141,7 @@ def select_threshold(config, candidates: Sequence[int], workdir: str, *, num_ste
   for c in cands:
     row = table[c]
     row["accuracy"] = float(np.mean(row["draws"]))
+    row["step_accuracy"] = np.mean(row.pop("steps"), axis=0).tolist()
     rows.append(row)
   best = max(rows, key=lambda r: r["accuracy"])["threshold"]  # max keeps the first of ties
   return {"best": best, "scores": {r["threshold"]: r["accuracy"] for r in rows}, "table": rows,

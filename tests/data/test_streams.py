@@ -103,22 +103,42 @@ def test_label_rate_and_determinism(digits):
   assert any(len(x) != len(y) or (x != y).any() for x, y in zip(a.steps, c.steps))
 
 
-def test_batches_are_fixed_size_and_resume_exactly(digits):
+def test_chunks_are_fixed_size_and_resume_exactly(digits):
   s = data.make_stream(digits, "class_incremental", classes_per_step=5, seed=0)
-  it = data.batches(s, 64)
-  seen = []
-  for _ in range(4):
-    seen.append(next(it))
+  it = data.chunks(s, 64, max_batches=3)
+  for _ in range(2):
+    next(it)
   state = it.get_state()
-  rest = [b["y"][b["valid"]] for b in it]
-  it2 = data.batches(s, 64)
+  rest = [c["y"][c["valid"]] for c in it]
+  it2 = data.chunks(s, 64, max_batches=3)
   it2.set_state(state)
-  rest2 = [b["y"][b["valid"]] for b in it2]
+  rest2 = [c["y"][c["valid"]] for c in it2]
   assert len(rest) == len(rest2) and all((a == b).all() for a, b in zip(rest, rest2))
+  allc = list(data.chunks(s, 64, max_batches=3))
+  assert {c["x"].shape[1:] for c in allc} == {(64, 8, 8, 1)}
+  assert max(c["x"].shape[0] for c in allc) == 3  # at most max_batches batches a chunk
+  assert sum(int(c["valid"].sum()) for c in allc) == len(digits.train)
+  assert sum(bool(c["ends_step"]) for c in allc) == 2  # a chunk never spans two steps
+  assert [int(c["first_batch"]) for c in allc] == list(
+      np.cumsum([0] + [c["x"].shape[0] for c in allc[:-1]]))
+
+
+def test_batches_one_at_a_time_match_the_chunks(digits):
+  s = data.make_stream(digits, "class_incremental", classes_per_step=5, seed=0)
   allb = list(data.batches(s, 64))
   assert {b["x"].shape for b in allb} == {(64, 8, 8, 1)}
   assert sum(int(b["valid"].sum()) for b in allb) == len(digits.train)
   assert sum(bool(b["last_in_step"]) for b in allb) == 2
+  flat = np.concatenate([c["y"].reshape(-1) for c in data.chunks(s, 64)])
+  np.testing.assert_array_equal(np.concatenate([b["y"] for b in allb]), flat)
+
+
+def test_array_batches_pad_the_last_one():
+  x, y = np.arange(10, dtype=np.float32)[:, None], np.arange(10)
+  bs = list(data.array_batches(x, y, 4, labeled=np.arange(10) % 2 == 0))
+  assert [b["x"].shape for b in bs] == [(4, 1)] * 3
+  assert bs[-1]["valid"].tolist() == [True, True, False, False]
+  assert bs[-1]["labeled"].tolist() == [True, False, False, False]
 
 
 def test_first_step_classes_and_label_noise(digits):

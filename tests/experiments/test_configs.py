@@ -23,6 +23,7 @@ def test_config_is_valid(name):
   experiment.validate_config(load_config(name))
 
 
+@pytest.mark.slow  # a reduced experiment: base init, slda and finetune on real digits (~16 s)
 def test_slda_config_does_not_forget(tmp_path):
   c = load_config("slda")
   c.learners = "slda,finetune"

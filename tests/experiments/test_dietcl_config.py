@@ -1,106 +1,83 @@
-"""experiments/configs/dietcl.py validates and runs (reduced); B̄ by validation; the sweep."""
+"""experiments/configs/dietcl.py validates and runs (reduced), with and without MAE base init."""
 
-import importlib.util
-import json
 import os
 
-import numpy as np
 import pytest
 
-from cljax import data
-from cljax.learners import dietcl_tuning
 from cljax.train import experiment
+from experiments.configs import dietcl as cfg_mod
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _module(*parts):
-  path = os.path.join(ROOT, *parts)
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+SMALL_VIT = {"patch": 7, "depth": 1, "dim": 16, "dec_dim": 16}  # compile time rules these tests
 
 
-@pytest.fixture(scope="module")
-def cfg_mod():
-  return _module("experiments", "configs", "dietcl.py")
-
-
-def test_config_is_valid_and_complete(cfg_mod):
+def test_config_is_valid_and_complete():
   c = cfg_mod.get_config()
   experiment.validate_config(c)
   assert set(experiment.run_names(c)) == {"dietcl", "er", "gdumb", "ewc", "mas", "joint"}
   assert c.stream.label_rate == 0.05 and c.dataset == "mnist5k"
   assert c.base_init.kind == "mae" and c.model.startswith("vit_")
-  for opt in ("scratch", "small", "scratch,small"):
+  assert c.hparams.dietcl.threshold == cfg_mod.THRESHOLD
+  for opt in ("scratch", "small", "scratch,small", "base=/some/where"):
     experiment.validate_config(cfg_mod.get_config(opt))
   assert cfg_mod.get_config("scratch").base_init.kind == "supervised"  # i.e. off (classes 0)
+  assert cfg_mod.get_config("base=/w/base_init").base_init.checkpoint == "/w/base_init"
   with pytest.raises(ValueError, match="valid"):
     cfg_mod.get_config("fast")
+  # Configs are data: B̄ is chosen by the threshold study, not at config load.
+  with pytest.raises(ValueError, match="dietcl_threshold.py"):
+    cfg_mod.get_config("tune")
 
 
-SMALL_VIT = {"patch": 7, "depth": 1, "dim": 16, "dec_dim": 16}  # compile time rules these tests
+def test_every_learner_of_the_config_builds():
+  """Each run of the config gets its declared inputs (ViT, batch size, stream sizes)."""
+  c = cfg_mod.get_config("scratch,small")
+  stream = experiment.make_stream(c)
+  for name in experiment.run_names(c):
+    learner = experiment.build_learner(c, name, stream)
+    assert learner.name == name
+    if "model" in learner.hparams:
+      assert learner.hparams["model"] == "vit_micro"
+  assert experiment.build_learner(c, "dietcl", stream).hparams["threshold"] == cfg_mod.THRESHOLD
+  assert experiment.build_learner(c, "joint", stream).budgeted is False
 
 
-def test_reduced_run_with_mae_base_init(cfg_mod, tmp_path):
-  """The config's path end to end: MAE base init, then dietcl from it (the other learners of the
-  config are run in their own tests; each costs a ViT compile here)."""
-  c = cfg_mod.get_config("small")
-  c.learners = "dietcl"
+def _reduced(c, learners):
+  c.learners = learners
   c.stream.classes_per_step = 5  # 2 steps
   c.stream.max_examples_per_step = 96
   c.budget.passes_per_step = 4
-  c.base_init.epochs = 0.1  # 2 MAE steps of 256 on the stream's 4,000 training images
   c.model_kwargs = SMALL_VIT
   c.checkpoint.max_to_keep = 1
   c.plots = False
+  return c
+
+
+@pytest.mark.slow
+def test_reduced_run_from_scratch(tmp_path):
+  """The run path without base init: dietcl on the config's stream, exact budgets."""
+  c = _reduced(cfg_mod.get_config("scratch,small"), "dietcl")
   lines = []
   res = experiment.run_experiment(c, str(tmp_path), log=lines.append)
   run = res["runs"]["dietcl"]
   assert [s["budget_used"] for s in run["steps"]] == [4.0, 4.0]
   assert 0.0 <= run["final_accuracy"] <= 1.0 and len(run["accuracy_matrix"]) == 2
-  assert any(line.startswith("[base_init] mae") for line in lines)
-  assert os.path.isdir(tmp_path / "base_init")  # the MAE checkpoint every learner started from
+  assert "base_init" not in res and not os.path.isdir(tmp_path / "base_init")
 
 
-def test_validation_mask_is_stratified_and_keeps_a_label():
-  y = np.r_[np.zeros(10), np.ones(5), np.full(1, 2), np.full(4, 3)].astype(np.int32)
-  lab = np.ones(20, bool)
-  lab[15:] = False  # class 3 unlabeled, class 2 one label
-  held = dietcl_tuning.validation_mask(y, lab, 0.2, np.random.default_rng(0))
-  assert np.bincount(y[held], minlength=4).tolist() == [2, 1, 0, 0]
-  assert not np.any(held & ~lab)
-
-
-def test_select_threshold_picks_the_best_candidate():
-  ds = data.load("digits")
-  stream = data.make_stream(ds, "class_incremental", classes_per_step=2, label_rate=0.5, seed=0,
-                            max_examples_per_step=120)
+@pytest.mark.slow
+def test_reduced_run_with_mae_base_init(tmp_path):
+  """The config's path end to end: MAE base init, then dietcl and joint from it (the other
+  learners of the config are run in their own tests; each costs a ViT compile here)."""
+  c = _reduced(cfg_mod.get_config("small"), "dietcl,joint")
+  c.base_init.epochs = 0.1  # 2 MAE steps of 256 on the stream's 4,000 training images
   lines = []
-  res = dietcl_tuning.select_threshold(
-      stream, [0, 100], budget=6, num_steps=3, stream_batch_size=32, log=lines.append,
-      model="vit_micro", model_kwargs={"depth": 1, "dim": 16, "dec_dim": 16}, batch_size=24,
-      lr=5e-3, w_r=1.0, layer_decay=1.0, memory_size=60, chunk=4)
-  assert [r["threshold"] for r in res["table"]] == [0, 100] and len(lines) == 2
-  assert res["scores"][res["best"]] == max(res["scores"].values())
-  assert res["num_steps"] == 3 and res["val_rows"] > 0
-  assert all(len(r["step_accuracy"]) == 3 for r in res["table"])
-  with pytest.raises(ValueError, match="threshold"):
-    dietcl_tuning.select_threshold(stream, [1], budget=2, threshold=3)
-
-
-def test_sweep_writes_table_and_plot(tmp_path):
-  sweep = _module("experiments", "studies", "dietcl_sweep.py")
-  def small(c):
-    c.model_kwargs = SMALL_VIT
-    c.hparams.er.chunk = 2
-    c.checkpoint.max_to_keep = 1
-
-  out = sweep.run_sweep(str(tmp_path), [2, 4], [0.5], "er", mae=False, classes_per_step=5,
-                        max_examples_per_step=48, overrides=small, log=lambda m: None)
-  assert [(c["budget"], c["learner"]) for c in out["cells"]] == [(2, "er"), (4, "er")]
-  assert [c["budget_used"] for c in out["cells"]] == [4.0, 8.0]
-  assert json.load(open(tmp_path / "sweep.json"))["cells"] == out["cells"]
-  assert os.path.isfile(sweep.plot(out, str(tmp_path / "sweep.png")))
-  assert "budget" in sweep.table(out)
+  res = experiment.run_experiment(c, str(tmp_path), log=lines.append)
+  run = res["runs"]["dietcl"]
+  assert [s["budget_used"] for s in run["steps"]] == [4.0, 4.0]
+  assert 0.0 <= run["final_accuracy"] <= 1.0 and len(run["accuracy_matrix"]) == 2
+  # joint spends the cumulative budget (t·B) and is not flagged over budget.
+  assert [s["budget_used"] for s in res["runs"]["joint"]["steps"]] == [4.0, 8.0]
+  assert not any("over the budget" in line for line in lines)
+  assert any(line.startswith("[base_init] mae") for line in lines)
+  assert res["base_init"]["kind"] == "mae"
+  assert os.path.isdir(tmp_path / "base_init")  # the MAE checkpoint every learner started from

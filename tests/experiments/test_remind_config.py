@@ -59,6 +59,7 @@ def reduced_run(tmp_path_factory):
   return wd, experiment.run_experiment(_reduced(), wd, log=lambda m: None)
 
 
+@pytest.mark.slow  # the reduced experiment: base init, PQ, 900 REMIND steps, finetune (~1 min)
 def test_remind_beats_finetune_on_real_digits(reduced_run):
   _, res = reduced_run
   runs = res["runs"]
@@ -75,8 +76,10 @@ def _remind_like(wd, c):
   stream = experiment.make_stream(c)
   base = experiment.base_model(c, stream, wd, log=lambda m: None)
   lrn = experiment.build_learner(c, "remind", stream, base)
-  x = stream.dataset.train.batch(stream.steps[0][:c.stream.batch_size])
-  return lrn.init(jax.random.key(0), {"x": x})
+  idx = stream.steps[0][:c.stream.batch_size]
+  example = {"x": stream.dataset.train.batch(idx),
+             "y": np.asarray(stream.dataset.train.y[idx], np.int32)}
+  return lrn.init(jax.random.key(0), example)
 
 
 def _restore(wd, like):
@@ -84,6 +87,7 @@ def _restore(wd, like):
     return ck.restore_latest(like)
 
 
+@pytest.mark.slow  # needs the reduced experiment, then reruns two of its steps
 def test_resume_mid_stream_equals_uninterrupted(reduced_run, tmp_path):
   wd, res = reduced_run
   other = str(tmp_path / "resumed")

@@ -13,7 +13,9 @@ import pytest
 from cljax import learners
 from cljax.learners import remind as remind_mod
 from cljax.models import resnet
+from cljax.models.pure import Net
 from cljax.ops import pq
+from cljax.train import base_init
 
 GAMMA = 0.01 ** (1 / 13)
 
@@ -25,14 +27,34 @@ def _batch(x, y, valid=None, labeled=None):
           "labeled": jnp.ones(n, bool) if labeled is None else jnp.asarray(labeled)}
 
 
-def _rngs(seed):
-  # rbg keys: initialising a ResNet's ~60 variables compiles ~10x faster on CPU than with threefry.
-  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+def _resnet(num_classes, seed):
+  """A narrow ResNet-18 for 1-channel images, initialised in one jitted program (cached on disk
+  across runs; eager initialisation dispatches ~60 initialisers, ~3 s on CPU) with rbg keys
+  (their initialisers compile ~10x faster on CPU than threefry's)."""
+  def make(key):
+    return resnet.ResNet18(num_classes, width=1 / 16, stem="small", in_channels=1,
+                           rngs=nnx.Rngs(key))
+  key = jax.random.key(seed, impl="rbg")
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(key)))
+  return nnx.merge(graphdef, jax.jit(lambda k: nnx.state(make(k)))(key))
 
 
 def _copy(state):
   # update donates its state argument; tests keep private copies of states they reuse.
   return jax.tree.map(jnp.array, state)
+
+
+def _leaf(tree, path):
+  """The leaf of nested dict ``tree`` at ``path`` (a tuple of keys)."""
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def _paths(tree):
+  """The key paths of the leaves of nested dict ``tree``, as tuples of keys."""
+  return [tuple(getattr(k, "key", getattr(k, "idx", k)) for k in p)
+          for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 # --- the learning-rate schedule ------------------------------------------------------------------
@@ -78,10 +100,11 @@ def test_per_class_lr_restarts_per_class_and_matches_hand_computed_values():
 
 @pytest.fixture(scope="module")
 def small():
-  model = resnet.ResNet18(6, width=1 / 16, stem="small", in_channels=1, rngs=_rngs(0))
+  model = _resnet(6, seed=0)
   g, f = resnet.split_model(model, "layer4.0")
-  _, g_state, g_apply = resnet.make_pure(g)
-  g_fn = lambda x: g_apply(g_state, x)[0]
+  g_net = Net.of(g)
+  g_params = g_net.fixed_params
+  g_fn = lambda x: g_net.apply(g_params, x)  # G in eval mode, parameters closed over
   rng = np.random.default_rng(0)
   raw = rng.normal(size=(96, 16, 16, 1)).astype(np.float32)
   labels = rng.integers(0, 6, size=96).astype(np.int32)
@@ -108,15 +131,24 @@ def test_update_counts_passes_skips_unusable_rows_and_inserts(small):
   valid = np.array([1, 1, 1, 1, 1, 0], bool)
   labeled = np.array([1, 0, 1, 1, 1, 1], bool)
   y = small["labels"][:6]
-  state, met = lrn.update(state, _batch(small["feats"][:6], y, valid, labeled), jax.random.key(1))
-  assert float(met["passes"]) == 4.0 and int(state["steps"]) == 4
-  assert int(state["buffer"].count) == 4
+  state, info = lrn.update(state, _batch(small["feats"][:6], y, valid, labeled),
+                           jax.random.key(1))
+  assert float(info.passes) == 4.0 and int(state["steps"]) == 4
+  assert int(state["buffer"].count) == 4 and int(info.extra["buffer_count"]) == 4
   used = valid & labeled
   np.testing.assert_array_equal(state["class_seen"], np.bincount(y[used], minlength=6))
-  np.testing.assert_array_equal(np.asarray(state["buffer"].labels[:4]), y[used])
-  assert np.isfinite(float(met["loss"]))
+  contents = remind_mod.CODES.contents(state["buffer"])
+  np.testing.assert_array_equal(np.asarray(contents.y[:4]), y[used])
+  assert np.asarray(contents.mask).sum() == 4 and contents.x.dtype == jnp.uint8
+  assert np.isfinite(float(info.loss))
   logits = lrn.predict(state, jnp.asarray(small["feats"][:6]))
   assert logits.shape == (6, 6)
+  # One SGD step per example, whatever a budget says: nothing to spend at the end of a step.
+  assert not lrn.budgeted
+  for budget in (None, 0, 100):
+    after, info = lrn.end_of_step(state, jax.random.key(2), budget)
+    assert float(info.passes) == 0.0
+    jax.tree.map(np.testing.assert_array_equal, after, state)
 
 
 def test_first_step_equals_hand_written_sgd(small):
@@ -124,27 +156,36 @@ def test_first_step_equals_hand_written_sgd(small):
   lrn = _small_learner(small, replay_size=0, random_crop=False, weight_decay=0.01)
   x, y = small["feats"][:1], small["labels"][:1]
   state = lrn.init(jax.random.key(0), _batch(x, y))
-  p0 = _copy(state["params"])
-  stats0 = _copy(state["batch_stats"])
   new, _ = lrn.update(_copy(state), _batch(x, y), jax.random.key(2))
   cb = small["codebook"]
   recon = pq.decode(cb, pq.encode(cb, jnp.asarray(x).reshape(-1, 32))).reshape(1, 2, 2, 32)
-  gdef, _, _ = nnx.split(small["f"], nnx.Param, nnx.BatchStat)
-  ints = remind_mod._int_keys
+  # By hand, from F itself: its weights and its running statistics as separate pure dicts.
+  gdef, weights, stats = nnx.split(small["f"], nnx.Param, nnx.BatchStat)
+  p0, stats0 = nnx.to_pure_dict(weights), nnx.to_pure_dict(stats)
 
   def loss(p):
-    m = nnx.merge(gdef, ints(p), ints(stats0), copy=True)
+    m = nnx.merge(gdef, p, stats0, copy=True)
     logits = m(recon, use_running_average=False)
     return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)).mean()
 
   grads = jax.jit(jax.grad(loss))(p0)
   want = jax.tree.map(lambda p, g: p - 0.1 * (g + 0.01 * p), p0, grads)
-  for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
-  for a, g, p in zip(jax.tree.leaves(new["momentum"]), jax.tree.leaves(grads), jax.tree.leaves(p0)):
-    np.testing.assert_allclose(a, g + 0.01 * p, rtol=2e-4, atol=2e-6)
-  assert any(not np.allclose(a, b) for a, b in
-             zip(jax.tree.leaves(new["batch_stats"]), jax.tree.leaves(stats0)))
+  # The learner keeps one params dict (weights and running statistics): compare leaf by leaf.
+  for path in _paths(p0):
+    np.testing.assert_allclose(_leaf(new["params"], path), _leaf(want, path), rtol=2e-4,
+                               atol=2e-6, err_msg=str(path))
+  # SGD momentum (optax trace) after one step: g + wd * p on the weights, and nothing at all on
+  # the running statistics (no gradient, no weight decay).
+  (momentum,) = [s.trace for s in new["opt"] if isinstance(s, optax.TraceState)]
+  for path in _paths(p0):
+    np.testing.assert_allclose(_leaf(momentum, path),
+                               _leaf(grads, path) + 0.01 * _leaf(p0, path), rtol=2e-4, atol=2e-6,
+                               err_msg=str(path))
+  for path in _paths(stats0):
+    np.testing.assert_array_equal(_leaf(momentum, path), 0.0)
+  # F's batch norm ran in train mode: the running statistics moved.
+  assert any(not np.allclose(_leaf(new["params"], path), _leaf(stats0, path))
+             for path in _paths(stats0))
 
 
 def test_g_fn_on_raw_inputs_equals_pre_extracted_features(small):
@@ -174,7 +215,7 @@ def test_unrolled_and_scanned_steps_agree(small):
   for i in range(2):
     s1, m1 = scan.update(s1, bt, jax.random.key(7 + i))
     s2, m2 = unroll.update(s2, bt, jax.random.key(7 + i))
-    assert float(m1["passes"]) == float(m2["passes"]) == 2.0
+    assert float(m1.passes) == float(m2.passes) == 2.0
   for u, v in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
     np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
 
@@ -184,23 +225,25 @@ def test_b_new_examples_per_step(small):
                        base_labels=small["labels"][40:62])
   state = lrn.init(jax.random.key(0), _batch(small["feats"][:6], small["labels"][:6]))
   assert int(state["buffer"].count) == 22
-  state, met = lrn.update(state, _batch(small["feats"][:6], small["labels"][:6]), jax.random.key(4))
-  assert float(met["passes"]) == 2.0 and int(state["buffer"].count) == 24  # full: 4 evictions
-  assert int(state["buffer"].class_counts.sum()) == 24
+  state, info = lrn.update(state, _batch(small["feats"][:6], small["labels"][:6]),
+                           jax.random.key(4))
+  assert float(info.passes) == 2.0 and int(state["buffer"].count) == 24  # full: 4 evictions
+  assert int(state["buffer"].class_count.sum()) == 24
   with pytest.raises(ValueError, match="multiple"):
     lrn.update(state, _batch(small["feats"][:4], small["labels"][:4]), jax.random.key(5))
 
 
-def test_resume_mid_stream_equals_uninterrupted_and_no_recompiles(small, tmp_path):
+def test_resume_mid_stream_equals_uninterrupted_and_no_recompiles(small, tmp_path, compiles):
   lrn = _small_learner(small, base_features=small["feats"][60:], base_labels=small["labels"][60:])
   batches = [_batch(small["feats"][i:i + 6], small["labels"][i:i + 6]) for i in range(0, 36, 6)]
   keys = [jax.random.key(100 + i) for i in range(len(batches))]
   init = lrn.init(jax.random.key(0), batches[0])
 
-  whole = _copy(init)
-  for bt, k in zip(batches, keys):
-    whole, _ = lrn.update(whole, bt, k)
-  assert lrn.update._cache_size() == 1  # the buffer filled up (24 slots, 36 base + 36 new items)
+  whole, _ = lrn.update(_copy(init), batches[0], keys[0])
+  with compiles() as n:  # the buffer filled up (24 slots, 36 base + 36 new items): one program
+    for bt, k in zip(batches[1:], keys[1:]):
+      whole, _ = lrn.update(whole, bt, k)
+  assert n[0] == 0, n
 
   # Interrupted after 3 batches: through host numpy, and through an orbax checkpoint.
   mid = _copy(init)
@@ -232,6 +275,7 @@ def _mnist():
   return x, d[:, 784].astype(np.int32)
 
 
+@pytest.mark.slow  # trains a ResNet on 750 real digits, then 500 REMIND steps twice
 def test_remind_beats_naive_fine_tuning_on_mnist():
   x, y = _mnist()
   rng = np.random.default_rng(0)
@@ -241,7 +285,7 @@ def test_remind_beats_naive_fine_tuning_on_mnist():
   stream_idx = np.concatenate([rng.permutation(per[c][50:150]) for c in range(5, 10)])  # class_iid
 
   # Base initialization: a narrow ResNet-18 trained on classes 0-4 (2 epochs, SGD).
-  model = resnet.ResNet18(10, width=1 / 16, stem="small", in_channels=1, rngs=_rngs(0))
+  model = _resnet(10, seed=0)
   gdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.sgd(0.05, momentum=0.9)
   opt = tx.init(params)
@@ -265,8 +309,8 @@ def test_remind_beats_naive_fine_tuning_on_mnist():
 
   # Freeze G (eval-mode batch norm); PQ codebook from base-init features.
   g, f = resnet.split_model(model, "layer4.0")
-  _, g_state, g_apply = resnet.make_pure(g)
-  feats_of = jax.jit(lambda xb: g_apply(g_state, xb)[0])
+  g_net = Net.of(g)
+  feats_of = jax.jit(lambda xb: g_net.apply(g_net.fixed_params, xb))
   base_feats = np.asarray(feats_of(x[base_idx]))
   stream_feats = np.asarray(feats_of(x[stream_idx]))
   test_feats = jnp.asarray(feats_of(x[test_idx]))
@@ -278,15 +322,15 @@ def test_remind_beats_naive_fine_tuning_on_mnist():
   for name, r in (("remind", 20), ("naive", 0)):
     lrn = learners.get("remind", num_classes=10, codebook=codebook, f_module=f, replay_size=r,
                        buffer_capacity=400, base_features=base_feats, base_labels=y[base_idx])
-    state = lrn.init(jax.random.key(1), {"x": stream_feats[:50]})
+    state = lrn.init(jax.random.key(1), {"x": stream_feats[:50], "y": y[stream_idx[:50]]})
     for i in range(0, len(stream_idx), 50):
-      state, met = lrn.update(state, _batch(stream_feats[i:i + 50], y[stream_idx[i:i + 50]]),
-                              jax.random.key(10 + i))
-      assert float(met["passes"]) == 50.0  # one SGD step per example
+      state, info = lrn.update(state, _batch(stream_feats[i:i + 50], y[stream_idx[i:i + 50]]),
+                               jax.random.key(10 + i))
+      assert float(info.passes) == 50.0  # one SGD step per example
     pred = np.asarray(lrn.predict(state, test_feats)).argmax(-1)
     right = pred == y[test_idx]
     acc[name] = (right.mean(), right[y[test_idx] < 5].mean(), right[y[test_idx] >= 5].mean())
-    counts = np.asarray(state["buffer"].class_counts)
+    counts = np.asarray(state["buffer"].class_count)
     assert counts.sum() == 400 and counts.max() - counts.min() <= 2  # class-balanced once full
 
   print("test accuracy (all, classes 0-4, classes 5-9):", acc)
@@ -299,20 +343,27 @@ def test_remind_beats_naive_fine_tuning_on_mnist():
 # --- REMIND's base initialisation from a base model (the experiment's `base` hook) ----------------
 
 
+def _base(name, x, y, **model_kwargs):
+  """A ``BaseInit`` of an untrained network ``name`` (what the experiment hands REMIND)."""
+  net = Net.named(name, 3, **model_kwargs)
+  params = jax.jit(net.init, static_argnums=1)(jax.random.key(0), x.shape[1:])  # one program
+  model = base_init.Model(name, model_kwargs, net, params)
+  return base_init.BaseInit(model, x, y, sorted(set(y.tolist()) - {-1}), "supervised", "", None)
+
+
 def test_remind_from_base_checks_its_inputs():
-  import types  # pylint: disable=import-outside-toplevel
-  from cljax.learners import _common  # pylint: disable=import-outside-toplevel
+  assert learners.inputs("remind") == ("base",)
   with pytest.raises(ValueError, match="codebook"):
     learners.get("remind", num_classes=3)
   x = np.zeros((4, 8, 8, 1), np.float32)
-  mlp = types.SimpleNamespace(pure=_common.pure_model("mlp", (8, 8, 1), 3, jax.random.key(0)),
-                              x=x, y=np.zeros(4, np.int32))
+  mlp = _base("mlp", x, np.zeros(4, np.int32))
   with pytest.raises(ValueError, match="resnet18"):
     learners.get("remind", num_classes=3, base=mlp)
   with pytest.raises(ValueError, match="not both"):
     learners.get("remind", num_classes=3, base=mlp, g_fn=lambda v: v)
-  net = _common.pure_model("resnet18", (8, 8, 1), 3, jax.random.key(0),
-                           dict(width=1 / 16, stem="small"))
-  unlabeled = types.SimpleNamespace(pure=net, x=x, y=np.full(4, -1, np.int32))
+  unlabeled = _base("resnet18", x, np.full(4, -1, np.int32), width=1 / 16, stem="small")
   with pytest.raises(ValueError, match="labelled"):
     learners.get("remind", num_classes=3, base=unlabeled)
+  # F is given as a module: the old graphdef/state pair is gone.
+  with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['f_graphdef'"):
+    learners.get("remind", num_classes=3, f_graphdef=None, f_state=None)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cljax.models import resnet
+from cljax.models.pure import Net
 
 
 def _rngs(seed):
@@ -82,33 +83,43 @@ def test_f_of_g_equals_the_whole_model_in_eval_mode(split):
   model = _model()
   x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
   g, f = resnet.split_model(model, split)
-  g_def, g_state, g_apply = resnet.make_pure(g)
-  f_def, f_state, f_apply = resnet.make_pure(f)
-  feats, _ = jax.jit(g_apply)(g_state, x)
-  logits, _ = jax.jit(f_apply)(f_state, feats)
-  whole = jax.jit(lambda s, x: resnet.pure_apply(nnx.graphdef(model), s, x)[0])(nnx.state(model), x)
+  g_net, f_net, whole_net = Net.of(g), Net.of(f), Net.of(model)
+  feats = jax.jit(g_net.apply)(g_net.fixed_params, x)
+  logits = jax.jit(f_net.apply)(f_net.fixed_params, feats)
+  whole = jax.jit(whole_net.apply)(whole_net.fixed_params, x)
   np.testing.assert_allclose(logits, whole, rtol=1e-5, atol=1e-5)
   # F's state holds only F's variables: REMIND keeps G out of the learner state.
   assert all(p.startswith(("blocks/", "fc/")) for p in _paths(f))
+  assert "fc" in f_net.fixed_params and set(f_net.fixed_params) <= {"blocks", "fc"}
 
 
 def test_batch_norm_modes_in_pure_functions():
   model = _model()
   g, f = resnet.split_model(model, "layer4.0")
-  _, g_state, g_apply = resnet.make_pure(g)
-  _, f_state, f_apply = resnet.make_pure(f)
+  g_net, f_net = Net.of(g), Net.of(f)
+  g_params, f_params = g_net.fixed_params, f_net.fixed_params
+  g_before = jax.tree.map(np.array, g_params)
   x = jax.random.normal(jax.random.key(2), (4, 16, 16, 3)) * 3 + 1
-  feats, g_after = jax.jit(g_apply)(g_state, x)  # eval mode: running statistics untouched
-  for a, b in zip(jax.tree.leaves(g_state), jax.tree.leaves(g_after)):
+  feats = jax.jit(g_net.apply)(g_params, x)  # eval mode: nothing to return but the output
+  for a, b in zip(jax.tree.leaves(g_before), jax.tree.leaves(g_params)):
     np.testing.assert_array_equal(a, b)
-  out_train, f_after = jax.jit(f_apply, static_argnums=2)(f_state, feats, True)
-  out_eval, _ = jax.jit(f_apply, static_argnums=2)(f_state, feats, False)
-  stats_before = jax.tree.leaves(nnx.state(f, nnx.BatchStat))
-  stats_after = jax.tree.leaves(nnx.filter_state(f_after, nnx.BatchStat))
-  assert any(not np.allclose(a, b) for a, b in zip(stats_before, stats_after))
+  out_train, f_after = jax.jit(f_net.apply_train)(f_params, feats)
+  out_eval = jax.jit(f_net.apply)(f_params, feats)
+  is_stat = f_net.stat_mask(f_params, feats.shape[1:])
+  assert sum(jax.tree.leaves(is_stat)) == 4  # mean and var of layer4.1's bn1 and bn2
+  moved = [not np.allclose(a, b) for a, b, s in zip(jax.tree.leaves(f_params),
+                                                    jax.tree.leaves(f_after),
+                                                    jax.tree.leaves(is_stat)) if s]
+  assert any(moved)
+  # Train mode moves the running statistics only: every weight comes back as it was.
+  for a, b, s in zip(jax.tree.leaves(f_params), jax.tree.leaves(f_after), jax.tree.leaves(is_stat)):
+    if not s:
+      np.testing.assert_array_equal(a, b)
   assert not np.allclose(out_train, out_eval)
-  # The module itself was not mutated by the pure call.
-  for a, b in zip(stats_before, jax.tree.leaves(nnx.state(f, nnx.BatchStat))):
+  # The module itself was not mutated by the pure calls.
+  stats_module = jax.tree.leaves(nnx.state(f, nnx.BatchStat))
+  stats_params = [a for a, s in zip(jax.tree.leaves(f_params), jax.tree.leaves(is_stat)) if s]
+  for a, b in zip(stats_params, stats_module):
     np.testing.assert_array_equal(a, b)
 
 
@@ -120,8 +131,9 @@ def test_torch_state_dict_round_trip():
   sd["layer1.0.bn1.num_batches_tracked"] = np.array(0)
   resnet.load_torch_state_dict(dst, sd)
   x = jax.random.normal(jax.random.key(3), (2, 12, 12, 3))
-  run = jax.jit(lambda s, x: resnet.pure_apply(nnx.graphdef(src), s, x)[0])
-  np.testing.assert_array_equal(run(nnx.state(dst), x), run(nnx.state(src), x))
+  net = Net.of(src)
+  run = jax.jit(net.apply)
+  np.testing.assert_array_equal(run(Net.of(dst).fixed_params, x), run(net.fixed_params, x))
   del sd["fc.bias"]
   with pytest.raises(KeyError):
     resnet.load_torch_state_dict(dst, sd)
@@ -130,16 +142,12 @@ def test_torch_state_dict_round_trip():
 def test_batch_norm_mask_ignores_padding_rows():
   model = _model()
   _, f = resnet.split_model(model, "layer4.0")
-  f_def, f_state, _ = resnet.make_pure(f)
-
-  def run(state, h, mask):
-    m = nnx.merge(f_def, state, copy=True)
-    return m(h, use_running_average=False, mask=mask), nnx.state(m)
-
+  f_net = Net.of(f)
+  run = jax.jit(f_net.apply_train)
   h = jax.random.normal(jax.random.key(4), (4, 4, 4, 32))
   padded = h.at[2:].set(50.0)
-  out_m, st_m = jax.jit(run)(f_state, padded, jnp.array([True, True, False, False]))
-  out_2, st_2 = jax.jit(run)(f_state, h[:2], None)
+  out_m, st_m = run(f_net.fixed_params, padded, jnp.array([True, True, False, False]))
+  out_2, st_2 = run(f_net.fixed_params, h[:2])
   np.testing.assert_allclose(out_m[:2], out_2, rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree.leaves(st_m), jax.tree.leaves(st_2)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,11 @@
-"""Tests for cljax.models.vit: shapes, MAE loss on masked patches only, the grown head, lr layers."""
+"""Tests for cljax.models.vit: shapes, MAE loss on masked patches only, the grown head, lr layers.
+
+The model is used as ``cljax.models.pure.Net.named("vit_micro", ...)``; every forward pass runs
+jitted (op by op, a ViT dispatches for seconds on CPU), and parameters come from a jitted ``init``
+(cached on disk across runs).
+"""
+
+import functools
 
 from flax import nnx
 import jax
@@ -7,33 +14,48 @@ import numpy as np
 import pytest
 
 from cljax.models import vit
+from cljax.models.pure import Net
+from cljax.ops import losses
 
 
 def _micro(in_shape=(28, 28, 1), k=10, **kw):
   return vit.create(in_shape, k, nnx.Rngs(0), config="micro", **kw)
 
 
+@functools.lru_cache(maxsize=None)
+def _net(in_shape=(28, 28, 1), k=10, patch=7, dtype=None):
+  """(Net, params) of a micro ViT for examples of shape ``in_shape`` (built once per process)."""
+  net = Net.named("vit_micro", k, patch=patch, **({} if dtype is None else {"dtype": dtype}))
+  return net, jax.jit(net.init, static_argnums=1)(jax.random.key(0), in_shape)
+
+
 @pytest.mark.parametrize("in_shape,patch,n", [((28, 28, 1), 7, 16), ((224, 224, 3), 16, 196),
                                               ((8, 8, 1), 4, 4)])
 def test_shapes(in_shape, patch, n):
-  m = _micro(in_shape, patch=patch)
-  f = vit.pure_vit(m)
+  net, params = _net(in_shape, patch=patch)
   x = jnp.ones((2, *in_shape))
-  assert m.num_patches == n
-  assert f.encode(f.params, x).shape == (2, n, 32)
-  tok, mask, restore = f.encode(f.params, x, jax.random.key(1))
+  assert net.module(params, in_shape).num_patches == n
+
+  @jax.jit  # one program: op by op, the ViT dispatches for seconds on CPU
+  def run(p, x):
+    return (net.call(p, x, "encode"), net.call(p, x, "encode", jax.random.key(1)),
+            net.apply(p, x), net.features(p, x), net.call(p, x, "mae_loss", jax.random.key(2)))
+
+  tokens, (tok, mask, restore), logits, feats, loss = run(params, x)
+  assert tokens.shape == (2, n, 32)
   n_keep = max(1, round(n * 0.25))
   assert tok.shape == (2, n_keep, 32)
   assert mask.shape == restore.shape == (2, n)
   assert np.all(np.asarray(mask).sum(1) == n - n_keep)
-  assert f.logits(f.params, x).shape == (2, 10)
-  assert f.features(f.params, x).shape == (2, 32)
-  assert np.isfinite(float(f.mae_loss(f.params, x, jax.random.key(2))))
+  assert logits.shape == (2, 10)
+  assert feats.shape == (2, 32)
+  assert np.isfinite(float(loss))
 
 
 def test_default_patch_and_config_sizes():
-  assert _micro((28, 28, 1)).patch == 7
-  assert _micro((224, 224, 3)).patch == 16
+  # Abstract modules (shapes only): the patch size is static.
+  assert nnx.eval_shape(lambda: _micro((28, 28, 1))).patch == 7
+  assert nnx.eval_shape(lambda: _micro((224, 224, 3))).patch == 16
   tiny = nnx.eval_shape(lambda: vit.create((224, 224, 3), 1000, nnx.Rngs(0), config="tiny"))
   enc = {k: v for k, v in nnx.to_flat_state(nnx.state(tiny, nnx.Param))
          if not str(k[0]).startswith(("dec", "mask_token"))}
@@ -52,15 +74,25 @@ def test_masking_keeps_a_fixed_number_and_restores_order():
 
 
 def test_mae_loss_only_counts_masked_patches():
-  m = _micro()
-  f = vit.pure_vit(m)
+  net, params = _net()
+
+  @jax.jit
+  def mae_loss(p, x, key):
+    return net.call(p, x, "mae_loss", key)
+
+  @jax.jit
+  def encode_decode(p, x, key):  # the MAE forward pass, split where the target comes in
+    m = net.module(p, x.shape[1:])
+    tokens, mask, restore = m.encode(x, key)
+    return m.decode(tokens, restore), mask
+
   x = jax.random.uniform(jax.random.key(0), (1, 28, 28, 1))
   key = jax.random.key(3)
-  _, mask, _ = f.encode(f.params, x, key)
-  mask = np.asarray(mask)[0].reshape(4, 4)  # patch grid of 7x7 patches
+  pred, mask_ = encode_decode(params, x, key)
+  mask = np.asarray(mask_)[0].reshape(4, 4)  # patch grid of 7x7 patches
   vis = tuple(np.argwhere(mask == 0)[0])
   hid = tuple(np.argwhere(mask == 1)[0])
-  base = float(f.mae_loss(f.params, x, key))
+  base = float(mae_loss(params, x, key))
 
   def edit(cell):  # x with the 7x7 patch at grid cell (row, col) replaced by noise
     r, c = cell
@@ -68,13 +100,9 @@ def test_mae_loss_only_counts_masked_patches():
         jax.random.uniform(jax.random.key(9), (7, 7)))
 
   # A masked patch: the encoder never sees it, only the target changes -> the loss changes.
-  assert abs(float(f.mae_loss(f.params, edit(hid), key)) - base) > 1e-4
+  assert abs(float(mae_loss(params, edit(hid), key)) - base) > 1e-4
   # A visible patch also feeds the encoder, so hold the encoder input fixed and edit only the
   # reconstruction target: the loss must not move (visible patches carry no loss).
-  m2 = nnx.merge(f.graphdef, f.params, copy=True)
-  tokens, mask_, restore = m2.encode(x, key)
-  pred = m2.decode(tokens, restore)
-
   def loss_with_target(img):
     t = vit.patchify(img, 7)
     t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(t.var(-1, keepdims=True) + 1e-6)
@@ -86,11 +114,10 @@ def test_mae_loss_only_counts_masked_patches():
 
 
 def test_head_mask_and_layer_ids():
-  m = _micro()
-  f = vit.pure_vit(m)
+  net, params = _net()
   x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
   seen = jnp.zeros(10, bool).at[jnp.array([2, 5])].set(True)
-  pred = np.asarray(vit.masked_logits(f.logits(f.params, x), seen)).argmax(1)
+  pred = np.asarray(losses.mask_logits(jax.jit(net.apply)(params, x), seen)).argmax(1)
   assert set(pred) <= {2, 5}
   assert vit.layer_id(("patch_embed", "kernel"), 2) == 0
   assert vit.layer_id(("blocks", 1, "qkv", "kernel"), 2) == 2
@@ -100,22 +127,22 @@ def test_head_mask_and_layer_ids():
 
 def test_bfloat16_compute_keeps_float32_params_logits_and_loss():
   x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
-  f32 = vit.pure_vit(_micro())
-  bf16 = vit.pure_vit(_micro(dtype="bfloat16"))
+  f32, p32 = _net()
+  bf16, p16 = _net(dtype="bfloat16")
   # Same initialization, float32 parameters in both.
-  assert jax.tree.structure(f32.params) == jax.tree.structure(bf16.params)
-  for a, b in zip(jax.tree.leaves(f32.params), jax.tree.leaves(bf16.params)):
+  assert jax.tree.structure(p32) == jax.tree.structure(p16)
+  for a, b in zip(jax.tree.leaves(p32), jax.tree.leaves(p16)):
     assert b.dtype == jnp.float32
     np.testing.assert_array_equal(a, b)
   key = jax.random.key(2)
 
   @jax.jit  # one program: op-by-op bfloat16 on CPU is slow
   def run(p32, p16):
-    return (bf16.encode(p16, x), f32.logits(p32, x), bf16.logits(p16, x),
-            f32.mae_loss(p32, x, key), bf16.mae_loss(p16, x, key),
-            jax.grad(bf16.mae_loss)(p16, x, key))
+    mae16 = lambda p: bf16.call(p, x, "mae_loss", key)
+    return (bf16.call(p16, x, "encode"), f32.apply(p32, x), bf16.apply(p16, x),
+            f32.call(p32, x, "mae_loss", key), mae16(p16), jax.grad(mae16)(p16))
 
-  tok, lo32, lo16, l32, l16, g = run(f32.params, bf16.params)
+  tok, lo32, lo16, l32, l16, g = run(p32, p16)
   assert tok.dtype == jnp.bfloat16
   assert lo16.dtype == jnp.float32
   np.testing.assert_allclose(lo16, lo32, atol=0.05 * float(jnp.abs(lo32).max()) + 1e-3)

@@ -8,6 +8,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cljax.ops import sharding
 
@@ -41,8 +42,8 @@ CHILD = textwrap.dedent("""
       if mesh is not None:
         state, batch = mesh_lib.replicate(mesh, state), mesh_lib.shard_batch(mesh, batch)
       state, _ = er.update(state, batch, jax.random.key(1))
-      state, m = er.end_of_step(state, jax.random.key(2), jnp.int32(20))
-      return jax.device_get(state["params"]), float(m["passes"])
+      state, info = er.end_of_step(state, jax.random.key(2), 20)
+      return jax.device_get(state["params"]), float(info.passes)
 
     p1, n1 = run(None)
     mesh = mesh_lib.data_mesh(4)
@@ -51,9 +52,9 @@ CHILD = textwrap.dedent("""
       p4, n4 = run(mesh)
     assert n1 == n4 == 20, (n1, n4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), p1, p4)
-    # The end-of-step training chunk compiled under the mesh all-reduces its gradients: each
-    # device ran its rows of the sampled batch.
-    chunks = [f for f in glob.glob(os.path.join(os.environ["DUMP"], "*_train_chunk*"))
+    # The end-of-step training chunk (cljax.train.loop.Loop's jitted _run_chunk) compiled under
+    # the mesh all-reduces its gradients: each device ran its rows of the sampled batch.
+    chunks = [f for f in glob.glob(os.path.join(os.environ["DUMP"], "*_run_chunk*"))
               if f.endswith("after_optimizations.txt")]
     assert chunks, sorted(os.listdir(os.environ["DUMP"]))[:20]
     reduced = ["all-reduce" in open(f).read() for f in chunks]
@@ -62,11 +63,12 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a 4-device child process compiling from scratch (~35 s)
 def test_er_training_is_split_over_four_devices_and_matches_one(tmp_path):
   dump = str(tmp_path / "hlo")
   env = dict(os.environ, DUMP=dump, XLA_FLAGS=(
       f"--xla_force_host_platform_device_count=4 --xla_dump_to={dump} --xla_dump_hlo_as_text "
-      "--xla_dump_hlo_module_re=.*train_chunk.*"))
+      "--xla_dump_hlo_module_re=.*run_chunk.*"))
   env.pop("CLJAX_JAX_CACHE", None)  # a cache hit would skip the compile, and so the HLO dump
   out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=600)

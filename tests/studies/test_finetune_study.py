@@ -4,10 +4,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from experiments.studies import finetune as study
 
 
+@pytest.mark.slow
 def test_study_end_to_end_reduced(tmp_path, capsys):
   # one class draw; every setting but the constant one shares the learner of 1 epoch per update
   cfg = dict(study.DEFAULTS, repeats=1, per_class=100, base_epochs=1.0, epochs=[1.0],

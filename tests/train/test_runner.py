@@ -127,3 +127,28 @@ def test_half_written_step_is_ignored(tmp_path):
   again = experiment.run_experiment(cfg, wd, resume=True, log=logs.append)
   assert any("resumed after step 3" in m for m in logs), logs
   np.testing.assert_array_equal(_acc(full)["finetune"], _acc(again)["finetune"])
+
+
+def test_er_learns_new_classes_during_a_step(digits_run):
+  # anytime evaluation mid-step: ER trains on each batch as it arrives, so its accuracy on the
+  # seen classes (the new ones included) rises within a step instead of waiting for its end
+  _, res = digits_run
+  pts = res["runs"]["er"]["eval_points"]
+  rises = []
+  for t in range(1, 5):
+    mid = [p["accuracy"] for p in pts if p["step"] == t]
+    if len(mid) >= 2:
+      rises.append(mid[-1] - mid[0])
+  assert rises and np.mean(rises) > 0.05, rises
+
+
+def test_learner_hparams_are_checked_before_any_training(tmp_path):
+  c = small_config("er,finetune")
+  c.hparams.finetune = dict(lrr=1e-3)
+  with pytest.raises(experiment.ConfigError, match=r"hparams.finetune: .*'lrr'.*valid: .*'lr'"):
+    experiment.run_experiment(c, str(tmp_path / "a"), log=lambda m: None)
+  c = small_config("er,finetune")
+  c.hparams.finetune = dict(batch_size=0)  # a bad value: refused when built, before er trains
+  with pytest.raises(experiment.ConfigError, match="batch_size must be >= 1"):
+    experiment.run_experiment(c, str(tmp_path / "b"), log=lambda m: None)
+  assert not os.path.exists(os.path.join(str(tmp_path / "b"), "checkpoints", "er"))

@@ -1,0 +1,47 @@
+"""experiments/studies/dietcl_sweep.py: budget x label-rate grid of dietcl-config runs."""
+
+import json
+import os
+
+import pytest
+
+from experiments.studies import dietcl_sweep as sweep
+
+SMALL_VIT = {"patch": 7, "depth": 1, "dim": 16, "dec_dim": 16}  # compile time rules these tests
+
+
+def test_cell_config_sets_the_grid_and_shares_the_mae_checkpoint():
+  c = sweep.cell_config(40, 0.1, "dietcl,er", True, "/w/base_init", classes_per_step=5,
+                        max_examples_per_step=48, mae_epochs=0.5)
+  assert (c.budget.passes_per_step, c.stream.label_rate, c.learners) == (40, 0.1, "dietcl,er")
+  assert (c.stream.classes_per_step, c.stream.max_examples_per_step) == (5, 48)
+  assert c.base_init.kind == "mae" and c.base_init.checkpoint == "/w/base_init"
+  assert c.base_init.epochs == 0.5 and c.plots is False
+  c = sweep.cell_config(20, 0.05, "er", False, "", overrides=lambda c: setattr(c, "seed", 3))
+  assert c.base_init.kind == "supervised" and c.seed == 3  # scratch: no base init
+
+
+def test_table_and_plot_from_cells(tmp_path):
+  out = {"cells": [{"budget": b, "label_rate": r, "learner": n, "final_accuracy": 0.1 * b / 20,
+                    "average_accuracy": 0.5, "budget_used": 5.0 * b, "wall_s": 1.0}
+                   for b in (20, 40) for r in (0.05, 0.1) for n in ("dietcl", "er")]}
+  t = sweep.table(out)
+  assert "budget" in t and len(t.splitlines()) == 9
+  assert os.path.getsize(sweep.plot(out, str(tmp_path / "sweep.png"))) > 1000
+
+
+@pytest.mark.slow
+def test_sweep_writes_table_and_plot(tmp_path):
+  def small(c):
+    c.model_kwargs = SMALL_VIT
+    c.hparams.er.chunk = 2
+    c.checkpoint.max_to_keep = 1
+
+  out = sweep.run_sweep(str(tmp_path), [2, 4], [0.5], "er", mae=False, classes_per_step=5,
+                        max_examples_per_step=48, overrides=small, log=lambda m: None)
+  assert [(c["budget"], c["learner"]) for c in out["cells"]] == [(2, "er"), (4, "er")]
+  assert [c["budget_used"] for c in out["cells"]] == [4.0, 8.0]
+  assert json.load(open(tmp_path / "sweep.json"))["cells"] == out["cells"]
+  assert os.path.isfile(sweep.plot(out, str(tmp_path / "sweep.png")))
+  assert "budget" in sweep.table(out)
+  assert os.path.isfile(tmp_path / "b2_l0.5" / "results.json")  # each cell's own run
