@@ -222,57 +222,47 @@ def _add_label_noise(src: ArraySource, idx: np.ndarray, rate: float, rng) -> np.
 
 
 @dataclasses.dataclass(frozen=True)
-class _BatchSpec:
-  step: int
-  index: np.ndarray    # [B] into dataset.train (padding rows repeat index 0)
-  label: np.ndarray    # [B] int32 streamed labels
-  valid: np.ndarray    # [B] bool
-  labeled: np.ndarray  # [B] bool
-  last_in_step: bool
-
-
-def batch_specs(stream: Stream, batch_size: int) -> list:
-  """Fixed-size batches of the stream in order; each step's last batch padded (valid=False)."""
-  if batch_size < 1:
-    raise DataError(f"batch_size must be >= 1, got {batch_size}")
-  specs = []
-  for t, (idx, lab, ys) in enumerate(zip(stream.steps, stream.labeled, stream.labels)):
-    if len(idx) == 0:
-      raise DataError(f"step {t} of the stream is empty")
-    for s in range(0, len(idx), batch_size):
-      b, l = idx[s:s + batch_size], lab[s:s + batch_size]
-      pad = batch_size - len(b)
-      specs.append(_BatchSpec(
-          t, np.concatenate([b, np.zeros(pad, np.int64)]),
-          np.concatenate([ys[s:s + batch_size], np.zeros(pad, np.int32)]).astype(np.int32),
-          np.concatenate([np.ones(len(b), bool), np.zeros(pad, bool)]),
-          np.concatenate([l, np.zeros(pad, bool)]), s + batch_size >= len(idx)))
-  return specs
-
-
-@dataclasses.dataclass(frozen=True)
 class _ChunkSpec:
-  """Consecutive batches of one step, loaded together (one gather, one check, one transfer)."""
+  """Consecutive fixed-size batches of one step, loaded together (one gather, one check, one
+  transfer). Arrays are [n, B]; a step's last batch is padded (index 0, ``valid`` False)."""
 
   step: int
-  first_batch: int           # number of the chunk's first batch in the whole stream
-  batches: tuple             # of _BatchSpec
-  ends_step: bool            # its last batch is the step's last
+  first_batch: int     # number of the chunk's first batch in the whole stream
+  index: np.ndarray    # [n, B] int64 into dataset.train
+  label: np.ndarray    # [n, B] int32 streamed labels
+  valid: np.ndarray    # [n, B] bool
+  labeled: np.ndarray  # [n, B] bool
+  ends_step: bool      # its last batch is the step's last
 
 
 def chunk_specs(stream: Stream, batch_size: int, max_bytes: int = 16 << 20,
                 max_batches: int = 256) -> list:
-  """The stream's batches grouped into chunks of at most ``max_batches`` batches and about
-  ``max_bytes`` of inputs; a chunk never spans two steps."""
-  specs = batch_specs(stream, batch_size)
+  """The stream's fixed-size batches grouped into chunks of at most ``max_batches`` batches and
+  about ``max_bytes`` of inputs; a chunk never spans two steps. Built per step with array ops
+  (a stream streamed one example at a time has as many batches as examples)."""
+  if batch_size < 1:
+    raise DataError(f"batch_size must be >= 1, got {batch_size}")
   row_bytes = 4 * int(np.prod(stream.dataset.train.example_shape))
   per = int(max(1, min(max_batches, max_bytes // max(1, row_bytes * batch_size))))
-  chunks, cur = [], []
-  for n, b in enumerate(specs):
-    cur.append(b)
-    if b.last_in_step or len(cur) == per:
-      chunks.append(_ChunkSpec(b.step, n - len(cur) + 1, tuple(cur), b.last_in_step))
-      cur = []
+  chunks, first = [], 0
+  for t, (idx, lab, ys) in enumerate(zip(stream.steps, stream.labeled, stream.labels)):
+    m = len(idx)
+    if m == 0:
+      raise DataError(f"step {t} of the stream is empty")
+    nb = -(-m // batch_size)
+    pad = nb * batch_size - m
+
+    def grid(a, fill, dtype):
+      return np.concatenate([np.asarray(a, dtype), np.full(pad, fill, dtype)]).reshape(
+          nb, batch_size)
+
+    index, label = grid(idx, 0, np.int64), grid(ys, 0, np.int32)
+    valid, labeled = grid(np.ones(m, bool), False, bool), grid(lab, False, bool)
+    for s in range(0, nb, per):
+      e = min(s + per, nb)
+      chunks.append(_ChunkSpec(t, first + s, index[s:e], label[s:e], valid[s:e],
+                               labeled[s:e], e == nb))
+    first += nb
   return chunks
 
 
@@ -283,14 +273,11 @@ class _Loader(grain.transforms.Map):
     self._src = src
 
   def map(self, spec: _ChunkSpec) -> dict:
-    bs = spec.batches
-    n, b = len(bs), len(bs[0].index)
-    x = self._src.batch(np.concatenate([s.index for s in bs]))
-    valid = np.stack([s.valid for s in bs])
-    return {"x": x.reshape(n, b, *x.shape[1:]), "y": np.stack([s.label for s in bs]),
-            "valid": valid, "labeled": np.stack([s.labeled for s in bs]) & valid,
-            "step": np.int32(spec.step), "first_batch": np.int64(spec.first_batch),
-            "ends_step": np.bool_(spec.ends_step)}
+    n, b = spec.index.shape
+    x = self._src.batch(spec.index.reshape(-1))
+    return {"x": x.reshape(n, b, *x.shape[1:]), "y": spec.label, "valid": spec.valid,
+            "labeled": spec.labeled & spec.valid, "step": np.int32(spec.step),
+            "first_batch": np.int64(spec.first_batch), "ends_step": np.bool_(spec.ends_step)}
 
   def __repr__(self):
     return f"_Loader({self._src!r})"

@@ -135,13 +135,13 @@ def _check_chunk(chunk: dict, example_shape: tuple, num_classes: int, where: str
     raise DataError(str(e)) from None
 
 
-def _batches_of(mesh, chunk: dict):
+def _batches_of(mesh, chunk: dict) -> list:
   """The chunk's batches in order: numpy views on one device (jit transfers them with the call,
   the cheapest way in), sharded over the ``data`` axis on several."""
-  keys = ("x", "y", "valid", "labeled")
-  for i in range(chunk["y"].shape[0]):
-    batch = {k: chunk[k][i] for k in keys}
-    yield batch if mesh.devices.size == 1 else mesh_lib.shard_batch(mesh, batch)
+  x, y, valid, labeled = chunk["x"], chunk["y"], chunk["valid"], chunk["labeled"]
+  out = [{"x": x[i], "y": y[i], "valid": valid[i], "labeled": labeled[i]}
+         for i in range(y.shape[0])]
+  return out if mesh.devices.size == 1 else [mesh_lib.shard_batch(mesh, b) for b in out]
 
 
 def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opts: RunOptions,
@@ -209,20 +209,28 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
       _check_chunk(chunk, example_shape, num_classes, f"step {t} batches {b0}+")
       n = chunk["y"].shape[0]
       keys = _chunk_keys(k_batch, jnp.int32(b0))
-      counts = chunk["valid"].sum(1)
+      counts = chunk["valid"].sum(1).tolist()
       chunk_passes = []
-      for i, batch in enumerate(_batches_of(mesh, chunk)):
-        state, info = learner.update(state, batch, keys[i])
-        chunk_passes.append(info.passes)
-        examples_seen += int(counts[i])
-        step_examples += int(counts[i])
-        last = bool(chunk["ends_step"]) and i == n - 1
-        if next_eval is not None and examples_seen >= next_eval and not last:
-          ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh)
-          eval_points.append({"step": t, "examples_seen": examples_seen,
-                              "accuracy": ev["accuracy"]})
-          while next_eval <= examples_seen:
-            next_eval += every
+      update = learner.update
+      if next_eval is None:  # the hot path: nothing but the calls
+        for batch, key in zip(_batches_of(mesh, chunk), keys):
+          state, info = update(state, batch, key)
+          chunk_passes.append(info.passes)
+        examples_seen += sum(counts)
+        step_examples += sum(counts)
+      else:
+        for i, batch in enumerate(_batches_of(mesh, chunk)):
+          state, info = update(state, batch, keys[i])
+          chunk_passes.append(info.passes)
+          examples_seen += counts[i]
+          step_examples += counts[i]
+          last = bool(chunk["ends_step"]) and i == n - 1
+          if examples_seen >= next_eval and not last:
+            ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh)
+            eval_points.append({"step": t, "examples_seen": examples_seen,
+                                "accuracy": ev["accuracy"]})
+            while next_eval <= examples_seen:
+              next_eval += every
       step_passes.append(_total_passes(chunk_passes))
       if not chunk["ends_step"]:
         continue
