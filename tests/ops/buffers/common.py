@@ -157,3 +157,15 @@ def check_distinct(name: str, state, n: int = 4, trials: int = 600):
   else:
     assert all(sorted(t[:m]) == list(range(m)) for t in drawn)
 
+
+
+def check_pieces(name: str, state, capacity: int, num_classes: int, example) -> None:
+  """contents, sample, distinct sampling and the empty buffer of ``state`` (filled from a stream
+  whose first item is ``example``): the protocol's promises in one call."""
+  out = check_contents(name, state, capacity, example)
+  check_sample(name, state)
+  check_distinct(name, state)
+  check_empty(name, capacity, num_classes,
+              example if isinstance(example, jax.ShapeDtypeStruct)
+              else jnp.zeros(np.shape(example), jnp.asarray(example).dtype))
+  return out

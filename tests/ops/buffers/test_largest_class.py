@@ -97,10 +97,7 @@ def test_eviction_is_uniform_within_the_largest_class():
 def test_protocol_pieces():
   codes, ys = _codes(30), np.arange(30, dtype=np.int32) % K
   state = common.run(NAME, CAP, K, codes, ys)
-  common.check_contents(NAME, state, CAP, codes[0])
-  common.check_sample(NAME, state)
-  common.check_distinct(NAME, state)
-  common.check_empty(NAME, CAP, K, jax.ShapeDtypeStruct((2, 2, 2), jnp.uint8))
+  common.check_pieces(NAME, state, CAP, K, codes[0])
 
 
 def test_no_recompiles():

@@ -42,10 +42,7 @@ def test_matches_reference_and_keeps_last_c():
 def test_protocol_pieces():
   xs, ys = common.stream(2, 7, K, D)  # some classes not yet full
   state = common.run(NAME, CAP, K, xs, ys)
-  common.check_contents(NAME, state, CAP, xs[0])
-  common.check_sample(NAME, state)
-  common.check_distinct(NAME, state)
-  common.check_empty(NAME, CAP, K, jnp.zeros((D,), jnp.float32))
+  common.check_pieces(NAME, state, CAP, K, xs[0])
 
 
 def test_sizes_checked():

@@ -61,10 +61,7 @@ def test_inclusion_is_uniform():
 def test_protocol_pieces():
   xs, ys = common.stream(2, 40, K)
   state = common.run(NAME, CAP, K, xs, ys)
-  common.check_contents(NAME, state, CAP, xs[0])
-  common.check_sample(NAME, state)
-  common.check_distinct(NAME, state)
-  common.check_empty(NAME, CAP, K, jnp.zeros((3,), jnp.float32))
+  common.check_pieces(NAME, state, CAP, K, xs[0])
   few = common.run(NAME, CAP, K, xs[:3], ys[:3])
   common.check_distinct(NAME, few, n=5, trials=20)  # fewer filled than asked: each once first
 

@@ -139,10 +139,7 @@ def test_keeps_a_uniform_nested_subset():
 def test_protocol_pieces():
   xs, ys = common.stream(2, 40, K)
   state = _run(_tasks(2, [12, 8, 20]), xs, ys)
-  common.check_contents(NAME, state, CAP, xs[0])
-  common.check_sample(NAME, state)
-  common.check_distinct(NAME, state)
-  common.check_empty(NAME, CAP, K, jnp.zeros((3,), jnp.float32))
+  common.check_pieces(NAME, state, CAP, K, xs[0])
   assert buffers.get(NAME).init(common.KEY, CAP, xs[0], K, max_tasks=7).task_count.shape == (7,)
 
 
