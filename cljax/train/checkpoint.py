@@ -13,6 +13,7 @@ complete, so a step cut off by a crash is never listed; a step that is listed bu
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import logging
 import os
 from typing import Any, Optional
@@ -74,6 +75,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, meta: dict) -> None:
     """Saves step ``step``; returns once the state is copied to host memory."""
     host = jax.tree.map(_host_copy, state)
+    meta = copy.deepcopy(meta)  # the caller keeps appending to its lists while the writer runs
     if self._writer is None:
       self._write(step, host, meta)
       return

@@ -152,3 +152,17 @@ def test_learner_hparams_are_checked_before_any_training(tmp_path):
   with pytest.raises(experiment.ConfigError, match="batch_size must be >= 1"):
     experiment.run_experiment(c, str(tmp_path / "b"), log=lambda m: None)
   assert not os.path.exists(os.path.join(str(tmp_path / "b"), "checkpoints", "er"))
+
+
+def test_checkpoint_holds_the_metadata_as_it_was_at_save(tmp_path):
+  # The writer thread serialises later: the saved metadata must not see later appends.
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from cljax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  meta = {"points": [1]}
+  with Checkpointer(str(tmp_path)) as ck:
+    ck.save(0, {"a": jnp.ones(3)}, meta)
+    meta["points"].append(2)
+    ck.wait()
+    step, state, back = ck.restore_latest({"a": jnp.zeros(3)})
+  assert step == 0 and back == {"points": [1]}
+  np.testing.assert_array_equal(state["a"], np.ones(3))
