@@ -316,12 +316,19 @@ def tfds_source(name: str, data_dir: Optional[str] = None, train_split: str = "t
   return _make(f"tfds:{name}", read(train_split), read(test_split), num_classes, names)
 
 
+def _features(**kwargs) -> Dataset:
+  from cljax.data import features  # pylint: disable=import-outside-toplevel  (imports jax)
+  return features.dataset(**kwargs)
+
+
 _LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "mnist5k": mnist5k,
     "fashion_mnist": fashion_mnist,
     "npz": npz,
     "image_folder": image_folder,
+    # another data set through a frozen pretrained backbone, cached (cljax.data.features)
+    "features": _features,
 }
 
 

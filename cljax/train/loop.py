@@ -145,6 +145,6 @@ class Progress:
     el = time.perf_counter() - self.t0
     rate = done * self.rows / el if el > 0 else float("nan")
     eta = el / done * (total - done) if done else float("nan")
-    mean = float(sums[0]) / done if sums is not None else float("nan")
-    self.log(f"{self.prefix} step {done}/{total} | {self.metric} {mean:.4f} | {rate:,.0f} ex/s | "
-             f"ETA {eta:.0f}s")
+    # sums None: a loop without a metric (e.g. feature extraction) logs rate and ETA only
+    metric = "" if sums is None else f"{self.metric} {float(sums[0]) / done:.4f} | "
+    self.log(f"{self.prefix} step {done}/{total} | {metric}{rate:,.0f} ex/s | ETA {eta:.0f}s")
