@@ -1,0 +1,112 @@
+"""TensorBoard and CSV loggers: event files read back by TensorBoard itself and by our reader."""
+
+import csv
+import glob
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from cljax.eval import loggers
+
+
+def test_crc32c_known_values():
+  assert loggers.crc32c(b"123456789") == 0xE3069283  # RFC 3720 B.4 check value
+  assert loggers.crc32c(b"") == 0
+  assert loggers.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4: 32 bytes of zeros
+
+
+def write_two_runs(workdir):
+  with loggers.make("tensorboard,csv", str(workdir)) as log:
+    for t, (acc, loss) in enumerate([(0.9, 0.31), (0.75, 0.52), (0.7, float("nan"))]):
+      log.log_step("slda", t, 100 * (t + 1), {"accuracy": acc, "loss": loss,
+                                                "budget_used": 0.0, "examples_per_s": 1e4})
+      log.log_eval("slda", t, 100 * (t + 1) - 50, acc + 0.01)
+    log.log_step("er", 0, 100, {"accuracy": 0.5, "loss": None, "budget_used": 150.0})
+
+
+EXPECTED = {  # tag -> [(examples seen, value)] of run "slda" (NaN loss skipped)
+    "step/accuracy": [(100, 0.9), (200, 0.75), (300, 0.7)],
+    "step/loss": [(100, 0.31), (200, 0.52)],
+    "step/budget_used": [(100, 0.0), (200, 0.0), (300, 0.0)],
+    "step/examples_per_s": [(100, 1e4), (200, 1e4), (300, 1e4)],
+    "anytime/accuracy": [(50, 0.91), (150, 0.76), (250, 0.71)],
+}
+
+
+def test_event_files_read_back_by_tensorboard(tmp_path):
+  ea = pytest.importorskip(
+      "tensorboard.backend.event_processing.event_accumulator",
+      reason="tensorboard (in the test extra) is the independent reader of event files")
+  write_two_runs(tmp_path)
+  acc = ea.EventAccumulator(str(tmp_path / "tensorboard" / "slda"))
+  acc.Reload()
+  assert sorted(acc.Tags()["scalars"]) == sorted(EXPECTED)
+  for tag, want in EXPECTED.items():
+    got = [(e.step, e.value) for e in acc.Scalars(tag)]
+    assert [s for s, _ in got] == [s for s, _ in want], tag
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
+  er = ea.EventAccumulator(str(tmp_path / "tensorboard" / "er"))
+  er.Reload()
+  assert sorted(er.Tags()["scalars"]) == ["step/accuracy", "step/budget_used"]
+  assert er.Scalars("step/budget_used")[0].value == 150.0
+
+
+def test_event_files_read_back_by_our_reader_and_csv(tmp_path):
+  write_two_runs(tmp_path)
+  (path,) = glob.glob(str(tmp_path / "tensorboard" / "slda" / "events.out.tfevents.*"))
+  rows = loggers.read_events(path)
+  for tag, want in EXPECTED.items():
+    got = [(s, v) for s, t, v in rows if t == tag]
+    assert [s for s, _ in got] == [s for s, _ in want]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
+  with open(tmp_path / "metrics.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [(r["run"], r["kind"], r["examples_seen"]) for r in table] == [
+      ("slda", "step", "100"), ("slda", "eval", "50"), ("slda", "step", "200"),
+      ("slda", "eval", "150"), ("slda", "step", "300"), ("slda", "eval", "250"),
+      ("er", "step", "100")]
+  assert table[0]["loss"] == "0.31" and table[4]["loss"] == "" and table[6]["loss"] == ""
+  assert float(table[6]["budget_used"]) == 150.0
+  # a corrupted payload byte is caught by the CRC
+  data = bytearray(open(path, "rb").read())
+  data[-6] ^= 0xFF
+  bad = tmp_path / "bad.tfevents"
+  bad.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="bad payload CRC"):
+    loggers.read_events(str(bad))
+  # a record cut mid-write (a killed run) loses only that record
+  (tmp_path / "cut.tfevents").write_bytes(open(path, "rb").read()[:-7])
+  assert loggers.read_events(str(tmp_path / "cut.tfevents")) == rows[:-1]
+
+
+def test_event_record_framing_by_hand():
+  payload = loggers.event_bytes(1.5, 7, scalars={"a": 2.0})
+  rec = loggers.tfrecord(payload)
+  (n,) = struct.unpack("<Q", rec[:8])
+  assert n == len(payload) and rec[12:12 + n] == payload
+  # Event: wall_time (field 1, fixed64) = 1.5, step (field 2, varint) = 7,
+  # summary (field 5) { value (1) { tag (1) = "a", simple_value (2, fixed32) = 2.0 } }
+  assert payload == (b"\x09" + struct.pack("<d", 1.5) + b"\x10\x07" + b"\x2a\x0a" +
+                     b"\x0a\x08" + b"\x0a\x01a" + b"\x15" + struct.pack("<f", 2.0))
+
+
+def test_make_and_replay(tmp_path):
+  assert loggers.make("", str(tmp_path)).loggers == []
+  with pytest.raises(ValueError, match="unknown logger.*'wandb'.*valid: \\['tensorboard', 'csv'\\]"):
+    loggers.make("csv,wandb", str(tmp_path))
+  record = {"steps": [{"step": 0, "accuracy": 0.8, "accuracy_seen": 0.8, "examples_seen": 40,
+                       "wall_s": 1.0, "examples_per_s": 40.0, "budget_used": 3.0}],
+            "eval_points": [{"step": 0, "examples_seen": 20, "accuracy": 0.6}]}
+  with loggers.make("csv", str(tmp_path)) as log:
+    log.log_result("finetune", record)
+  with open(tmp_path / "metrics.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [(r["kind"], r["examples_seen"], r["accuracy"]) for r in table] == [
+      ("step", "40", "0.8"), ("eval", "20", "0.6")]
+  # appended, not overwritten, when a resumed run logs again (one header)
+  with loggers.make("csv", str(tmp_path)) as log:
+    log.log_result("finetune", record)
+  assert open(tmp_path / "metrics.csv").read().count("run,kind") == 1
+  assert os.path.getsize(tmp_path / "metrics.csv") > 0
