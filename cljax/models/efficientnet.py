@@ -58,50 +58,54 @@ def block_specs() -> list[tuple]:
   return out
 
 
-def _conv(cin, cout, k, stride=1, groups=1, rngs=None):
+def _conv(cin, cout, k, stride=1, rngs=None):
   return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding="SAME", use_bias=False,
-                  feature_group_count=groups,
                   kernel_init=jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                   rngs=rngs)
 
 
-def depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                   dimension_numbers=None, feature_group_count=1, **kwargs):
-  """Drop-in for ``lax.conv_general_dilated`` (nnx.Conv's hook) that computes a depthwise
-  convolution as a sum of k*k shifted, per-channel scaled slices on CPU.
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Depthwise convolution with TF "SAME" padding: x [N, H, W, C], kernel [k, k, 1, C].
 
-  Why: XLA:CPU runs grouped convolutions with one channel per group 4-30x slower than this sum
-  (measured here on EfficientNet-Lite0's shapes, batch 128: 32x32x96 3x3 stride 2 0.151 s vs
-  0.043 s; 4x4x672 5x5 0.367 s vs 0.013 s). Same values up to float rounding; differentiable.
-  Other backends, and anything but an NHWC/HWIO depthwise convolution without dilation, go to
-  ``lax.conv_general_dilated``.
+  On CPU, a sum of k*k shifted, per-channel scaled slices. Why: XLA:CPU runs grouped
+  convolutions with one channel per group 4-30x slower than this sum (measured here on
+  EfficientNet-Lite0's shapes, batch 128: 32x32x96 3x3 stride 2 0.151 s vs 0.043 s; 4x4x672 5x5
+  0.367 s vs 0.013 s), and far slower still inside loop bodies. Same values up to float rounding;
+  differentiable. Other backends use ``lax.conv_general_dilated`` with one group per channel.
   """
-  plain = (jax.default_backend() != "cpu" or rhs.ndim != 4 or rhs.shape[2] != 1
-           or feature_group_count != lhs.shape[-1] or rhs.shape[3] != lhs.shape[-1]
-           or any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ()))
-           or kwargs.get("preferred_element_type") is not None
-           or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-           != jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
-  if plain:
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                        rhs_dilation, dimension_numbers, feature_group_count,
-                                        **kwargs)
-  kh, kw = rhs.shape[:2]
-  sh, sw = window_strides
-  _, h, w, _ = lhs.shape
-  if isinstance(padding, str):
-    pads = jax.lax.padtype_to_pads((h, w), (kh, kw), (sh, sw), padding)
-  else:
-    pads = [tuple(int(v) for v in p) for p in padding]
-  xp = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-  oh = (xp.shape[1] - kh) // sh + 1
-  ow = (xp.shape[2] - kw) // sw + 1
+  kh, kw, _, c = kernel.shape
+  if jax.default_backend() != "cpu":
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=c)
+  _, h, w, _ = x.shape
+  pads = jax.lax.padtype_to_pads((h, w), (kh, kw), (stride, stride), "SAME")
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  oh = (xp.shape[1] - kh) // stride + 1
+  ow = (xp.shape[2] - kw) // stride + 1
   out = None
   for a in range(kh):
     for b in range(kw):
-      tap = xp[:, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw, :] * rhs[a, b, 0]
-      out = tap if out is None else out + tap
+      tap = xp[:, a:a + stride * (oh - 1) + 1:stride, b:b + stride * (ow - 1) + 1:stride, :]
+      out = tap * kernel[a, b, 0] if out is None else out + tap * kernel[a, b, 0]
   return out
+
+
+class DepthwiseConv(nnx.Module):
+  """k x k depthwise convolution, no bias, "SAME" padding: [N, H, W, C] -> [N, H/s, W/s, C].
+
+  Its own module rather than an ``nnx.Conv`` with groups, so that code rewriting every
+  ``nnx.Conv`` (``resnet.use_matmul_kernel_grad``, used by REMIND's F) leaves it alone.
+  ``kernel`` [k, k, 1, C] is laid out like ``nnx.Conv``'s (HWIO with I = 1).
+  """
+
+  def __init__(self, channels: int, kernel: int, stride: int, *, rngs: nnx.Rngs):
+    init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, 1, channels), jnp.float32))
+    self.stride = int(stride)
+
+  def __call__(self, x):
+    return depthwise_conv(x, self.kernel[...], self.stride)
 
 
 def _bn(c, rngs):
@@ -124,8 +128,7 @@ class MBConv(nnx.Module):
     else:
       self.expand_conv = nnx.data(None)
       self.bn0 = nnx.data(None)
-    self.depthwise_conv = _conv(mid, mid, kernel, stride, groups=mid, rngs=rngs)
-    self.depthwise_conv.conv_general_dilated = depthwise_conv
+    self.depthwise_conv = DepthwiseConv(mid, kernel, stride, rngs=rngs)
     self.bn1 = _bn(mid, rngs)
     self.project_conv = _conv(mid, cout, 1, rngs=rngs)
     self.bn2 = _bn(cout, rngs)
