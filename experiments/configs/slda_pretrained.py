@@ -2,16 +2,16 @@
 
 Fashion-MNIST (Debian's dataset-fashion-mnist; a stratified 4,000 train / 1,000 test subset)
 goes once through EfficientNet-Lite0 with its real ImageNet weights at 64 px (cached by
-``cljax.data.features``: the first run extracts, ~15 s on 2 CPU cores; later runs read the
-cache). Deep SLDA streams the pooled 1,280-d features, one pass, no backward pass; finetune, ER
-and offline train an MLP on the same frozen features. Class-incremental, 5 steps of 2 classes.
+``cljax.data.features``: the first run extracts, ~20 s on 2 CPU cores; later runs read the
+cache). Deep SLDA streams the pooled 1,280-d features, one pass, no backward pass; finetune,
+ER and offline train an MLP on the same frozen features. Class-incremental, 5 steps of 2 classes.
 Compare with ``slda.py`` (a small CNN base-trained on 4 MNIST classes).
 
   python experiments/run.py --config=experiments/configs/slda_pretrained.py --workdir=W
   python experiments/run.py --config=experiments/configs/slda_pretrained.py:mnist5k --workdir=W2
 
-Full size on a GPU (all 60,000 + 10,000 images at the network's 224 px; extraction ~2 min on
-one GPU, ~2 h on 2 CPU cores):
+Full size on a GPU (all 60,000 + 10,000 images at the network's 224 px; on 2 CPU cores the
+extraction alone runs at about 8 images/s, 2-3 hours, hence the GPU):
 
   python experiments/run.py --config=experiments/configs/slda_pretrained.py --workdir=W \
     --config.dataset_kwargs.source_kwargs.max_train=0 \
