@@ -74,17 +74,16 @@ def test_exstream_pretrained_runs_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_remind_pretrained_runs_end_to_end(tmp_path):
   needs_weights()
+  import inspect  # pylint: disable=import-outside-toplevel
+  from cljax.learners import remind  # pylint: disable=import-outside-toplevel
+  if '"none"' not in inspect.getsource(remind.from_base):  # checked before minutes of work
+    pytest.skip("the remind learner does not take split='none' yet (the change is in "
+                "notes/pretrained.md, for the learners' owner)")
   c = on_digits(load_config("remind_pretrained"), tmp_path, resolution=64)
   c.learners = "remind"
   c.base_init.epochs = 2.0
   c.stream.max_examples_per_step = 60
   c.hparams.remind.pq_iters = 5
   c.hparams.remind.replay_size = 4
-  try:
-    res = experiment.run_experiment(c, str(tmp_path / "run"), log=lambda m: None)
-  except experiment.ConfigError as e:
-    if "must be a resnet18" in str(e):
-      pytest.skip("the remind learner does not take split='none' yet (the change is in "
-                  "notes/pretrained.md, for the learners' owner)")
-    raise
+  res = experiment.run_experiment(c, str(tmp_path / "run"), log=lambda m: None)
   assert res["runs"]["remind"]["final_accuracy"] > 0.3
