@@ -295,20 +295,21 @@ def _has_steps(workdir: str, run_name: str) -> list:
   return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
 
 
-def check_workdir(workdir: str, config, stream, resume: bool) -> tuple:
+def check_workdir(workdir: str, config, stream, resume: bool,
+                  names: Optional[list] = None) -> tuple:
   """Checks ``config`` against what ``workdir`` already holds, before anything trains.
 
-  Returns (the experiment record to write, the runs already in results.json). Raises
-  ConfigError naming the keys when the experiment fingerprint or a run's hyper-parameters differ
-  from the recorded ones, and when a run of ``config`` is already in the workdir and ``resume``
-  is not set.
+  ``names``: the runs about to be made (default: the config's). Returns (the experiment record
+  to write, with those runs added; the runs already in results.json). Raises ConfigError naming
+  the keys when the experiment fingerprint or a run's hyper-parameters differ from the recorded
+  ones, and when one of ``names`` is already in the workdir and ``resume`` is not set.
   """
   fp = fingerprint(config, stream)
   record_path = os.path.join(workdir, "experiment.json")
   record = _read_json(record_path, "the fingerprint of the runs in this workdir")
   previous = (_read_json(os.path.join(workdir, "results.json"), "the results of earlier runs")
               or {}).get("runs", {})
-  names = run_names(config)
+  names = run_names(config) if names is None else names
   if record is None:
     old = [n for n in names if _has_steps(workdir, n)] + list(previous)
     if old:
@@ -368,6 +369,10 @@ def run_base_init(config, workdir: str, log: Callable[[str], None] = runner.defa
   workdir = prepare_workdir(workdir)
   stream = make_stream(config)
   log(f"stream: {stream.describe()}")
+  # The base network belongs to the experiment: recorded, so that run.py in this workdir
+  # refuses a config that would have trained another one.
+  record, _ = check_workdir(workdir, config, stream, resume=True, names=[])
+  report.write_json(os.path.join(workdir, "experiment.json"), record)
   t0 = time.perf_counter()
   base = base_model(config, stream, workdir, log)
   log(f"[pretrain] {base.kind} base init of {config.model} ({len(base.x)} examples) in "

@@ -166,3 +166,27 @@ def test_checkpoint_holds_the_metadata_as_it_was_at_save(tmp_path):
     step, state, back = ck.restore_latest({"a": jnp.zeros(3)})
   assert step == 0 and back == {"points": [1]}
   np.testing.assert_array_equal(state["a"], np.ones(3))
+
+
+@pytest.mark.slow  # an ER run and its resume (~4 s alone)
+def test_interrupt_lets_the_checkpoint_in_flight_finish_and_resume_ends_identical(
+    digits_run, tmp_path):
+  # What the binaries' SIGTERM/SIGINT handler raises, here from the log line printed once step
+  # 2's save has been handed to the writer thread: that save completes before the run stops.
+  import signal  # pylint: disable=import-outside-toplevel
+  from cljax.train import runner  # pylint: disable=import-outside-toplevel
+
+  def log(msg):
+    if msg.startswith("[er] step 3/"):
+      raise runner.Interrupted(signal.SIGTERM)
+
+  wd = str(tmp_path)
+  with pytest.raises(runner.Interrupted) as e:
+    experiment.run_experiment(small_config("er"), wd, log=log)
+  assert (e.value.run_name, e.value.saved_step, e.value.num_steps) == ("er", 2, 5)
+  assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints", "er"))
+                if s.isdigit())[-1] == 2
+  again = experiment.run_experiment(small_config("er"), wd, resume=True, log=lambda m: None)
+  want = digits_run[1]["runs"]["er"]
+  for key in ("accuracy_matrix", "eval_points", "confusion_matrix", "final_top5"):
+    assert again["runs"]["er"][key] == want[key], key
