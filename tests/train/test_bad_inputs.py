@@ -6,7 +6,6 @@ starts; ``test_faults.py`` runs the real executable). Cases that need a workdir 
 finished run share one tiny run and are slow-marked.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,13 +16,10 @@ import pytest
 from PIL import Image
 
 from cljax import data
+from experiments import run as run_binary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
-_spec = importlib.util.spec_from_file_location("run_binary", os.path.join(ROOT, "experiments",
-                                                                          "run.py"))
-run_binary = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run_binary)
 
 
 def run(capsys, workdir, *args, config=TINY):

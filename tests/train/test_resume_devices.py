@@ -13,62 +13,29 @@ Faults (all on ``tests/configs/tiny.py``: digits, finetune then ER, 5 steps each
 step ends, top-1 and top-5), budget per step, confusion matrix, precision/recall/F1, Ω.
 """
 
-import glob
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
+from experiments.bench import faults
+
 pytestmark = pytest.mark.slow  # subprocess runs of the binary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(ROOT, "tests", "configs", "tiny.py")
-TIMINGS = ("wall_s", "examples_per_s")
+CONFIG = faults.TINY
 
 # `--dist loadfile` (scripts/test.sh) runs this whole file on one worker: the fixture runs once.
 
 
-def _cmd(workdir, *extra):
-  return [sys.executable, os.path.join(ROOT, "experiments", "run.py"), f"--config={CONFIG}",
-          f"--workdir={workdir}", *extra]
-
-
-def _env(extra=None):
-  e = dict(os.environ, **(extra or {}))
-  e.setdefault("CLJAX_JAX_CACHE", os.path.expanduser("~/.cache/cljax/jax"))
-  return e
-
-
 def _run(workdir, *extra, env=None):
-  return subprocess.run(_cmd(workdir, *extra), env=_env(env), capture_output=True, text=True,
-                        timeout=600)
-
-
-def _without_timings(v):
-  if isinstance(v, dict):
-    return {k: _without_timings(x) for k, x in v.items() if k not in TIMINGS}
-  if isinstance(v, list):
-    return [_without_timings(x) for x in v]
-  return v
-
-
-def _results(workdir):
-  with open(os.path.join(workdir, "results.json")) as f:
-    return _without_timings(json.load(f)["runs"])
+  return faults.run(CONFIG, workdir, *extra, extra_env=env)
 
 
 def _assert_identical(got, want):
-  assert list(got) == list(want)
-  for name in want:
-    for key in ("accuracy_matrix", "eval_points", "confusion_matrix", "steps"):
-      assert got[name][key] == want[name][key], (name, key)
-    assert got[name] == want[name], name  # and every other field
+  assert faults.differences(got, want) == []
 
 
 @pytest.fixture(scope="session")
@@ -76,43 +43,7 @@ def uninterrupted(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("full"))
   out = _run(wd)
   assert out.returncode == 0, out.stderr[-3000:]
-  return wd, _results(wd)
-
-
-def _tmp_dirs(workdir):
-  return glob.glob(os.path.join(workdir, "checkpoints", "*", "*.orbax-checkpoint-tmp*"))
-
-
-def _start_and_stop(workdir, sig, when, rng):
-  """Starts ``run.py --resume`` and sends ``sig`` at ``when``: ("lines", n) = n step lines
-  into this process, plus a random 0-40 ms; "write" = as soon as a checkpoint write is in
-  flight. Returns (returncode, stdout, stderr, whether it was stopped, a write was in flight)."""
-  proc = subprocess.Popen(_cmd(workdir, "--resume"), env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  stopped = mid_write = False
-  if when == "write":
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-      if _tmp_dirs(workdir):
-        proc.send_signal(sig)
-        stopped = True
-        break
-      time.sleep(0.0005)
-    out, err = proc.communicate(timeout=300)
-    mid_write = stopped and bool(_tmp_dirs(workdir))
-    return proc.returncode, out, err, stopped, mid_write
-  lines = []
-  for line in proc.stdout:  # step lines are flushed as each step's save is handed over
-    lines.append(line)
-    if line.startswith("[") and " step " in line:
-      when = (when[0], when[1] - 1)
-      if when[1] == 0:
-        time.sleep(rng.uniform(0, 0.04))
-        proc.send_signal(sig)
-        stopped = True
-        break
-  out, err = proc.communicate(timeout=300)
-  return proc.returncode, "".join(lines) + out, err, stopped, False
+  return wd, faults.results(wd)
 
 
 def test_faults_then_resume_end_identical(uninterrupted, tmp_path):
@@ -126,28 +57,17 @@ def test_faults_then_resume_end_identical(uninterrupted, tmp_path):
           (signal.SIGKILL, ("lines", 1))]
   log = []
   for sig, when in plan:
-    code, out, err, stopped, mid_write = _start_and_stop(wd, sig, when, rng)
-    log.append((sig.name, when, code, mid_write))
-    if not stopped:  # the run ended before the moment came: nothing left to interrupt
-      assert code == 0, err[-3000:]
-      break
-    if sig == signal.SIGKILL:
-      assert code == -signal.SIGKILL, (code, err[-2000:])
-    else:  # the checkpoint in flight finishes; one line says what is saved and how to go on
-      assert code == 128 + sig, (code, err[-2000:])
-      lines = [l for l in err.splitlines() if l.strip()]
-      assert len(lines) == 1 and lines[0].startswith(f"stopped by {sig.name}"), err[-2000:]
-      assert "--resume" in lines[0]
-  assert [x[0] for x in log] == [s.name for s, _ in plan], log  # every fault was injected
+    r = faults.start_and_stop(CONFIG, wd, sig, when, rng)
+    log.append((sig.name, when, r["status"], r["mid_write"]))
+    assert r["stopped"], (log, r["stderr"][-2000:])  # the moment came before the run ended
+    # SIGKILL: killed; SIGTERM/SIGINT: the checkpoint in flight finishes, exit 143/130, and one
+    # line says what is saved and to continue with --resume
+    assert faults.check_stop(sig, r) == "", (log, r["stderr"][-2000:])
   assert any(x[3] for x in log), log  # one SIGKILL hit a checkpoint write in flight
   out = _run(wd, "--resume")
   assert out.returncode == 0, out.stderr[-3000:]
   assert "resumed after step" in out.stdout
-  _assert_identical(_results(wd), want)
-
-
-def _newest_step(ckdir):
-  return max(int(s) for s in os.listdir(ckdir) if s.isdigit())
+  _assert_identical(faults.results(wd), want)
 
 
 def test_corrupt_and_deleted_steps_then_resume_end_identical(uninterrupted, tmp_path):
@@ -156,18 +76,13 @@ def test_corrupt_and_deleted_steps_then_resume_end_identical(uninterrupted, tmp_
   wd = str(tmp_path / "corrupt")
   shutil.copytree(full, wd)
   ck = os.path.join(wd, "checkpoints", "er")
-  step = _newest_step(ck)
-  files = [f for f in glob.glob(os.path.join(ck, str(step), "state", "**", "*"), recursive=True)
-           if os.path.isfile(f)]
-  victim = max(files, key=os.path.getsize)
-  with open(victim, "r+b") as f:
-    f.seek(os.path.getsize(victim) // 2 - 2048)
-    f.write(np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  step = faults.newest_step(ck)
+  faults.corrupt_bytes(os.path.join(ck, str(step)), np.random.default_rng(3))
   out = _run(wd, "--resume")
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"[er] resumed after step {step - 1}" in out.stdout, out.stdout
   assert "unreadable" in out.stderr and os.path.isdir(os.path.join(ck, f"unreadable.{step}"))
-  _assert_identical(_results(wd), want)
+  _assert_identical(faults.results(wd), want)
   # the newest two steps of both runs deleted (lost disk, or killed during their saves)
   wd = str(tmp_path / "deleted")
   shutil.copytree(full, wd)
@@ -178,7 +93,7 @@ def test_corrupt_and_deleted_steps_then_resume_end_identical(uninterrupted, tmp_
   out = _run(wd, "--resume")
   assert out.returncode == 0, out.stderr[-3000:]
   assert "[finetune] resumed after step 2" in out.stdout, out.stdout
-  _assert_identical(_results(wd), want)
+  _assert_identical(faults.results(wd), want)
 
 
 @pytest.fixture
@@ -206,7 +121,7 @@ def test_disk_full_is_one_line_and_resume_ends_identical(uninterrupted, small_di
   subprocess.run(["mount", "-o", "remount,size=64m", small_disk], check=True)
   out = _run(wd, "--resume")
   assert out.returncode == 0, out.stderr[-3000:]
-  _assert_identical(_results(wd), want)
+  _assert_identical(faults.results(wd), want)
 
 
 def test_one_and_eight_devices_agree(uninterrupted, tmp_path):
@@ -214,7 +129,7 @@ def test_one_and_eight_devices_agree(uninterrupted, tmp_path):
   out = _run(str(tmp_path), "--config.num_devices=8",
              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert out.returncode == 0, out.stderr[-3000:]
-  got = _results(str(tmp_path))
+  got = faults.results(str(tmp_path))
   for k in got:
     # Sharded reductions may sum in another order: allow a rounding-level difference in
     # accuracy (one test example in a few hundred).
