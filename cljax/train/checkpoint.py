@@ -119,8 +119,10 @@ class Checkpointer:
     # The writer thread is the asynchrony: orbax saves synchronously inside it.
     self._mgr = ocp.CheckpointManager(
         self.directory,
+        # cleanup: the temporary folders of writes cut off by a crash are removed on opening.
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             enable_async_checkpointing=False),
+                                             enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True),
         item_names=("state", "meta"))
     self._writer = concurrent.futures.ThreadPoolExecutor(1) if async_save else None
     self._pending: Optional[concurrent.futures.Future] = None

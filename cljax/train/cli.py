@@ -149,20 +149,21 @@ def _flag_message(e: Exception) -> str:
 
 @contextlib.contextmanager
 def interrupts():
-  """SIGTERM and SIGINT raise ``runner.Interrupted`` in the main thread, once: a second signal is
-  ignored while the checkpoint in flight finishes."""
+  """SIGTERM and SIGINT ask the runner to stop (``runner.request_stop``) and raise
+  ``runner.Interrupted`` in the main thread, once: a second signal is ignored while the
+  checkpoint in flight finishes."""
   from cljax.train import runner  # pylint: disable=import-outside-toplevel
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  fired = []
 
   def handler(signum, frame):  # pylint: disable=unused-argument
-    if fired:
+    if runner.stop_requested() is not None:
       return
-    fired.append(signum)
+    runner.request_stop(signum)
     raise runner.Interrupted(signum)
 
+  runner.request_stop(None)
   old = {s: signal.signal(s, handler) for s in _SIGNALS}
   try:
     yield
@@ -214,6 +215,15 @@ def guarded(fn: Callable[[], object]) -> int:
     print(f"error: {_one_line(e.strerror or e)}{where}; free space or fix the folder, then rerun"
           " (with --resume to keep finished steps)", file=sys.stderr, flush=True)
     return 2
+  except BaseException:  # pylint: disable=broad-except
+    signum = runner.stop_requested()
+    if signum is None:
+      raise
+    # the signal's exception came out of library code as another exception: still the stop
+    print(_interrupted_message(runner.Interrupted(signum)), file=sys.stderr, flush=True)
+    return 128 + signum
+  finally:
+    runner.request_stop(None)
   return 0
 
 

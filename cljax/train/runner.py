@@ -79,9 +79,9 @@ class RunError(RuntimeError):
 
 
 class Interrupted(BaseException):
-  """Raised in the main thread by the binaries' SIGTERM/SIGINT handler (``cljax.train.cli``).
+  """A stop asked for by a signal (the binaries' SIGTERM/SIGINT handler, ``cljax.train.cli``).
 
-  ``run_learner`` lets the checkpoint in flight finish, then re-raises it with ``run_name``,
+  ``run_learner`` lets the checkpoint in flight finish, then raises it with ``run_name``,
   ``saved_step`` (the newest step on disk, None if none), ``num_steps`` and ``directory`` set.
   A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it.
   """
@@ -93,6 +93,29 @@ class Interrupted(BaseException):
     self.saved_step: Optional[int] = None
     self.num_steps: Optional[int] = None
     self.directory: Optional[str] = None
+
+
+# The signal number of a stop asked for, or None. The handler raises Interrupted at once (so a
+# long end of step or evaluation is cut short), but an exception raised by a signal handler can
+# land anywhere: inside a garbage-collector callback it is printed and dropped, inside library
+# code it may come out as another exception. So the request is also kept here: the runner checks
+# it after every chunk of batches, and treats any exception escaping while it is set as the stop.
+_STOP: list = [None]
+
+
+def request_stop(signum: Optional[int]) -> None:
+  """Asks the runner to stop (``signum``) or clears the request (None)."""
+  _STOP[0] = signum
+
+
+def stop_requested() -> Optional[int]:
+  return _STOP[0]
+
+
+def check_stop() -> None:
+  """Raises Interrupted if a stop was asked for (a safe point between two pieces of work)."""
+  if _STOP[0] is not None:
+    raise Interrupted(_STOP[0])
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -221,15 +244,21 @@ def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opt
 
 def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) -> dict:
   ckdir = os.path.join(workdir, "checkpoints", run_name)
+  check_stop()
   ck = Checkpointer(ckdir, max_to_keep=opts.max_to_keep)
   try:
     with ck:
       return _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck)
-  except Interrupted as e:
+  except BaseException as e:  # pylint: disable=broad-except
+    if _STOP[0] is None:
+      raise
     ck.close()  # the checkpoint in flight finishes (a repeated signal is ignored meanwhile)
-    e.run_name, e.saved_step, e.num_steps, e.directory = (run_name, ck.saved_step,
-                                                           stream.num_steps, ckdir)
-    raise
+    stop = e if isinstance(e, Interrupted) else Interrupted(_STOP[0])
+    stop.run_name, stop.saved_step, stop.num_steps, stop.directory = (
+        run_name, ck.saved_step, stream.num_steps, ckdir)
+    if stop is e:
+      raise
+    raise stop from e
 
 
 def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
@@ -300,6 +329,8 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
           while next_eval <= examples_seen:
             next_eval += every
     step_passes.append(_total_passes(chunk_passes))
+    if _STOP[0] is not None:
+      raise Interrupted(_STOP[0])
     if not chunk["ends_step"]:
       continue
     used = float(np.sum(jax.device_get(step_passes)))

@@ -79,8 +79,15 @@ def differences(got: dict, want: dict) -> list:
           if got[name].get(key) != want[name].get(key)]
 
 
-def _tmp_dirs(workdir: str) -> list:
-  return glob.glob(os.path.join(workdir, "checkpoints", "*", "*.orbax-checkpoint-tmp*"))
+def _tmp_dirs(workdir: str) -> set:
+  """orbax's folders of checkpoint writes in flight (or cut off), as (path, creation time)."""
+  out = set()
+  for p in glob.glob(os.path.join(workdir, "checkpoints", "*", "*.orbax-checkpoint-tmp*")):
+    try:
+      out.add((p, os.stat(p).st_ctime_ns))
+    except FileNotFoundError:  # finished (renamed) meanwhile
+      pass
+  return out
 
 
 def start_and_stop(config: str, workdir: str, sig, when, rng) -> dict:
@@ -88,13 +95,14 @@ def start_and_stop(config: str, workdir: str, sig, when, rng) -> dict:
   step line of this process plus a random 0-40 ms; "write" = as soon as a checkpoint write is in
   flight. Returns its status, stdout, stderr, whether it was stopped and whether a write was in
   flight when it died."""
+  stale = _tmp_dirs(workdir)  # left by an earlier kill: not this process's writes
   proc = subprocess.Popen(cmd(config, workdir, "--resume"), env=env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   stopped, lines = False, []
   if when == "write":
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline:
-      if _tmp_dirs(workdir):
+      if _tmp_dirs(workdir) - stale:
         proc.send_signal(sig)
         stopped = True
         break
@@ -112,7 +120,7 @@ def start_and_stop(config: str, workdir: str, sig, when, rng) -> dict:
           break
   out, err = proc.communicate(timeout=600)
   return {"status": proc.returncode, "stdout": "".join(lines) + out, "stderr": err,
-          "stopped": stopped, "mid_write": stopped and bool(_tmp_dirs(workdir))}
+          "stopped": stopped, "mid_write": stopped and bool(_tmp_dirs(workdir) - stale)}
 
 
 def check_stop(sig, r: dict) -> str:
