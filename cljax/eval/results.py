@@ -7,9 +7,12 @@ A run's record (what ``results.json`` holds under ``runs/<name>``, built by ``re
 * ``final_top1`` / ``final_top5`` / ``mean_per_class_accuracy`` / ``confusion_matrix`` /
   ``precision`` / ``recall`` / ``f1``: on the test examples of all seen classes after the last step;
 * ``accuracy_matrix`` [T][J] (None for tasks not yet introduced), ``steps`` (per step: accuracy,
-  examples seen, wall seconds, examples/s, budget used), ``eval_points`` (anytime evaluation:
-  step, examples seen, accuracy on all seen classes), ``wall_s``, ``examples_per_s``;
-* ``omega``: Ω against the offline run (``add_omega``; None without one).
+  examples seen, wall seconds, examples/s, budget used), ``eval_points`` (every evaluation:
+  step, examples seen, ``step_end`` (True at the end of a step, False for anytime points),
+  ``accuracy`` and ``top5`` on the test examples of all seen classes), ``wall_s``,
+  ``examples_per_s``;
+* ``omega``: Ω against the offline run, with ``omega_topk`` (1 or 5) and ``omega_points``
+  ("step_ends" or "all") saying how it was computed (``add_omega``; None without an offline run).
 """
 
 from __future__ import annotations
@@ -58,14 +61,36 @@ def record(acc_rows: list, task_step: list, steps: list, eval_points: list, fina
   }
 
 
-def add_omega(runs: dict, reference: str = "offline") -> None:
-  """Sets ``omega`` of every run against run ``reference`` (None when it was not run or the
-  evaluation points differ)."""
+OMEGA_TOPK = (1, 5)
+OMEGA_POINTS = ("step_ends", "all")
+
+
+def add_omega(runs: dict, reference: str = "offline", topk: int = 1,
+              points: str = "step_ends") -> None:
+  """Sets ``omega`` of every run against run ``reference``, and ``omega_topk`` / ``omega_points``
+  saying how it was computed.
+
+  ``topk``: 1 (top-1, CORe50's Ω) or 5 (top-5, Hayes and Kanan's ImageNet Ω and REMIND's 0.855).
+  ``points``: "step_ends" (the evaluation points at the end of each step) or "all" (anytime
+  points too). The offline reference is retrained only at step ends, so its anytime points score
+  a model of the previous step: "step_ends" (the default) compares only the points where both
+  runs are up to date. ``omega`` is None when the reference was not run or the two runs'
+  points differ (in number or examples seen).
+  """
+  if topk not in OMEGA_TOPK or points not in OMEGA_POINTS:
+    raise ValueError(f"add_omega: topk must be in {OMEGA_TOPK} and points in {OMEGA_POINTS}, "
+                     f"got {topk!r}, {points!r}")
+  field = "accuracy" if topk == 1 else "top5"
+
+  def chosen(run):
+    return [p for p in run["eval_points"] if points == "all" or p.get("step_end")]
+
   ref: Optional[dict] = runs.get(reference)
   for r in runs.values():
+    r["omega_topk"], r["omega_points"], r["omega"] = topk, points, None
     if ref is None:
-      r["omega"] = None
       continue
-    a = [p["accuracy"] for p in r["eval_points"]]
-    b = [p["accuracy"] for p in ref["eval_points"]]
-    r["omega"] = M.omega(a, b) if len(a) == len(b) else None
+    a, b = chosen(r), chosen(ref)
+    if [p["examples_seen"] for p in a] != [p["examples_seen"] for p in b] or not a:
+      continue
+    r["omega"] = M.omega([p[field] for p in a], [p[field] for p in b])

@@ -2,15 +2,24 @@
 
 The configuration is an ``ml_collections.ConfigDict`` (see ``base_config``); configs in
 ``experiments/configs/`` start from ``base_config()`` and change what they need.
+
+A workdir holds one experiment: ``experiment.json`` records its fingerprint (the config keys that
+decide what a run computes, and a digest of the data) and every run in it with its learner and
+hyper-parameters; ``results.json`` gathers every run's result, from this call and earlier ones.
+Before anything trains, ``run_experiment`` refuses (``ConfigError``, naming the keys) a config
+whose fingerprint differs from the one recorded, and a run already in the workdir unless
+``resume`` is set; runs not yet in the workdir are added.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Callable, Optional
 
 import ml_collections
+from ml_collections import config_dict
 
 from cljax import data as data_lib
 from cljax import learners as learners_lib
@@ -19,6 +28,7 @@ from cljax import optim
 from cljax.eval import report
 from cljax.eval import results as results_lib
 from cljax.train import base_init as base_lib
+from cljax.train import mesh as mesh_lib
 from cljax.train import runner
 
 
@@ -39,8 +49,15 @@ def base_config() -> ml_collections.ConfigDict:
   # by base initialisation and handed to learners that accept `model_kwargs`.
   c.model_kwargs = ml_collections.ConfigDict()
   c.hparams = ml_collections.ConfigDict()  # run name -> hyper-parameters
-  c.budget = ml_collections.ConfigDict(dict(passes_per_step=-1, batch_size=32))
-  c.eval = ml_collections.ConfigDict(dict(every_examples=0, batch_size=250))
+  # passes_per_step: forward-backward passes of batch_size rows per time step, >= 1; None (unset;
+  # --config.budget.passes_per_step=None) gives each learner its own default.
+  c.budget = ml_collections.ConfigDict(dict(passes_per_step=config_dict.placeholder(int),
+                                            batch_size=32))
+  # every_examples: anytime evaluation every this many examples (0: step ends only).
+  # omega_topk: Ω from top-1 (1) or top-5 (5) accuracy; omega_points: "step_ends" (the points
+  # where the offline reference is up to date) or "all" (anytime points too).
+  c.eval = ml_collections.ConfigDict(dict(every_examples=0, batch_size=250, omega_topk=1,
+                                          omega_points="step_ends"))
   c.num_devices = 0
   c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
   c.plots = True
@@ -70,19 +87,45 @@ class ConfigError(ValueError):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Unknown keys, names or values -> ConfigError listing the valid ones."""
+  """Unknown keys, names or values -> ConfigError listing the valid ones (nothing is loaded or
+  trained before this passes)."""
   base = base_config()
 
   def check(cfg, ref, prefix):
     for k in cfg.keys():
       if k not in ref:
-        raise ConfigError(f"unknown config key {prefix}{k!r}; valid keys: "
+        raise ConfigError(f"unknown config key {prefix + k!r}; valid keys: "
                           f"{sorted(prefix + x for x in ref.keys())}")
       if isinstance(ref[k], ml_collections.ConfigDict) and k not in ("hparams", "dataset_kwargs",
                                                                       "model_kwargs"):
+        if not isinstance(cfg[k], ml_collections.ConfigDict):
+          raise ConfigError(f"config key {prefix}{k} must be a group of keys "
+                            f"{sorted(ref[k].keys())}, got {cfg[k]!r}")
         check(cfg[k], ref[k], f"{prefix}{k}.")
 
   check(config, base, "")
+  _number("seed", config.seed, 0)
+  s = config.stream
+  for key, lo in (("batch_size", 1), ("classes_per_step", 1), ("num_steps", 1), ("seed", -1),
+                  ("max_examples_per_step", 0)):
+    _number(f"stream.{key}", s[key], lo)
+  _number("stream.label_rate", s.label_rate, 0.0, 1.0, float, "in (0, 1]", open_low=True)
+  _number("stream.label_noise", s.label_noise, 0.0, 1.0, float, "in [0, 1)", open_high=True)
+  if config.budget.passes_per_step is not None:
+    _number("budget.passes_per_step", config.budget.passes_per_step, 1,
+            hint="; leave it unset (--config.budget.passes_per_step=None) for each learner's "
+                 "default")
+  _number("budget.batch_size", config.budget.batch_size, 1)
+  _number("eval.every_examples", config.eval.every_examples, 0)
+  _number("eval.batch_size", config.eval.batch_size, 1)
+  if config.eval.omega_topk not in results_lib.OMEGA_TOPK:
+    raise ConfigError(f"eval.omega_topk must be one of {results_lib.OMEGA_TOPK}, got "
+                      f"{config.eval.omega_topk!r}")
+  if config.eval.omega_points not in results_lib.OMEGA_POINTS:
+    raise ConfigError(f"eval.omega_points must be one of {list(results_lib.OMEGA_POINTS)}, got "
+                      f"{config.eval.omega_points!r}")
+  _number("num_devices", config.num_devices, 0, hint=" (0: all devices)")
+  _number("checkpoint.max_to_keep", config.checkpoint.max_to_keep, 1)
   if config.stream.ordering not in data_lib.ORDERINGS:
     raise ConfigError(f"unknown stream.ordering {config.stream.ordering!r}; valid: "
                       f"{list(data_lib.ORDERINGS)}")
@@ -94,6 +137,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.learners is empty; give a comma-separated list, e.g. 'finetune,er'")
   valid = learners_lib.names()
   for n in names:
+    hp = config.hparams.get(n, None)
+    if hp is not None and not isinstance(hp, (dict, ml_collections.ConfigDict)):
+      raise ConfigError(f"hparams.{n} must be a group of hyper-parameters, got {hp!r}")
     lname = learner_of(config, n)
     if lname not in valid:
       raise ConfigError(f"unknown learner {lname!r} (run {n!r}); valid learners: {valid}")
@@ -101,6 +147,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       learners_lib.registry.check_hparams(lname, _hparams_of(config, n))
     except ValueError as e:
       raise ConfigError(f"hparams.{n}: {e}") from None
+
+
+def _number(key: str, value, lo, hi=None, kind=int, what: str = "", *, open_low: bool = False,
+            open_high: bool = False, hint: str = "") -> None:
+  """ConfigError unless ``value`` is a ``kind`` (an int for int keys; bools refused) within
+  [lo, hi] (bounds excluded where ``open_low``/``open_high``)."""
+  ok = (isinstance(value, (int, float) if kind is float else int)
+        and not isinstance(value, bool))
+  if ok:
+    ok = (value > lo if open_low else value >= lo) and (
+        hi is None or (value < hi if open_high else value <= hi))
+  if not ok:
+    need = what or (f">= {lo}" if hi is None else f"in [{lo}, {hi}]")
+    raise ConfigError(f"{key} must be {'a number' if kind is float else 'an integer'} {need}, "
+                      f"got {value!r}{hint}")
 
 
 def _validate_base_init(b) -> None:
@@ -115,11 +176,11 @@ def _validate_base_init(b) -> None:
     optim.step_schedule(1.0, 1000, tuple(b.lr_milestones), float(b.lr_factor))
   except (TypeError, ValueError) as e:
     raise ConfigError(f"base_init.lr_milestones: {e}") from None
-  if int(b.classes) < 0 or float(b.epochs) < 0 or int(b.batch_size) < 1:
-    raise ConfigError(f"base_init needs classes >= 0, epochs >= 0 and batch_size >= 1, got "
-                      f"{b.classes}, {b.epochs}, {b.batch_size}")
-  if not 0.0 < float(b.mask_ratio) < 1.0:
-    raise ConfigError(f"base_init.mask_ratio must be in (0, 1), got {b.mask_ratio}")
+  _number("base_init.classes", b.classes, 0)
+  _number("base_init.epochs", b.epochs, 0.0, kind=float)
+  _number("base_init.batch_size", b.batch_size, 1)
+  _number("base_init.mask_ratio", b.mask_ratio, 0.0, 1.0, float, "in (0, 1)", open_low=True,
+          open_high=True)
 
 
 def run_names(config) -> list:
@@ -162,9 +223,8 @@ def build_learner(config, run_name: str, stream,
 
 
 def run_options(config) -> runner.RunOptions:
-  b = int(config.budget.passes_per_step)
   return runner.RunOptions(
-      batch_size=int(config.stream.batch_size), budget=None if b < 0 else b,
+      batch_size=int(config.stream.batch_size), budget=config.budget.passes_per_step,
       eval_every_examples=int(config.eval.every_examples),
       eval_batch_size=int(config.eval.batch_size),
       num_devices=int(config.num_devices) or None,
@@ -179,6 +239,103 @@ def make_stream(config):
       label_rate=float(s.label_rate), seed=int(config.seed if s.seed < 0 else s.seed),
       max_examples_per_step=int(s.max_examples_per_step) or None,
       first_step_classes=int(config.base_init.classes), label_noise=float(s.label_noise))
+
+
+# Config keys that do not change what a run computes: left out of the fingerprint, so they may
+# change between a run and its resume (another machine, other reports).
+_NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "checkpoint", "plots",
+                      "eval.batch_size", "eval.omega_topk", "eval.omega_points")
+
+
+def fingerprint(config, stream) -> dict:
+  """The experiment's fingerprint: every config key that decides what its runs compute (flat,
+  e.g. ``stream.seed``), and ``data_sha256``, a digest of the data set's arrays."""
+  flat = runner.flatten(config.to_dict())
+  out = {k: v for k, v in flat.items()
+         if not any(k == x or k.startswith(x + ".") for x in _NOT_FINGERPRINTED)}
+  out["data_sha256"] = stream.dataset.sha256()
+  return json.loads(json.dumps(out))  # the JSON form, as read back from experiment.json
+
+
+def run_entry(config, run_name: str) -> dict:
+  """A run's part of the fingerprint: its learner and hyper-parameters (flat)."""
+  hp = runner.flatten({"hparams": _hparams_of(config, run_name)})
+  return json.loads(json.dumps({"learner": learner_of(config, run_name), **hp}))
+
+
+def _read_json(path: str, what: str):
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:120]}); it holds "
+                      f"{what}: restore it, or use a new --workdir") from None
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates ``workdir`` if needed and checks that files can be written there; returns its
+  absolute path. ConfigError (one line) otherwise."""
+  path = os.path.abspath(workdir)
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"cannot write to --workdir {path} ({e.strerror or e}); choose a writable "
+                      "folder") from None
+  return path
+
+
+def _has_steps(workdir: str, run_name: str) -> list:
+  d = os.path.join(workdir, "checkpoints", run_name)
+  return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
+
+
+def check_workdir(workdir: str, config, stream, resume: bool,
+                  names: Optional[list] = None) -> tuple:
+  """Checks ``config`` against what ``workdir`` already holds, before anything trains.
+
+  ``names``: the runs about to be made (default: the config's). Returns (the experiment record
+  to write, with those runs added; the runs already in results.json). Raises ConfigError naming
+  the keys when the experiment fingerprint or a run's hyper-parameters differ from the recorded
+  ones, and when one of ``names`` is already in the workdir and ``resume`` is not set.
+  """
+  fp = fingerprint(config, stream)
+  record_path = os.path.join(workdir, "experiment.json")
+  record = _read_json(record_path, "the fingerprint of the runs in this workdir")
+  previous = (_read_json(os.path.join(workdir, "results.json"), "the results of earlier runs")
+              or {}).get("runs", {})
+  names = run_names(config) if names is None else names
+  if record is None:
+    old = [n for n in names if _has_steps(workdir, n)] + list(previous)
+    if old:
+      raise ConfigError(f"{workdir} holds runs {sorted(set(old))} but no experiment.json (written "
+                        "by an older cljax, or removed), so their config cannot be checked; use "
+                        "a new --workdir")
+    record = {"version": 1, "fingerprint": fp, "runs": {}}
+  differ = runner.fingerprint_diff(record["fingerprint"], fp)
+  for n in names:
+    if n in record["runs"]:
+      differ += [f"{n}: {d}" for d in runner.fingerprint_diff(record["runs"][n],
+                                                              run_entry(config, n))]
+  if differ:
+    raise ConfigError(f"{workdir} holds runs made with another config: {', '.join(differ)}; "
+                      "use the recorded values, another run name (hparams.NAME.learner), or a "
+                      "new --workdir")
+  for n in names:
+    steps = _has_steps(workdir, n)
+    if not resume and (steps or n in previous):
+      state = ("finished, its results are in results.json" if n in previous else
+               f"checkpoints up to step {steps[-1]}")
+      raise ConfigError(f"run {n!r} is already in {workdir} ({state}); pass --resume to "
+                        "continue or reuse it, or leave it out of --config.learners (runs not "
+                        "yet in the workdir are added to results.json)")
+    record["runs"][n] = run_entry(config, n)
+  return record, previous
 
 
 def base_model(config, stream, workdir: str, log=runner.default_log
@@ -209,9 +366,13 @@ def run_base_init(config, workdir: str, log: Callable[[str], None] = runner.defa
     raise ConfigError(
         f"base_init.checkpoint is set ({config.base_init.checkpoint}): nothing to pretrain; "
         "clear it (--config.base_init.checkpoint='') to train one")
-  os.makedirs(workdir, exist_ok=True)
+  workdir = prepare_workdir(workdir)
   stream = make_stream(config)
   log(f"stream: {stream.describe()}")
+  # The base network belongs to the experiment: recorded, so that run.py in this workdir
+  # refuses a config that would have trained another one.
+  record, _ = check_workdir(workdir, config, stream, resume=True, names=[])
+  report.write_json(os.path.join(workdir, "experiment.json"), record)
   t0 = time.perf_counter()
   base = base_model(config, stream, workdir, log)
   log(f"[pretrain] {base.kind} base init of {config.model} ({len(base.x)} examples) in "
@@ -219,18 +380,38 @@ def run_base_init(config, workdir: str, log: Callable[[str], None] = runner.defa
   return base
 
 
+def prepare(config, workdir: str, resume: bool, log: Callable[[str], None]) -> tuple:
+  """Every check before any training: the config, the workdir, the data and stream, the
+  devices, the workdir's record. Returns (absolute workdir, stream, experiment record, runs
+  already in results.json)."""
+  validate_config(config)
+  workdir = prepare_workdir(workdir)
+  stream = make_stream(config)
+  if stream.dataset.inferred_num_classes:
+    log(f"data: num_classes not given: {stream.dataset.num_classes} classes inferred from the "
+        f"labels of {stream.dataset.name} (set dataset_kwargs.num_classes to fix it)")
+  log(f"stream: {stream.describe()}")
+  try:
+    mesh_lib.data_mesh(int(config.num_devices) or None)
+  except ValueError as e:
+    raise ConfigError(f"num_devices: {e}") from None
+  record, previous = check_workdir(workdir, config, stream, resume)
+  return workdir, stream, record, previous
+
+
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool = False,
                    log: Callable[[str], None] = runner.default_log) -> dict:
   """Runs every learner of ``config`` on one stream; writes results.json, plots, prints a table.
 
-  Every learner is built (and its hyper-parameters checked) before any of them trains.
+  Everything is checked before anything trains (``prepare``): the whole config, every learner's
+  hyper-parameter names, the data, the workdir and what it already holds. Every learner is built
+  (its hyper-parameter values checked) before any of them trains, after the base
+  initialisation they may need. results.json keeps the runs of earlier calls in ``workdir``.
   """
-  validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  stream = make_stream(config)
-  log(f"stream: {stream.describe()}")
+  workdir, stream, record, previous = prepare(config, workdir, resume, log)
+  report.write_json(os.path.join(workdir, "experiment.json"), record)
   opts = run_options(config)
-  results = {"config": config.to_dict(), "stream": stream.describe(), "runs": {}}
+  results = {"config": config.to_dict(), "stream": stream.describe(), "runs": dict(previous)}
   path = os.path.join(workdir, "results.json")
   t0 = time.perf_counter()
   base = base_model(config, stream, workdir, log)
@@ -238,15 +419,22 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool
     results["base_init"] = {"classes": base.classes, "model": config.model, "kind": base.kind,
                             "examples": len(base.x), "test_accuracy": base.test_accuracy}
   built = {name: build_learner(config, name, stream, base) for name in run_names(config)}
+  fp = record["fingerprint"]
   for name, learner in built.items():
+    opts.fingerprint = {**fp, **record["runs"][name]}
     results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
                                                resume=resume, log=log)
-    results_lib.add_omega(results["runs"])
-    report.write_json(path, results)
+    _write_results(path, results, config)
   results["wall_s"] = time.perf_counter() - t0
-  report.write_json(path, results)
+  _write_results(path, results, config)
   if config.plots:
     report.plots(results["runs"], os.path.join(workdir, "plots"), stream.dataset.class_names)
   log("\n" + report.table(results["runs"]))
   log(f"results: {path}")
   return results
+
+
+def _write_results(path: str, results: dict, config) -> None:
+  results_lib.add_omega(results["runs"], topk=int(config.eval.omega_topk),
+                        points=str(config.eval.omega_points))
+  report.write_json(path, results)

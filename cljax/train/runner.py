@@ -16,12 +16,18 @@ check, one transfer and one key derivation per chunk), and the passes each call 
 device until the step ends (no per-batch host sync), so dispatch stays asynchronous.
 
 Keys are derived from (seed, run name, batch number), never carried, so a run resumed from a
-checkpoint draws exactly the keys the uninterrupted run would have drawn.
+checkpoint draws exactly the keys the uninterrupted run would have drawn. Everything else the rest
+of the run depends on (the grain iterator's position, the next anytime-evaluation point, metrics
+and counters so far) is in each checkpoint's metadata, so a run resumed from any saved step ends
+bit-identical to the uninterrupted one (timings aside). Each checkpoint also records the run's
+fingerprint (``fingerprint``): a resume under another configuration is refused, naming the keys
+that differ.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -53,6 +59,9 @@ class RunOptions:
   num_devices: devices on the ``data`` mesh axis (None: all).
   max_to_keep: checkpoints kept per learner (>= 2 so a corrupt latest can fall back).
   seed: the run's seed (keys derive from it and the run name).
+  fingerprint: what else defines the run (e.g. the experiment's data set, stream, learner and
+    hyper-parameters; flat JSON-able dict), saved with every checkpoint and compared on resume
+    together with the options above.
   """
 
   batch_size: int = 32
@@ -62,10 +71,80 @@ class RunOptions:
   num_devices: Optional[int] = None
   max_to_keep: int = 3
   seed: int = 0
+  fingerprint: Optional[dict] = None
 
 
 class RunError(RuntimeError):
-  pass
+  """The run cannot go on as asked (e.g. a resume under another configuration)."""
+
+
+class Interrupted(BaseException):
+  """A stop asked for by a signal (the binaries' SIGTERM/SIGINT handler, ``cljax.train.cli``).
+
+  ``run_learner`` lets the checkpoint in flight finish, then raises it with ``run_name``,
+  ``saved_step`` (the newest step on disk, None if none), ``num_steps`` and ``directory`` set.
+  A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it.
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+    self.run_name: Optional[str] = None
+    self.saved_step: Optional[int] = None
+    self.num_steps: Optional[int] = None
+    self.directory: Optional[str] = None
+
+
+# The signal number of a stop asked for, or None. The handler raises Interrupted at once (so a
+# long end of step or evaluation is cut short), but an exception raised by a signal handler can
+# land anywhere: inside a garbage-collector callback it is printed and dropped, inside library
+# code it may come out as another exception. So the request is also kept here: the runner checks
+# it after every chunk of batches, and treats any exception escaping while it is set as the stop.
+_STOP: list = [None]
+
+
+def request_stop(signum: Optional[int]) -> None:
+  """Asks the runner to stop (``signum``) or clears the request (None)."""
+  _STOP[0] = signum
+
+
+def stop_requested() -> Optional[int]:
+  return _STOP[0]
+
+
+def check_stop() -> None:
+  """Raises Interrupted if a stop was asked for (a safe point between two pieces of work)."""
+  if _STOP[0] is not None:
+    raise Interrupted(_STOP[0])
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (their JSON form)."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def fingerprint_diff(saved: dict, now: dict) -> list:
+  """The keys of two flat fingerprints that differ, as ``"key (saved -> now)"`` strings."""
+  missing = object()
+  return [f"{k} ({saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r})"
+          for k in sorted(set(saved) | set(now))
+          if saved.get(k, missing) != now.get(k, missing)]
+
+
+def run_fingerprint(run_name: str, stream: streams_lib.Stream, opts: RunOptions) -> dict:
+  """What a checkpoint of this run must match to be resumed (flat, JSON-able)."""
+  fp = {"run_name": run_name, "stream": stream.describe(),
+        "num_batches": streams_lib.num_batches(stream, opts.batch_size),
+        "batch_size": opts.batch_size, "budget": opts.budget,
+        "eval_every_examples": opts.eval_every_examples, "seed": opts.seed}
+  fp.update(json.loads(json.dumps(flatten(opts.fingerprint or {}))))
+  return fp
 
 
 def _key_for(seed: int, run_name: str) -> jax.Array:
@@ -96,9 +175,10 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
              mesh=None, full: bool = False) -> dict:
   """Accuracy of ``state`` on every task's test set after step t.
 
-  Returns ``row`` [J] (None for tasks not yet seen), ``accuracy`` (top-1 over the test examples
-  of all seen classes, α(t)) and ``A`` (mean of the row over seen tasks). With ``full``, also
-  top-5, mean-per-class accuracy, the confusion matrix and per-class precision/recall/F1.
+  Returns ``row`` [J] (None for tasks not yet seen), ``accuracy`` and ``top5`` (top-1 and top-5
+  over the test examples of all seen classes: α(t) of Ω) and ``A`` (mean of the row over seen
+  tasks). With ``full``, also mean-per-class accuracy, the confusion matrix and per-class
+  precision/recall/F1.
   """
   test = stream.dataset.test
   logits = []
@@ -112,13 +192,13 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
   row = [float(correct[stream.test_index[j]].mean()) if j < seen_tasks else None
          for j in range(len(stream.tasks))]
   seen_idx = np.concatenate([stream.test_index[j] for j in range(seen_tasks)])
+  y = test.y[seen_idx]
   out = {"row": row, "accuracy": float(correct[seen_idx].mean()),
+         "top5": float(M.topk_correct(logits[seen_idx], y, 5).mean()),
          "A": float(np.mean([r for r in row if r is not None]))}
   if full:
-    y = test.y[seen_idx]
     cm = M.confusion_matrix(y, pred[seen_idx], stream.dataset.num_classes)
-    out.update(top5=float(M.topk_correct(logits[seen_idx], y, 5).mean()),
-               mean_per_class=M.mean_per_class_accuracy(y, pred[seen_idx]),
+    out.update(mean_per_class=M.mean_per_class_accuracy(y, pred[seen_idx]),
                confusion_matrix=cm.tolist(),
                **{k: v.tolist() for k, v in M.precision_recall_f1(cm).items()})
   return out
@@ -164,7 +244,25 @@ def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opt
 
 def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) -> dict:
   ckdir = os.path.join(workdir, "checkpoints", run_name)
-  n_batches = streams_lib.num_batches(stream, opts.batch_size)
+  check_stop()
+  ck = Checkpointer(ckdir, max_to_keep=opts.max_to_keep)
+  try:
+    with ck:
+      return _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck)
+  except BaseException as e:  # pylint: disable=broad-except
+    if _STOP[0] is None:
+      raise
+    ck.close()  # the checkpoint in flight finishes (a repeated signal is ignored meanwhile)
+    stop = e if isinstance(e, Interrupted) else Interrupted(_STOP[0])
+    stop.run_name, stop.saved_step, stop.num_steps, stop.directory = (
+        run_name, ck.saved_step, stream.num_steps, ckdir)
+    if stop is e:
+      raise
+    raise stop from e
+
+
+def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
+  fingerprint = run_fingerprint(run_name, stream, opts)
   it = streams_lib.chunks(stream, opts.batch_size, max_batches=_CHUNK)
   key = _key_for(opts.seed, run_name)
   k_batch, k_step = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
@@ -176,101 +274,102 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
                         "y": np.asarray(stream.labels[0][:opts.batch_size], np.int32)})
 
   steps, acc_rows, eval_points = [], [], []
-  examples_seen, t_next, wall_before = 0, 0, 0.0
+  examples_seen, wall_before = 0, 0.0
   every = opts.eval_every_examples
   next_eval = every or None
-  with Checkpointer(ckdir, max_to_keep=opts.max_to_keep) as ck:
-    if ck.steps() and not resume:
-      raise RunError(f"{ckdir} already holds checkpoints (steps {ck.steps()}); pass --resume to "
-                     "continue that run, or use a new --workdir")
-    if resume:
-      restored = ck.restore_latest(state)
-      if restored is not None:
-        step, state, meta = restored
-        if meta.get("run_name") != run_name or meta.get("num_batches") != n_batches:
-          raise RunError(f"checkpoint in {ckdir} belongs to a different run/stream "
-                         f"({meta.get('run_name')}, {meta.get('num_batches')} batches); "
-                         "use a new --workdir")
-        steps, acc_rows, eval_points = meta["steps"], meta["acc_rows"], meta["eval_points"]
-        examples_seen, t_next = meta["examples_seen"], step + 1
-        next_eval = meta.get("next_eval", next_eval)
-        wall_before = meta["wall_s"]
-        it.set_state(meta["iterator"])
-        log(f"[{run_name}] resumed after step {step} ({examples_seen} examples seen)")
-        if t_next >= stream.num_steps:
-          return meta["result"]
-    state = mesh_lib.replicate(mesh, state)
-    t0 = time.perf_counter()
-    step_t0, step_passes, step_examples = time.perf_counter(), [], 0  # passes: one per chunk
-    total = stream.num_examples
-    for chunk in it:
-      t = int(chunk["step"])
-      b0 = int(chunk["first_batch"])
-      _check_chunk(chunk, example_shape, num_classes, f"step {t} batches {b0}+")
-      n = chunk["y"].shape[0]
-      keys = _chunk_keys(k_batch, jnp.int32(b0))
-      counts = chunk["valid"].sum(1).tolist()
-      chunk_passes = []
-      update = learner.update
-      if next_eval is None:  # the hot path: nothing but the calls
-        for batch, key in zip(_batches_of(mesh, chunk), keys):
-          state, info = update(state, batch, key)
-          chunk_passes.append(info.passes)
-        examples_seen += sum(counts)
-        step_examples += sum(counts)
-      else:
-        for i, batch in enumerate(_batches_of(mesh, chunk)):
-          state, info = update(state, batch, keys[i])
-          chunk_passes.append(info.passes)
-          examples_seen += counts[i]
-          step_examples += counts[i]
-          last = bool(chunk["ends_step"]) and i == n - 1
-          if examples_seen >= next_eval and not last:
-            ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh)
-            eval_points.append({"step": t, "examples_seen": examples_seen,
-                                "accuracy": ev["accuracy"]})
-            while next_eval <= examples_seen:
-              next_eval += every
-      step_passes.append(_total_passes(chunk_passes))
-      if not chunk["ends_step"]:
-        continue
-      used = float(np.sum(jax.device_get(step_passes)))
-      remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
-      state, info = learner.end_of_step(state, jax.random.fold_in(k_step, t), remaining)
-      step_budget = used + float(info.passes)
-      if (opts.budget is not None and step_budget > opts.budget + 1e-6 and learner.budgeted):
-        log(f"[{run_name}] warning: step {t} spent {step_budget:g} passes, over the budget "
-            f"{opts.budget}")
-      is_final = t == stream.num_steps - 1
-      ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh, full=is_final)
-      acc_rows.append(ev["row"])
-      eval_points.append({"step": t, "examples_seen": examples_seen, "accuracy": ev["accuracy"]})
-      if next_eval is not None:
-        while next_eval <= examples_seen:
-          next_eval += every
-      now = time.perf_counter()
-      wall = now - step_t0
-      steps.append({"step": t, "accuracy": ev["A"], "accuracy_seen": ev["accuracy"],
-                    "examples_seen": examples_seen, "wall_s": wall,
-                    "examples_per_s": step_examples / wall if wall > 0 else None,
-                    "budget_used": step_budget})
-      elapsed = wall_before + now - t0
-      done_frac = examples_seen / total
-      eta = elapsed / done_frac * (1 - done_frac) if done_frac > 0 else float("nan")
-      log(f"[{run_name}] step {t + 1}/{stream.num_steps} | {examples_seen}/{total} ex | "
-          f"A(t)={ev['A']:.4f} | {step_examples / wall:,.0f} ex/s | budget {step_budget:g} | "
-          f"ETA {eta:.0f}s")
-      meta = {"run_name": run_name, "num_batches": n_batches, "steps": steps,
-              "acc_rows": acc_rows, "eval_points": eval_points, "examples_seen": examples_seen,
-              "next_eval": next_eval, "wall_s": elapsed, "iterator": it.get_state(),
-              "seed": opts.seed}
-      if is_final:
-        meta["result"] = results_lib.record(acc_rows, stream.task_step, steps, eval_points, ev,
-                                            elapsed)
-      ck.save(t, state, meta)
-      step_t0, step_passes, step_examples = time.perf_counter(), [], 0  # passes: one per chunk
-    ck.wait()
-  if not steps or len(acc_rows) != stream.num_steps:
+  if ck.steps() and not resume:
+    raise RunError(f"{ck.directory} already holds checkpoints (steps {ck.steps()}); pass "
+                   "--resume to continue that run, or use a new --workdir")
+  restored = ck.restore_latest(state) if resume else None
+  if restored is not None:
+    step, state, meta = restored
+    differ = fingerprint_diff(meta.get("fingerprint", {}), fingerprint)
+    if differ:
+      raise RunError(f"the checkpoints in {ck.directory} belong to a run with another "
+                     f"configuration: {', '.join(differ)}; resume with the saved values or use "
+                     "a new --workdir")
+    steps, acc_rows, eval_points = meta["steps"], meta["acc_rows"], meta["eval_points"]
+    examples_seen, next_eval, wall_before = meta["examples_seen"], meta["next_eval"], meta["wall_s"]
+    it.set_state(meta["iterator"])
+    ck.saved_step = step
+    log(f"[{run_name}] resumed after step {step} ({examples_seen} examples seen)")
+    if step + 1 >= stream.num_steps:
+      return meta["result"]
+  state = mesh_lib.replicate(mesh, state)
+  meta = None
+  t0 = time.perf_counter()
+  step_t0, step_passes, step_examples = time.perf_counter(), [], 0  # passes: one per chunk
+  total = stream.num_examples
+  for chunk in it:
+    t = int(chunk["step"])
+    b0 = int(chunk["first_batch"])
+    _check_chunk(chunk, example_shape, num_classes, f"step {t} batches {b0}+")
+    n = chunk["y"].shape[0]
+    keys = _chunk_keys(k_batch, jnp.int32(b0))
+    counts = chunk["valid"].sum(1).tolist()
+    chunk_passes = []
+    update = learner.update
+    if next_eval is None:  # the hot path: nothing but the calls
+      for batch, key in zip(_batches_of(mesh, chunk), keys):
+        state, info = update(state, batch, key)
+        chunk_passes.append(info.passes)
+      examples_seen += sum(counts)
+      step_examples += sum(counts)
+    else:
+      for i, batch in enumerate(_batches_of(mesh, chunk)):
+        state, info = update(state, batch, keys[i])
+        chunk_passes.append(info.passes)
+        examples_seen += counts[i]
+        step_examples += counts[i]
+        last = bool(chunk["ends_step"]) and i == n - 1
+        if examples_seen >= next_eval and not last:
+          ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh)
+          eval_points.append({"step": t, "examples_seen": examples_seen, "step_end": False,
+                              "accuracy": ev["accuracy"], "top5": ev["top5"]})
+          while next_eval <= examples_seen:
+            next_eval += every
+    step_passes.append(_total_passes(chunk_passes))
+    if _STOP[0] is not None:
+      raise Interrupted(_STOP[0])
+    if not chunk["ends_step"]:
+      continue
+    used = float(np.sum(jax.device_get(step_passes)))
+    remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
+    state, info = learner.end_of_step(state, jax.random.fold_in(k_step, t), remaining)
+    step_budget = used + float(info.passes)
+    if (opts.budget is not None and step_budget > opts.budget + 1e-6 and learner.budgeted):
+      log(f"[{run_name}] warning: step {t} spent {step_budget:g} passes, over the budget "
+          f"{opts.budget}")
+    is_final = t == stream.num_steps - 1
+    ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh, full=is_final)
+    acc_rows.append(ev["row"])
+    eval_points.append({"step": t, "examples_seen": examples_seen, "step_end": True,
+                        "accuracy": ev["accuracy"], "top5": ev["top5"]})
+    if next_eval is not None:
+      while next_eval <= examples_seen:
+        next_eval += every
+    now = time.perf_counter()
+    wall = now - step_t0
+    steps.append({"step": t, "accuracy": ev["A"], "accuracy_seen": ev["accuracy"],
+                  "examples_seen": examples_seen, "wall_s": wall,
+                  "examples_per_s": step_examples / wall if wall > 0 else None,
+                  "budget_used": step_budget})
+    elapsed = wall_before + now - t0
+    meta = {"run_name": run_name, "fingerprint": fingerprint, "steps": steps,
+            "acc_rows": acc_rows, "eval_points": eval_points, "examples_seen": examples_seen,
+            "next_eval": next_eval, "wall_s": elapsed, "iterator": it.get_state()}
+    if is_final:
+      meta["result"] = results_lib.record(acc_rows, stream.task_step, steps, eval_points, ev,
+                                          elapsed)
+    ck.save(t, state, meta)  # the step is printed as done once its save is handed over
+    done_frac = examples_seen / total
+    eta = elapsed / done_frac * (1 - done_frac) if done_frac > 0 else float("nan")
+    log(f"[{run_name}] step {t + 1}/{stream.num_steps} | {examples_seen}/{total} ex | "
+        f"A(t)={ev['A']:.4f} | {step_examples / wall:,.0f} ex/s | budget {step_budget:g} | "
+        f"ETA {eta:.0f}s")
+    step_t0, step_passes, step_examples = time.perf_counter(), [], 0
+  ck.wait()
+  if meta is None or len(acc_rows) != stream.num_steps:
     raise RunError(f"[{run_name}] the stream ended after {len(acc_rows)} of "
                    f"{stream.num_steps} steps")
   return meta["result"]

@@ -20,6 +20,20 @@ def test_digits_real_and_split():
   assert set(np.unique(ds.test.y)) == set(range(10))
 
 
+def test_digits_are_sklearns():
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  ds = data.load("digits")
+  ref = load_digits()
+  x = np.round(ref.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  got = np.concatenate([ds.train.x, ds.test.x])
+  assert len(got) == len(x)
+  # the same examples (the split reorders them): compare sorted rows with their labels
+  key = lambda a, y: np.lexsort(np.c_[a.reshape(len(a), -1), y].T)  # noqa: E731
+  gy = np.concatenate([ds.train.y, ds.test.y])
+  np.testing.assert_array_equal(got[key(got, gy)], x[key(x, ref.target)])
+  np.testing.assert_array_equal(gy[key(got, gy)], ref.target[key(x, ref.target)])
+
+
 def test_mnist5k_real():
   ds = data.load("mnist5k")
   assert (len(ds.train), len(ds.test)) == (4000, 1000)

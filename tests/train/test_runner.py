@@ -166,3 +166,38 @@ def test_checkpoint_holds_the_metadata_as_it_was_at_save(tmp_path):
     step, state, back = ck.restore_latest({"a": jnp.zeros(3)})
   assert step == 0 and back == {"points": [1]}
   np.testing.assert_array_equal(state["a"], np.ones(3))
+
+
+@pytest.mark.slow  # ER runs and their resumes (~4 s each alone)
+@pytest.mark.parametrize("how", ["raised", "swallowed", "converted"])
+def test_interrupt_lets_the_checkpoint_in_flight_finish_and_resume_ends_identical(
+    digits_run, tmp_path, how):
+  # What the binaries' SIGTERM/SIGINT handler does, here from the log line printed once step
+  # 2's save has been handed to the writer thread: that save completes before the run stops.
+  # An exception raised by a signal handler can also be dropped (inside a garbage-collector
+  # callback) or come out of library code as another exception: the runner still stops.
+  import signal  # pylint: disable=import-outside-toplevel
+  from cljax.train import runner  # pylint: disable=import-outside-toplevel
+
+  def log(msg):
+    if msg.startswith("[er] step 3/") and runner.stop_requested() is None:
+      runner.request_stop(signal.SIGTERM)
+      if how == "raised":
+        raise runner.Interrupted(signal.SIGTERM)
+      if how == "converted":
+        raise RuntimeError("a library's own error")
+
+  wd = str(tmp_path)
+  try:
+    with pytest.raises(runner.Interrupted) as e:
+      experiment.run_experiment(small_config("er"), wd, log=log)
+  finally:
+    runner.request_stop(None)
+  # swallowed: the stop comes after the next chunk of batches, before step 3 ends
+  assert (e.value.run_name, e.value.saved_step, e.value.num_steps) == ("er", 2, 5)
+  assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints", "er"))
+                if s.isdigit())[-1] == 2
+  again = experiment.run_experiment(small_config("er"), wd, resume=True, log=lambda m: None)
+  want = digits_run[1]["runs"]["er"]
+  for key in ("accuracy_matrix", "eval_points", "confusion_matrix", "final_top5"):
+    assert again["runs"]["er"][key] == want[key], key
