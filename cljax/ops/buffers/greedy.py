@@ -10,14 +10,14 @@ hold at least one slot *before* the example:
   classes) and the example takes its slot.
 
 This is the paper's sampler (Sec. 3: "k_c < k / |Y_t|", evicting from the class with the most
-samples) as the online-continual-learning survey code writes it (RaptorMai/online-continual-learning,
-``agents/gdumb.py`` lines 19-32, ``greedy_balancing_update``: ``k_c = mem_size // max(1,
-len(mem_img))``, admit ``if y not in mem_img or mem_c[y] < k_c``, evict
-``random.randrange`` of ``max(mem_c)``). The paper's own code (drimpossible/GDumb,
-``src/dataloader.py`` lines 74-78) fills the memory offline with the first ``k // |Y|`` samples
-of every class, which this rule reaches online once every class has arrived. One difference in
-ties: the survey code evicts from the first-inserted largest class (dict order), this policy from
-the lowest class id.
+samples) as the online-continual-learning survey code writes it
+(RaptorMai/online-continual-learning ``agents/gdumb.py`` lines 19-32,
+``greedy_balancing_update``: ``k_c = mem_size // max(1, len(mem_img))``, admit ``if y not in
+mem_img or mem_c[y] < k_c``, evict ``random.randrange`` of ``max(mem_c)``). The paper's own code
+(drimpossible/GDumb ``src/dataloader.py`` lines 74-78) fills the memory offline with the first
+``k // |Y|`` samples of every class, which this rule reaches online once every class has arrived.
+One difference in ties: the survey code evicts from the first-inserted largest class (dict
+order), this policy from the lowest class id.
 
 Draw for the n-th offered example: the victim is the r-th slot (slot order) of the largest class,
 r = ``randint(fold_in(key, n), (), 0, class_count[largest])``. Sequential (``lax.scan``).
