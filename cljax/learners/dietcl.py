@@ -76,24 +76,28 @@ from cljax.ops.buffers import append as append_store
 from cljax.train.loop import Loop, apply_updates
 
 ALLOCATIONS = ("paper", "reference_code")
-LM_MASKS = ("logits", "targets")
+LM_MASKS = ("logits", "targets", "none")
 VIT_MODELS = tuple(f"vit_{c}" for c in vit_lib.CONFIGS)
 # The reference's min_lr, 5e-5 at its 1,024-example steps, per 256 examples (lr's unit here).
 MIN_LR = 5e-5 * 256 / 1024
 
 
-def source_split(batch_size: int, allocation: str) -> tuple[int, int, int]:
+def source_split(batch_size: int, allocation: str,
+                 reconstruction: bool = True) -> tuple[int, int, int]:
   """Rows of a joint batch from (unlabeled, current labeled, buffer) once a buffer exists.
 
   paper: thirds. reference_code: ``int(0.4 B)`` unlabeled (``unlabeled_data_ratio``), the rest
   halved between current labels and buffer (``trainer/diet.py`` lines 36-50; 102 / 77 / 77 of
-  256); an odd rest gives the extra row to the buffer, so the three always sum to B.
+  256); an odd rest gives the extra row to the buffer, so the three always sum to B. Without
+  ``reconstruction`` (an ablation) there are no unlabeled rows and the labels share the batch.
   """
-  if allocation == "paper":
-    nu = nl = batch_size // 3
+  if not reconstruction:
+    nu = 0
+  elif allocation == "paper":
+    nu = batch_size // 3
   else:
     nu = int(batch_size * 0.4)
-    nl = (batch_size - nu) // 2
+  nl = batch_size // 3 if allocation == "paper" and reconstruction else (batch_size - nu) // 2
   return nu, nl, batch_size - nu - nl
 
 
@@ -225,6 +229,7 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
            switch_prob: float = 0.5, label_smoothing: float = 0.1, augment: bool = True,
            crop_scale: Sequence[float] = (0.08, 1.0),
            mae_crop_scale: Sequence[float] = (0.2, 1.0), flip: bool = True,
+           reconstruction: bool = True, balanced_buffer: bool = True,
            memory_size: int = -1, stream_size: Optional[int] = None,
            max_step_size: int = 4096, max_tasks: int = 256, epochs_per_step: float = 1.0,
            chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
@@ -244,7 +249,11 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     mask_ratio, norm_pix: MAE masking ratio and per-patch normalised targets.
     allocation: ``paper`` or ``reference_code`` (module docstring); ``threshold`` is the paper's
       B̄ in passes; ``joint_fraction`` the reference code's 0.8.
-    lm_mask: ``logits`` (class-incremental streams) or ``targets`` (time-ordered streams).
+    lm_mask: ``logits`` (class-incremental streams), ``targets`` (time-ordered streams) or
+      ``none`` (plain CE over every seen class: the paper's ablation without masked CE).
+    reconstruction: False drops L_r and gives its rows to the labels (ablation).
+    balanced_buffer: False keeps every labelled row without the per-task truncation, so L_b
+      samples uniformly over all labels (ablation of the balanced buffer).
     mixup_alpha, cutmix_alpha, mixup_prob, switch_prob, label_smoothing: timm Mixup on every
       labelled batch (0.8, 1.0, 1.0, 0.5, 0.1; both alphas 0 turns it off).
     augment, crop_scale, mae_crop_scale, flip: RandomResizedCrop (+ horizontal flip) of labelled
@@ -271,7 +280,7 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
   net = vit_net("dietcl", model, num_classes, model_kwargs)
-  nu, nl, nb = source_split(batch_size, allocation)
+  nu, nl, nb = source_split(batch_size, allocation, reconstruction)
   peak_lr = lr * batch_size / 256
   floor_lr = min_lr * batch_size / 256
   recipe = Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob), float(switch_prob),
@@ -304,6 +313,8 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   def _l_m(logits, mixed, yl, in_batch_rows, state):
     if lm_mask == "logits":  # softmax over this step's classes (class-incremental)
       return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["step_cls"])
+    if lm_mask == "none":  # ablation: like L_b, every seen class
+      return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["seen"])
     # Time-ordered: softmax over every seen class, targets of the batch's classes only.
     in_batch = seen_classes(jnp.zeros_like(state["seen"]), yl, in_batch_rows)
     return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["seen"],
@@ -313,11 +324,13 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     ku, kl, kb, km, kau, kml, kmb = jax.random.split(key, 7)
     # No earlier task in memory (the first step): the buffer's rows go to the current labels.
     first = state["mem"].tasks <= 1
-    xu, _, wu = sample_rows(store, state["cur_u"], ku, nu)
     xl, yl, wl = sample_rows(store, state["cur_l"], kl, nl + nb)
     xb, yb, wb = sample_rows(memory, state["mem"], kb, nb)
-    l_r = (net.call(params, recipe.images(kau, xu, mae=True), "mae_loss", km, mask_ratio,
-                    norm_pix, wu) if nu else jnp.zeros(()))
+    l_r = jnp.zeros(())
+    if nu:
+      xu, _, wu = sample_rows(store, state["cur_u"], ku, nu)
+      l_r = net.call(params, recipe.images(kau, xu, mae=True), "mae_loss", km, mask_ratio,
+                     norm_pix, wu)
     rows = jnp.where(first, nl + nb, nl)
     cur = recipe.batch(kml, xl, yl, wl, state["seen"], rows)
     buf = recipe.batch(kmb, xb, yb, wb, state["seen"])
@@ -345,7 +358,8 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     earlier = jnp.arange(mem.task_count.shape[0]) < jnp.minimum(mem.tasks, max_tasks)
     prev = jnp.min(jnp.where(earlier, mem.task_count, jnp.iinfo(jnp.int32).max))
     level = jnp.where(cur.count > 0, jnp.minimum(cur.count, prev), prev)
-    return {**state, "mem": memory.insert(mem, cur.x, cur.y, valid, level)}
+    return {**state, "mem": memory.insert(mem, cur.x, cur.y, valid,
+                                          level if balanced_buffer else None)}
 
   @jax.jit
   def finish(state):
@@ -391,7 +405,8 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
             mask_ratio=mask_ratio, norm_pix=norm_pix, allocation=allocation, threshold=threshold,
             joint_fraction=joint_fraction, lm_mask=lm_mask, mixup_alpha=mixup_alpha,
             cutmix_alpha=cutmix_alpha, mixup_prob=mixup_prob, switch_prob=switch_prob,
-            label_smoothing=label_smoothing, augment=augment, crop_scale=tuple(crop_scale),
+            label_smoothing=label_smoothing, reconstruction=reconstruction,
+            balanced_buffer=balanced_buffer, augment=augment, crop_scale=tuple(crop_scale),
             mae_crop_scale=tuple(mae_crop_scale), flip=flip, memory_size=memory_size,
             memory_capacity=capacity, max_step_size=max_step_size, max_tasks=max_tasks,
             epochs_per_step=epochs_per_step, chunk=chunk, warm_start=init_params is not None)
