@@ -12,7 +12,8 @@ classes by default, vit_micro) with ``budget.passes_per_step``, ``stream.label_r
 ``seed`` from the grid and ``learners`` from ``--learners``: ``dietcl`` (the paper's allocation),
 ``dietcl_ref`` (the reference code's recipe), the baselines, and the ablations of the paper's
 Table 2, each DietCL without one component (``ABLATIONS``: L_m as plain CE over all seen
-classes, the buffer without per-task balance, no reconstruction loss). With ``--mae`` (default)
+classes, the buffer without per-task balance, no reconstruction loss), and DietCL without the
+reference's regularisation (no Mixup/CutMix, no crops). With ``--mae`` (default)
 the MAE base initialisation is trained once (the first cell; or ``--base=PATH``) and every other
 cell loads it, so all cells start from the same pre-trained ViT. B̄ stays the config's.
 
@@ -40,11 +41,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from experiments.studies import seeds as seeds_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 
-# The paper's Table 2 components, one removed at a time from the config's dietcl.
+# The paper's Table 2 components, one removed at a time from the config's dietcl, and the
+# reference code's regularisation (Mixup/CutMix, label smoothing, crops) removed.
 ABLATIONS = {
     "dietcl_no_masked_ce": dict(lm_mask="none"),
     "dietcl_no_balanced_buffer": dict(balanced_buffer=False),
     "dietcl_no_reconstruction": dict(reconstruction=False),
+    "dietcl_no_regularisation": dict(mixup_alpha=0.0, cutmix_alpha=0.0, augment=False),
 }
 
 F = {}  # flags, defined only when run as a script (other studies define --workdir too)
