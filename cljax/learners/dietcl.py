@@ -1,16 +1,28 @@
 """DietCL (Zhang et al., ICLR 2024, "Continual Learning on a Diet"): semi-supervised continual
-learning under a per-step compute budget, with a ViT encoder + MAE decoder
-(wx-zhang/continual-learning-on-a-diet).
+learning under a per-step compute budget, with a ViT encoder + MAE decoder. Reference code:
+wx-zhang/continual-learning-on-a-diet (cited below by file and line).
 
 Losses at time step t (``cljax/models/vit.py`` holds the model):
 
 * L_r: MAE reconstruction (mask ratio 0.75, normalised-pixel targets, MSE over masked patches) on
-  the step's *unlabeled* rows (``labeled`` False);
-* L_m: cross-entropy on the step's *labeled* rows, with the logits of classes absent from this
-  step's labels masked out (in a class-incremental stream: the classes not introduced at t);
+  the step's *unlabeled* rows (``labeled`` False), weighted ``w_r`` (``unlabeled_coef`` 50,
+  ``config/trainer/diet.yaml`` line 16; ``trainer/pretrain.py`` lines 86-95);
+* L_m: cross-entropy on the step's *labeled* rows. ``lm_mask="logits"`` (class-incremental,
+  ``trainer/base.py`` lines 148-150): the softmax runs over the classes of this step's labels
+  only. ``lm_mask="targets"`` (time-ordered streams, lines 152-159): the softmax keeps all seen
+  classes and only the target columns of the classes in the labelled batch count;
 * L_b: cross-entropy over all seen classes on a task-balanced memory of the labelled data so far
-  (``cljax.ops.buffers`` policy ``task_balanced``; the step's labels enter it before training, so
-  L_b covers all labelled data so far).
+  (``cljax.ops.buffers`` policy ``task_balanced``; the step's labels enter it before training,
+  ``replay_before: True``, ``data.py`` lines 24-44). ``memory_size=-1`` keeps every labelled row
+  (``replay_buffer_size: -1``, ``config/base.yaml`` line 60) in a memory of ``stream_size`` rows;
+  every task is truncated to min(its labels, the previous tasks' share), ``data.py`` lines 56-93.
+
+Regularisation (``config/base.yaml`` lines 41-48; ``trainer/base.py`` lines 58-71, 128-163):
+every labelled CE batch (current and buffer, in both phases) goes through timm Mixup/CutMix
+(mixup α 0.8, cutmix α 1.0, switch 0.5, label smoothing 0.1 over the classes seen;
+``cljax.ops.mixup``) and a soft-target CE; labelled images get RandomResizedCrop (scale 0.08-1) +
+horizontal flip (``dataset/utils.py`` line 16), MAE inputs RandomResizedCrop (scale 0.2-1) + flip
+(``dataset/imagenet.py`` lines 36-43) (``cljax.ops.feature_aug.augment_images``).
 
 Joint loss ``w_r·L_r + L_m + L_b``, one joint batch of ``batch_size`` examples = one pass.
 Budget allocation (``allocation``):
@@ -18,13 +30,25 @@ Budget allocation (``allocation``):
 * ``paper``: the first min(budget, B̄) passes are joint, each batch split equally among the three
   sources; the passes above B̄ (``threshold``) are buffer-only fine-tuning with L_b;
 * ``reference_code``: 80 % of the passes joint (100 % at the first step), 20 % buffer-only at
-  lr × ``buffer_lr_scale``; joint batches mix unlabeled / labeled / buffer as 102 / 77 / 77 of 256,
-  scaled to ``batch_size``.
+  lr × ``buffer_lr_scale`` (``trainer/diet.py`` lines 10-19, ``config/trainer/diet.yaml`` lines
+  13-15); joint batches are ``int(0.4 B)`` unlabeled rows, the rest split evenly between current
+  labels and buffer (102 / 77 / 77 of 256; ``trainer/diet.py`` lines 28-53).
+
+In both, the first time step has no buffer yet: its joint batches give the buffer's share to the
+current labels (the reference's 102 / 154 / 0 at task 0), so the step's labels are not counted
+twice. Units: the paper's budgets and B̄ count optimizer steps of 1,024 examples (gradients
+accumulated over 4 batches of 256, ``trainer/base.py`` lines 171-175, ``trainer/utils.py`` line
+14); here a pass is one optimizer step of ``batch_size`` rows, so B̄ steps ≈ B̄ · 1024 /
+``batch_size`` passes.
 
 Optimizer (reference code): AdamW, betas (0.9, 0.95), weight decay 0.05 on matrices only
-(``cljax.optim.matrices``), a half-cosine decay over each phase, layer-wise lr decay 0.65
-(``cljax.optim.layer_scales`` with ``vit.layer_id``), re-created at every stage (each phase of each
-step), so the optimizer state never outlives ``end_of_step`` and is not part of the learner state.
+(``cljax.optim.matrices``), layer-wise lr decay 0.65 (``cljax.optim.layer_scales`` with
+``vit.layer_id``), re-created at every stage (each phase of each step), so the optimizer state
+never outlives ``end_of_step`` and is not part of the learner state. The lr of each phase is the
+reference's half cosine from the phase's peak down to a floor (``trainer/lr_sched.py`` lines
+10-23: ``min_lr + (peak - min_lr)·½(1 + cos(π i / n))``, and a peak below ``min_lr`` floors at
+half the peak, which is what the buffer-only phase at ×0.1 gets; ``min_lr`` 5e-5 at 1,024
+examples, ``config/base.yaml`` line 56).
 
 Training runs through ``cljax.train.loop.Loop`` as a ``lax.scan`` (the ViT has no convolution;
 patch embedding is a matmul, so the XLA:CPU conv-in-loop slowdown does not apply).
@@ -32,7 +56,7 @@ patch embedding is a matmul, so the XLA:CPU conv-in-loop slowdown does not apply
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,24 +66,38 @@ from cljax import optim
 from cljax.learner import Learner
 from cljax.learners.registry import register
 from cljax.ops.losses import mask_logits, seen_classes
-from cljax.ops.losses import masked_cross_entropy as masked_ce
 from cljax.models import vit as vit_lib
 from cljax.models.pure import Net
 from cljax.ops import buffers
+from cljax.ops import feature_aug
+from cljax.ops import mixup as mixup_lib
 from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
 from cljax.train.loop import Loop, apply_updates
 
 ALLOCATIONS = ("paper", "reference_code")
+LM_MASKS = ("logits", "targets", "none")
 VIT_MODELS = tuple(f"vit_{c}" for c in vit_lib.CONFIGS)
+# The reference's min_lr, 5e-5 at its 1,024-example steps, per 256 examples (lr's unit here).
+MIN_LR = 5e-5 * 256 / 1024
 
 
-def source_split(batch_size: int, allocation: str) -> tuple[int, int, int]:
-  """Rows of a joint batch from (unlabeled, current labeled, buffer)."""
-  if allocation == "paper":
-    nu = nl = batch_size // 3
-  else:  # reference code: 102 / 77 / 77 of 256
-    nu, nl = round(batch_size * 102 / 256), round(batch_size * 77 / 256)
+def source_split(batch_size: int, allocation: str,
+                 reconstruction: bool = True) -> tuple[int, int, int]:
+  """Rows of a joint batch from (unlabeled, current labeled, buffer) once a buffer exists.
+
+  paper: thirds. reference_code: ``int(0.4 B)`` unlabeled (``unlabeled_data_ratio``), the rest
+  halved between current labels and buffer (``trainer/diet.py`` lines 36-50; 102 / 77 / 77 of
+  256); an odd rest gives the extra row to the buffer, so the three always sum to B. Without
+  ``reconstruction`` (an ablation) there are no unlabeled rows and the labels share the batch.
+  """
+  if not reconstruction:
+    nu = 0
+  elif allocation == "paper":
+    nu = batch_size // 3
+  else:
+    nu = int(batch_size * 0.4)
+  nl = batch_size // 3 if allocation == "paper" and reconstruction else (batch_size - nu) // 2
   return nu, nl, batch_size - nu - nl
 
 
@@ -71,6 +109,61 @@ def phase_passes(budget: int, step: int, allocation: str, threshold: int,
   else:
     joint = budget if step == 0 else int(round(joint_fraction * budget))
   return joint, budget - joint
+
+
+def reference_lr(i: jax.Array, stop: jax.Array, peak: jax.Array, min_lr: jax.Array) -> jax.Array:
+  """The reference's half-cosine lr at step i of ``stop`` (``trainer/lr_sched.py`` lines 10-23,
+  no warmup): ``floor + (peak - floor)·½(1 + cos(π i / stop))`` with ``floor = min_lr``, or
+  ``peak / 2`` when the peak is below ``min_lr``."""
+  floor = jnp.where(peak < min_lr, peak / 2, min_lr)
+  return floor + (peak - floor) * optim.half_cosine(i, stop)
+
+
+class Recipe(NamedTuple):
+  """DietCL's reference regularisation of labelled batches and MAE inputs (module docstring).
+
+  mixup_alpha, cutmix_alpha, mixup_prob, switch_prob, smoothing: timm ``Mixup`` (both alphas 0:
+  plain one-hot CE, no row dropped). augment: RandomResizedCrop + flip on; crop_scale /
+  mae_crop_scale: their area ranges; flip: the horizontal flip (off for digits, whose mirror
+  images are other shapes).
+  """
+
+  mixup_alpha: float = 0.8
+  cutmix_alpha: float = 1.0
+  mixup_prob: float = 1.0
+  switch_prob: float = 0.5
+  smoothing: float = 0.1
+  augment: bool = True
+  crop_scale: tuple = (0.08, 1.0)
+  mae_crop_scale: tuple = (0.2, 1.0)
+  flip: bool = True
+
+  @property
+  def mixing(self) -> bool:
+    return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+  def images(self, key: jax.Array, x: jax.Array, mae: bool = False) -> jax.Array:
+    """x [B, H, W, C] cropped and flipped (labelled scale, or the MAE scale)."""
+    if not self.augment:
+      return x
+    if x.ndim != 4:
+      raise ValueError(f"augment needs images [B, H, W, C], got shape {x.shape}")
+    scale = self.mae_crop_scale if mae else self.crop_scale
+    return feature_aug.augment_images(key, x, tuple(scale), self.flip)
+
+  def batch(self, key: jax.Array, x, y, w, classes, rows=None) -> mixup_lib.Mixed:
+    """One labelled CE batch, augmented then mixed: soft targets over ``classes`` [K] seen."""
+    k_aug, k_mix = jax.random.split(key)
+    x = self.images(k_aug, x)
+    if not self.mixing:
+      keep = w if rows is None else jnp.where(jnp.arange(w.shape[0]) < rows, w, 0.0)
+      targets = jax.nn.one_hot(y, classes.shape[0], dtype=jnp.float32)
+      one = jnp.ones((), jnp.float32)
+      return mixup_lib.Mixed(x, targets, keep, one, jnp.zeros((), bool), jnp.zeros(4, jnp.int32))
+    return mixup_lib.mixup_cutmix(k_mix, x, y, w, classes, mixup_alpha=self.mixup_alpha,
+                                  cutmix_alpha=self.cutmix_alpha, prob=self.mixup_prob,
+                                  switch_prob=self.switch_prob, smoothing=self.smoothing,
+                                  rows=rows)
 
 
 def vit_net(learner: str, model: str, num_classes: int, model_kwargs: Optional[dict]) -> Net:
@@ -114,25 +207,32 @@ def sample_rows(policy, store, key: jax.Array, n: int):
 
 
 def run_phase(loop: Loop, opt_init, params, state, key, passes: int, lr_peak: float, scales,
-              floor: float = 0.0):
+              min_lr: float = 0.0):
   """One training phase of ``passes`` steps of ``loop`` (built on ``phase_step``) with a fresh
-  optimizer (``opt_init``; re-created per stage, as DietCL's reference code). Returns (params,
-  metric sums [1 + parts] or None when passes is 0)."""
-  data = (state, jnp.float32(lr_peak), scales, jnp.float32(floor))
+  optimizer (``opt_init``; re-created per stage, as DietCL's reference code), lr from
+  ``lr_peak`` down to ``min_lr`` (``reference_lr``). Returns (params, metric sums [1 + parts] or
+  None when passes is 0)."""
+  data = (state, jnp.float32(lr_peak), scales, jnp.float32(min_lr))
   (params, _), sums = loop((params, opt_init(params)), data, key, passes)
   return params, sums
 
 
 @register("dietcl", inputs=("model", "model_kwargs", "batch_size", "init_params",
-                            "max_step_size"))
+                            "max_step_size", "stream_size"))
 def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-           batch_size: int = 64, lr: float = 1e-4, buffer_lr_scale: float = 0.1,
-           weight_decay: float = 0.05, betas: Sequence[float] = (0.9, 0.95),
-           layer_decay: float = 0.65, w_r: float = 50.0, mask_ratio: float = 0.75,
-           norm_pix: bool = True, allocation: str = "paper", threshold: int = 400,
-           joint_fraction: float = 0.8, memory_size: int = 2000, max_step_size: int = 4096,
-           max_tasks: int = 256, epochs_per_step: float = 1.0, chunk: int = 8,
-           init_params: Optional[dict] = None) -> Learner:
+           batch_size: int = 64, lr: float = 1e-4, min_lr: float = MIN_LR,
+           buffer_lr_scale: float = 0.1, weight_decay: float = 0.05,
+           betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65, w_r: float = 50.0,
+           mask_ratio: float = 0.75, norm_pix: bool = True, allocation: str = "paper",
+           threshold: int = 400, joint_fraction: float = 0.8, lm_mask: str = "logits",
+           mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
+           switch_prob: float = 0.5, label_smoothing: float = 0.1, augment: bool = True,
+           crop_scale: Sequence[float] = (0.08, 1.0),
+           mae_crop_scale: Sequence[float] = (0.2, 1.0), flip: bool = True,
+           reconstruction: bool = True, balanced_buffer: bool = True,
+           memory_size: int = -1, stream_size: Optional[int] = None,
+           max_step_size: int = 4096, max_tasks: int = 256, epochs_per_step: float = 1.0,
+           chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
   """Builds DietCL (see the module docstring).
 
   Args:
@@ -141,13 +241,27 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
       options (``patch``, config fields such as ``depth``, ``dtype``).
     batch_size: examples per pass (joint batches and buffer-only batches alike).
     lr: peak learning rate per 256 examples (scaled linearly to ``batch_size``, as in the code).
+    min_lr: the floor of each phase's half cosine, per 256 examples like ``lr`` (the
+      reference's 5e-5 at 1,024 examples); a phase whose peak is below it floors at half its peak.
     buffer_lr_scale: lr factor of the buffer-only phase (reference code 0.1).
     weight_decay, betas, layer_decay: AdamW and layer-wise lr decay (0.05, (0.9, 0.95), 0.65).
     w_r: weight of the reconstruction loss (reference code 50).
     mask_ratio, norm_pix: MAE masking ratio and per-patch normalised targets.
     allocation: ``paper`` or ``reference_code`` (module docstring); ``threshold`` is the paper's
       B̄ in passes; ``joint_fraction`` the reference code's 0.8.
-    memory_size: capacity of the task-balanced memory of labelled examples.
+    lm_mask: ``logits`` (class-incremental streams), ``targets`` (time-ordered streams) or
+      ``none`` (plain CE over every seen class: the paper's ablation without masked CE).
+    reconstruction: False drops L_r and gives its rows to the labels (ablation).
+    balanced_buffer: False keeps every labelled row without the per-task truncation, so L_b
+      samples uniformly over all labels (ablation of the balanced buffer).
+    mixup_alpha, cutmix_alpha, mixup_prob, switch_prob, label_smoothing: timm Mixup on every
+      labelled batch (0.8, 1.0, 1.0, 0.5, 0.1; both alphas 0 turns it off).
+    augment, crop_scale, mae_crop_scale, flip: RandomResizedCrop (+ horizontal flip) of labelled
+      images and of MAE inputs (scales (0.08, 1) and (0.2, 1)).
+    memory_size: capacity of the task-balanced memory of labelled examples; -1 (reference):
+      every labelled row, in a memory of ``stream_size`` rows (``max_step_size`` rows when
+      ``stream_size`` is not given, so the task balance truncates past that).
+    stream_size: examples in the whole stream (experiments pass it).
     max_step_size: capacity of each step store (labeled, unlabeled).
     max_tasks: time steps the memory tells apart; later steps share the last task id.
     epochs_per_step: passes (epochs over the step's rows) when ``end_of_step`` gets no budget.
@@ -156,15 +270,22 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   """
   if allocation not in ALLOCATIONS:
     raise ValueError(f"unknown allocation {allocation!r}; valid: {list(ALLOCATIONS)}")
+  if lm_mask not in LM_MASKS:
+    raise ValueError(f"unknown lm_mask {lm_mask!r}; valid: {list(LM_MASKS)}")
   if batch_size < 3:
     raise ValueError(f"batch_size must be >= 3 (three sources per joint batch), got {batch_size}")
-  for k, v in (("max_step_size", max_step_size), ("memory_size", memory_size),
+  capacity = int(memory_size) if int(memory_size) > 0 else int(stream_size or max_step_size)
+  for k, v in (("max_step_size", max_step_size), ("memory capacity", capacity),
                ("chunk", chunk), ("max_tasks", max_tasks)):
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
   net = vit_net("dietcl", model, num_classes, model_kwargs)
-  nu, nl, nb = source_split(batch_size, allocation)
+  nu, nl, nb = source_split(batch_size, allocation, reconstruction)
   peak_lr = lr * batch_size / 256
+  floor_lr = min_lr * batch_size / 256
+  recipe = Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob), float(switch_prob),
+                  float(label_smoothing), bool(augment), tuple(crop_scale),
+                  tuple(mae_crop_scale), bool(flip))
   tx = optim.direction("adamw", weight_decay=weight_decay, betas=betas,
                        decay_mask=optim.matrices)
   store = buffers.get("append")
@@ -180,7 +301,7 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
             "step_cls": jnp.zeros((num_classes,), bool),
             "cur_l": store.init(k_l, max_step_size, ex, num_classes),
             "cur_u": store.init(k_u, max_step_size, ex, num_classes),
-            "mem": memory.init(k_m, memory_size, ex, num_classes, max_tasks=max_tasks),
+            "mem": memory.init(k_m, capacity, ex, num_classes, max_tasks=max_tasks),
             "step": jnp.zeros((), jnp.int32)}
 
   @jax.jit
@@ -189,29 +310,56 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     del key
     return store_rows(state, batch, "cur_l", "cur_u"), contract.info()
 
+  def _l_m(logits, mixed, yl, in_batch_rows, state):
+    if lm_mask == "logits":  # softmax over this step's classes (class-incremental)
+      return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["step_cls"])
+    if lm_mask == "none":  # ablation: like L_b, every seen class
+      return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["seen"])
+    # Time-ordered: softmax over every seen class, targets of the batch's classes only.
+    in_batch = seen_classes(jnp.zeros_like(state["seen"]), yl, in_batch_rows)
+    return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["seen"],
+                                        in_batch)
+
   def _joint_loss(params, state, key):
-    ku, kl, kb, km = jax.random.split(key, 4)
-    xu, _, wu = sample_rows(store, state["cur_u"], ku, nu)
-    xl, yl, wl = sample_rows(store, state["cur_l"], kl, nl)
+    ku, kl, kb, km, kau, kml, kmb = jax.random.split(key, 7)
+    # No earlier task in memory (the first step): the buffer's rows go to the current labels.
+    first = state["mem"].tasks <= 1
+    xl, yl, wl = sample_rows(store, state["cur_l"], kl, nl + nb)
     xb, yb, wb = sample_rows(memory, state["mem"], kb, nb)
-    l_r = (net.call(params, xu, "mae_loss", km, mask_ratio, norm_pix, wu) if nu
-           else jnp.zeros(()))
-    logits = net.apply(params, jnp.concatenate([xl, xb]))  # one forward for both CE terms
-    l_m = masked_ce(logits[:nl], yl, wl, state["step_cls"])
-    l_b = masked_ce(logits[nl:], yb, wb, state["seen"])
+    l_r = jnp.zeros(())
+    if nu:
+      xu, _, wu = sample_rows(store, state["cur_u"], ku, nu)
+      l_r = net.call(params, recipe.images(kau, xu, mae=True), "mae_loss", km, mask_ratio,
+                     norm_pix, wu)
+    rows = jnp.where(first, nl + nb, nl)
+    cur = recipe.batch(kml, xl, yl, wl, state["seen"], rows)
+    buf = recipe.batch(kmb, xb, yb, wb, state["seen"])
+    x_ce = jnp.concatenate([cur.x[:nl], jnp.where(first, cur.x[nl:], buf.x)])
+    logits = net.apply(params, x_ce)  # one forward for both CE terms
+    l_m = _l_m(logits, cur, yl, (wl > 0) & (jnp.arange(nl + nb) < rows), state)
+    l_b = mixup_lib.soft_cross_entropy(logits[nl:], buf.targets,
+                                       jnp.where(first, 0.0, buf.weight), state["seen"])
     return w_r * l_r + l_m + l_b, (l_r, l_m, l_b)
 
   def _buffer_loss(params, state, key):
-    xb, yb, wb = sample_rows(memory, state["mem"], key, batch_size)
-    l_b = masked_ce(net.apply(params, xb), yb, wb, state["seen"])
+    k_s, k_m = jax.random.split(key)
+    xb, yb, wb = sample_rows(memory, state["mem"], k_s, batch_size)
+    buf = recipe.batch(k_m, xb, yb, wb, state["seen"])
+    l_b = mixup_lib.soft_cross_entropy(net.apply(params, buf.x), buf.targets, buf.weight,
+                                       state["seen"])
     return l_b, (jnp.zeros(()), jnp.zeros(()), l_b)
 
   @jax.jit
   def prepare(state):
-    """The step's labelled rows enter the task-balanced memory (one task) before training."""
-    cur = state["cur_l"]
+    """The step's labelled rows enter the task-balanced memory (one task) before training; every
+    task is cut to min(this step's labels, the earlier tasks' share) (``data.py`` 56-93)."""
+    cur, mem = state["cur_l"], state["mem"]
     valid = jnp.arange(cur.y.shape[0]) < cur.count
-    return {**state, "mem": memory.insert(state["mem"], cur.x, cur.y, valid)}
+    earlier = jnp.arange(mem.task_count.shape[0]) < jnp.minimum(mem.tasks, max_tasks)
+    prev = jnp.min(jnp.where(earlier, mem.task_count, jnp.iinfo(jnp.int32).max))
+    level = jnp.where(cur.count > 0, jnp.minimum(cur.count, prev), prev)
+    return {**state, "mem": memory.insert(mem, cur.x, cur.y, valid,
+                                          level if balanced_buffer else None)}
 
   @jax.jit
   def finish(state):
@@ -233,45 +381,51 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     joint, buf = phase_passes(budget, int(state["step"]), allocation, threshold, joint_fraction)
     state = prepare(state)
     params, scales = state["params"], scales_of(state["params"])
-    sums = jnp.zeros((4,))
-    for n, lp, k, lr_p in ((joint, joint_loop, k_joint, peak_lr),
-                           (buf, buffer_loop, k_buf, peak_lr * buffer_lr_scale)):
-      params, s = run_phase(lp, opt_init, params, state, k, n, lr_p, scales)
-      if s is not None:
-        sums = sums + s
+    params, s_joint = run_phase(joint_loop, opt_init, params, state, k_joint, joint, peak_lr,
+                                scales, floor_lr)
+    params, s_buf = run_phase(buffer_loop, opt_init, params, state, k_buf, buf,
+                              peak_lr * buffer_lr_scale, scales, floor_lr)
     state = finish({**state, "params": params})
-    passes = max(budget, 1)
+    zero = jnp.zeros((4,))
+    s_joint = zero if s_joint is None else s_joint
+    s_buf = zero if s_buf is None else s_buf
     return state, contract.info(
-        budget, sums[0] / passes, joint_passes=jnp.float32(joint),
-        buffer_passes=jnp.float32(buf), loss_r=sums[1] / max(joint, 1),
-        loss_m=sums[2] / max(joint, 1), loss_b=sums[3] / passes)
+        budget, (s_joint[0] + s_buf[0]) / max(budget, 1), joint_passes=jnp.float32(joint),
+        buffer_passes=jnp.float32(buf), loss_r=s_joint[1] / max(joint, 1),
+        loss_m=s_joint[2] / max(joint, 1), loss_b=s_joint[3] / max(joint, 1),
+        loss_buffer=s_buf[3] / max(buf, 1))
 
   @jax.jit
   def predict(state, x):
     return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), state["seen"])
 
   hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
-            batch_size=batch_size, lr=lr, buffer_lr_scale=buffer_lr_scale,
+            batch_size=batch_size, lr=lr, min_lr=min_lr, buffer_lr_scale=buffer_lr_scale,
             weight_decay=weight_decay, betas=tuple(betas), layer_decay=layer_decay, w_r=w_r,
             mask_ratio=mask_ratio, norm_pix=norm_pix, allocation=allocation, threshold=threshold,
-            joint_fraction=joint_fraction, memory_size=memory_size, max_step_size=max_step_size,
-            max_tasks=max_tasks, epochs_per_step=epochs_per_step, chunk=chunk,
-            warm_start=init_params is not None)
+            joint_fraction=joint_fraction, lm_mask=lm_mask, mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha, mixup_prob=mixup_prob, switch_prob=switch_prob,
+            label_smoothing=label_smoothing, reconstruction=reconstruction,
+            balanced_buffer=balanced_buffer, augment=augment, crop_scale=tuple(crop_scale),
+            mae_crop_scale=tuple(mae_crop_scale), flip=flip, memory_size=memory_size,
+            memory_capacity=capacity, max_step_size=max_step_size, max_tasks=max_tasks,
+            epochs_per_step=epochs_per_step, chunk=chunk, warm_start=init_params is not None)
   return Learner(name="dietcl", init=init, update=update, end_of_step=end_of_step,
                  predict=predict, hparams=hp)
 
 
 def phase_step(loss_fn, tx):
-  """The ``Loop`` step of a DietCL-style phase: lr ``lr_peak · half_cosine(i, stop) · scales``.
+  """The ``Loop`` step of a DietCL-style phase: lr ``reference_lr(i, stop, lr_peak, min_lr)``
+  times the per-parameter ``scales``.
 
   ``loss_fn(params, state, key) -> (loss, parts)``. The loop's carry is (params, opt), its data
-  (state, lr_peak, scales, floor); metrics are [loss, *parts].
+  (state, lr_peak, scales, min_lr); metrics are [loss, *parts].
   """
   def step(carry, data, key, i, stop):
     params, opt = carry
-    state, lr_peak, scales, floor = data
+    state, lr_peak, scales, min_lr = data
     (loss, parts), g = jax.value_and_grad(loss_fn, has_aux=True)(params, state, key)
-    lr_i = lr_peak * optim.half_cosine(i, stop, floor)
+    lr_i = reference_lr(i, stop, lr_peak, min_lr)
     params, opt = apply_updates(tx, params, opt, g, jax.tree.map(lambda s: lr_i * s, scales))
     return (params, opt), jnp.stack([loss, *parts])
 

@@ -3,7 +3,11 @@
 A classifier head on feature vectors (``batch["x"]`` [B, d] directly, or the output of an optional
 frozen ``backbone`` applied inside jit) is trained by rehearsal from a fixed-capacity buffer of c
 items per class (a ``cljax.ops.buffers`` policy: ``exstream`` by default; ``reservoir``,
-``queue`` and ``kmeans`` are the baselines of the paper, at equal memory K*c items).
+``queue``, ``kmeans``, ``clustream`` and ``hpstream`` are the baselines of the paper, at equal
+memory K*c items; the two stream-clustering ones store 2d + 3 numbers per item instead of d + 1).
+Reference code: tyler-hayes/ExStream (``ExStream.py``: the class buffers
+``_stream_clustering_class_buffers`` lines 222-269, the epoch over the buffer after every example
+``_consolidate_one_epoch`` lines 137-170 and ``fit`` lines 96-115, the MLP lines 59-94).
 
 Replay modes:
 
@@ -52,7 +56,7 @@ from cljax.ops import buffers
 
 _REPLAYS = ("full_epoch", "sampled", "none")
 _HEADS = ("mlp", "linear")
-BUFFERS = ("exstream", "reservoir", "queue", "kmeans")
+BUFFERS = ("exstream", "reservoir", "queue", "kmeans", "clustream", "hpstream")
 
 
 @register("exstream", inputs=("backbone",))
@@ -77,7 +81,7 @@ def exstream(*, num_classes: int,
   Args:
     num_classes: K, the fixed number of output classes.
     capacity: c, buffer items per class (total memory K*c items for every buffer kind).
-    buffer: ``exstream`` | ``reservoir`` | ``queue`` | ``kmeans``.
+    buffer: ``exstream`` | ``reservoir`` | ``queue`` | ``kmeans`` | ``clustream`` | ``hpstream``.
     replay: ``full_epoch`` (reference) | ``sampled`` | ``none`` (fine-tuning baseline).
     head: ``mlp`` (reference MLP, Adam) | ``linear`` (SGD with momentum).
     batch_size: mini-batch size of the full-epoch replay (reference 100).

@@ -1,10 +1,14 @@
 """GDumb (Prabhu, Torr, Dokania, ECCV 2020): a greedy class-balanced memory and nothing else.
 
 Every incoming labelled example is offered to a fixed-capacity memory with GDumb's greedy
-class-balancing sampler (``cljax.ops.buffers`` policy ``greedy``). After each time step the model
+class-balancing sampler (``cljax.ops.buffers`` policy ``greedy``: admitted while its class holds
+fewer than k // |Y| slots, evicting from a largest class when full; the policy's docstring cites
+the paper's Sec. 3, drimpossible/GDumb ``src/dataloader.py`` 74-78 and the online form in
+RaptorMai/online-continual-learning ``agents/gdumb.py`` 19-32). After each time step the model
 is retrained *from its initialization* (a fresh optimizer too) on the memory only, spending exactly
-the step's budget of forward-backward passes; its logits are masked to the classes present in
-memory, in training and in prediction.
+the step's budget of forward-backward passes (the reference's ``train_mem``, same file 45-73,
+retrains a fresh model for a number of epochs instead); its logits are masked to the classes
+present in memory, in training and in prediction.
 """
 
 from __future__ import annotations

@@ -15,8 +15,12 @@ Semantics (a reference, like ``offline`` in ``replay.py``, not a streaming metho
   - the rest (0.2) cross-entropy fine-tuning on batches drawn from all labelled rows seen, logits
     masked to the classes seen, with layer-wise lr decay (MAE fine-tuning practice);
 
-  each phase a fresh AdamW (DietCL's optimizer pieces: ``dietcl.phase_step``, a half-cosine lr
-  per phase). With no unlabeled row yet the SSL passes are still charged (weight 0).
+  each phase a fresh AdamW (DietCL's optimizer pieces: ``dietcl.phase_step``, the reference's
+  half-cosine lr per phase, floored at ``min_lr``). With no unlabeled row yet the SSL passes are
+  still charged (weight 0). The same regularisation as DietCL's (the reference trains its
+  SSL-then-fine-tune trainer with it too, ``trainer/pretrain.py`` lines 11-18 and
+  ``trainer/base.py`` lines 128-163): RandomResizedCrop + flip of MAE inputs (scale 0.2-1) and of
+  labelled images (0.08-1), timm Mixup/CutMix with label smoothing on every fine-tuning batch.
 * It therefore spends more than one step's budget at every step but the first: ``passes`` reports
   what it really spent (the cumulative budget), and it is not ``budgeted``, so the runner does not
   flag it. Only the final step's accuracy is the upper bound; earlier A(t) points are those of
@@ -36,17 +40,22 @@ from cljax.learner import Learner
 from cljax.learners import dietcl
 from cljax.learners.registry import register
 from cljax.ops.losses import mask_logits
-from cljax.ops.losses import masked_cross_entropy as masked_ce
 from cljax.ops import buffers
+from cljax.ops import mixup as mixup_lib
 from cljax.train.loop import Loop
 
 
 @register("joint", inputs=("model", "model_kwargs", "batch_size", "init_params", "stream_size"))
 def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "vit_tiny",
           model_kwargs: Optional[dict] = None, batch_size: int = 64, lr: float = 1e-4,
-          finetune_lr_scale: float = 1.0, weight_decay: float = 0.05,
+          min_lr: float = dietcl.MIN_LR, finetune_lr_scale: float = 1.0,
+          weight_decay: float = 0.05,
           betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65,
           mask_ratio: float = 0.75, norm_pix: bool = True, ssl_fraction: float = 0.8,
+          mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, mixup_prob: float = 1.0,
+          switch_prob: float = 0.5, label_smoothing: float = 0.1, augment: bool = True,
+          crop_scale: Sequence[float] = (0.08, 1.0),
+          mae_crop_scale: Sequence[float] = (0.2, 1.0), flip: bool = True,
           epochs_per_step: float = 1.0, chunk: int = 8,
           init_params: Optional[dict] = None) -> Learner:
   """Builds the joint upper bound (see the module docstring).
@@ -57,11 +66,13 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     model, model_kwargs: the ViT, as for ``dietcl``.
     batch_size: rows per pass, in both phases.
     lr: peak lr per 256 examples (scaled linearly to ``batch_size``); the fine-tuning phase uses
-      lr × ``finetune_lr_scale``.
+      lr × ``finetune_lr_scale``. min_lr: each phase's floor, as ``dietcl``'s.
     weight_decay, betas: AdamW (DietCL's reference code: 0.05, (0.9, 0.95)).
     layer_decay: layer-wise lr decay of the fine-tuning phase (the SSL phase uses none).
     mask_ratio, norm_pix: MAE masking ratio and per-patch normalised targets.
     ssl_fraction: share of the cumulative budget spent on MAE (0.8), the rest on fine-tuning.
+    mixup_alpha, cutmix_alpha, mixup_prob, switch_prob, label_smoothing, augment, crop_scale,
+      mae_crop_scale, flip: the regularisation, as ``dietcl``'s (``dietcl.Recipe``).
     epochs_per_step: a step's budget when ``end_of_step`` gets none: epochs over that step's rows.
     chunk: optimizer steps per jitted call (a ``lax.scan``).
     init_params: restart point of every step (e.g. ``cljax.train.base_init.train_mae`` params).
@@ -76,6 +87,10 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     raise ValueError(f"ssl_fraction must be in [0, 1], got {ssl_fraction}")
   net = dietcl.vit_net("joint", model, num_classes, model_kwargs)
   peak_lr = lr * batch_size / 256
+  floor_lr = min_lr * batch_size / 256
+  recipe = dietcl.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
+                         float(switch_prob), float(label_smoothing), bool(augment),
+                         tuple(crop_scale), tuple(mae_crop_scale), bool(flip))
   tx = optim.direction("adamw", weight_decay=weight_decay, betas=betas,
                        decay_mask=optim.matrices)
   store = buffers.get("append")
@@ -102,13 +117,17 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
             contract.info())
 
   def _ssl_loss(params, state, key):
-    kx, km = jax.random.split(key)
+    kx, km, ka = jax.random.split(key, 3)
     xu, _, wu = dietcl.sample_rows(store, state["unl"], kx, batch_size)
+    xu = recipe.images(ka, xu, mae=True)
     return net.call(params, xu, "mae_loss", km, mask_ratio, norm_pix, wu), ()
 
   def _ft_loss(params, state, key):
-    xl, yl, wl = dietcl.sample_rows(store, state["lab"], key, batch_size)
-    return masked_ce(net.apply(params, xl), yl, wl, state["seen"]), ()
+    k_s, k_m = jax.random.split(key)
+    xl, yl, wl = dietcl.sample_rows(store, state["lab"], k_s, batch_size)
+    b = recipe.batch(k_m, xl, yl, wl, state["seen"])
+    return mixup_lib.soft_cross_entropy(net.apply(params, b.x), b.targets, b.weight,
+                                        state["seen"]), ()
 
   ssl_loop = Loop(dietcl.phase_step(_ssl_loss, tx), chunk=chunk, unroll=False)
   ft_loop = Loop(dietcl.phase_step(_ft_loss, tx), chunk=chunk, unroll=False)
@@ -126,9 +145,9 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     n_ft = total - n_ssl
     start = state["init_params"]
     params, s_ssl = dietcl.run_phase(ssl_loop, opt_init, start, state, k_ssl, n_ssl, peak_lr,
-                                     ones_of(start))  # MAE pre-training: no layer decay
+                                     ones_of(start), floor_lr)  # MAE: no layer decay
     params, s_ft = dietcl.run_phase(ft_loop, opt_init, params, state, k_ft, n_ft,
-                                    peak_lr * finetune_lr_scale, scales_of(params))
+                                    peak_lr * finetune_lr_scale, scales_of(params), floor_lr)
     state = {**state, "params": params, "step_rows": jnp.zeros((), jnp.int32),
              "total_budget": jnp.int32(total)}
     mean = lambda s, n: s[0] / n if s is not None else jnp.float32(jnp.nan)  # noqa: E731
@@ -140,10 +159,11 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), state["seen"])
 
   hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
-            batch_size=batch_size, lr=lr, finetune_lr_scale=finetune_lr_scale,
+            batch_size=batch_size, lr=lr, min_lr=min_lr, finetune_lr_scale=finetune_lr_scale,
             weight_decay=weight_decay, betas=tuple(betas), layer_decay=layer_decay,
             mask_ratio=mask_ratio, norm_pix=norm_pix, ssl_fraction=ssl_fraction,
-            epochs_per_step=epochs_per_step, chunk=chunk, warm_start=init_params is not None)
+            recipe=recipe._asdict(), epochs_per_step=epochs_per_step, chunk=chunk,
+            warm_start=init_params is not None)
   # A reference: it spends the cumulative budget at every step.
   return Learner(name="joint", init=init, update=update, end_of_step=end_of_step,
                  predict=predict, hparams=hp, budgeted=False)

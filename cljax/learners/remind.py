@@ -1,5 +1,12 @@
 """REMIND (Hayes, Kafle, Shrestha, Acharya, Kanan, ECCV 2020; tyler-hayes/REMIND), ALGORITHMS.md §2.
 
+Reference code (``image_classification_experiments/``): ``REMINDModel.py`` lines 92-258
+(``fit_incremental_batch``: 2r replay draws, decode, random resized crop lines 159-164, mixup of
+the two replay halves lines 166-186, one SGD step, the eviction of a random item of the largest
+class lines 244-253, the per-class StepLR lines 57-65 and 256-258), lines 260-270 (``mixup_data``,
+``mixup_criterion``), the SGD optimizer line 55 (momentum 0.9, weight decay 1e-5); the PQ on the
+base-init features ``imagenet_base_initialization.py`` lines 59-100 (faiss ``ProductQuantizer``).
+
 A frozen network G (ResNet-18 up to layer4.0) maps an image to a feature map [H, W, D] (7 x 7 x 512
 at 224 px). Every D-vector is product-quantized with a fixed codebook; a class-balanced buffer keeps
 the uint8 codes [H, W, M] of past examples. The plastic head F (layer4.1 + pool + fc) only ever sees

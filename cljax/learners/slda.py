@@ -7,6 +7,16 @@
     state, _ = learner.end_of_step(state, key, budget)      # refreshes the cached head
     logits = learner.predict(state, x)                      # jit; [B, K]
 
+Base initialisation as the reference runs it (tyler-hayes/Deep_SLDA ``experiment.py`` lines
+103-129: the first class increment is collected whole and given to ``fit_base``, class means plus
+an OAS-shrunk covariance, ``SLDA_Model.py`` lines 116-137; the later increments are streamed one
+example at a time through ``fit``, ``experiment.py`` lines 130-145 and ``SLDA_Model.py`` lines
+41-70): pass ``base`` (a
+``cljax.train.base_init.BaseInit``, which experiments hand every learner that declares it) and
+``init`` fits its labelled base set through the backbone. Experiments also stream the base set
+as the stream's first time step; with ``skip_base_step`` (default) the state ignores updates until
+the first ``end_of_step``, so the base set is counted once, as in the reference.
+
 The state is :class:`cljax.ops.slda.SLDAState` (statistics plus the cached head W, b). Updates
 mark the head stale; ``end_of_step`` (or ``refresh_on_update=True``) recomputes it, and
 ``predict`` solves on the fly while it is stale, so predictions are correct at any point and
@@ -64,7 +74,7 @@ def _check_dim(state: ops.SLDAState, feats: jax.Array, where: str):
                      f"but the state has feature_dim={d}")
 
 
-@register("slda", inputs=("backbone",))
+@register("slda", inputs=("backbone", "base"))
 def slda(*, num_classes: int,
          shrinkage: float = 1e-4,
          covariance: str = "plastic",
@@ -73,14 +83,18 @@ def slda(*, num_classes: int,
          mask_unseen: bool = True,
          backbone: Optional[Callable] = None,
          refresh_on_update: bool = False,
-         donate: bool = False) -> Learner:
+         donate: bool = False,
+         base=None,
+         skip_base_step: bool = True) -> Learner:
   """Builds the Deep SLDA learner.
 
   Args:
     num_classes: K, fixed maximum number of classes. The feature dimension d comes from
       ``init``'s example batch (flattened inputs, or the backbone's output).
     shrinkage: ε in Λ = ((1−ε)Σ + εI)⁻¹.
-    covariance: "plastic" (Σ streams) or "fixed" (Σ only from :func:`fit_base`; means stream).
+    covariance: "plastic" (Σ streams) or "fixed" (Σ only from the base initialisation, ``base``
+      or :func:`fit_base`; means stream). Fixed without a base initialisation leaves Σ = 0, and
+      the head is then a Euclidean nearest-class-mean classifier.
     update_rule: "reference" (Deep SLDA / Avalanche, global-count weight) or "pooled" (exact
       within-class covariance, order-invariant, mergeable).
     solver: "cholesky" (default) or "pinv" (the reference's pseudo-inverse).
@@ -91,6 +105,14 @@ def slda(*, num_classes: int,
     donate: donate the state to ``update`` so the statistics are updated in place (measured
       1.2–1.8x faster at d=512, K=1000 on CPU, see notes/slda.md); the state passed in is then
       invalid, so callers must not keep it (e.g. for an async checkpoint in flight).
+    base: optional base initialisation: anything with ``x`` [N, ...] inputs and ``y`` [N] labels
+      (>= 0; an unlabeled MAE base set is refused) and, when ``backbone`` is None, a
+      ``backbone()`` method returning the frozen feature function (``BaseInit`` has all three).
+      ``init`` then fits the statistics to the base set (:func:`fit_base`: means, counts, OAS Σ).
+    skip_base_step: with ``base``: True (default) when the stream's first time step *is* the base
+      set (experiments with ``base_init.classes > 0`` stream it to every learner): updates are
+      ignored until the first ``end_of_step``, so it is not counted twice. False when the stream
+      does not contain the base set (e.g. a base set from another source). Ignored without base.
   """
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"slda: num_classes must be a positive int, got {num_classes!r}")
@@ -104,24 +126,59 @@ def slda(*, num_classes: int,
     raise ValueError(f"slda: shrinkage must lie in [0, 1], got {shrinkage!r}")
   shrinkage = float(shrinkage)
   plastic = covariance == "plastic"
+  if base is not None:
+    base_y = np.asarray(base.y)
+    if len(base_y) == 0 or (base_y < 0).any():
+      raise ValueError("slda: the base set must be non-empty and labelled (fit_base needs class "
+                       "means); got an empty or unlabeled (e.g. mae) base initialisation")
+    if backbone is None:
+      backbone = base.backbone()
+  skip_first = base is not None and bool(skip_base_step)
 
   def init(key, example_batch):
     del key
-    return ops.init_state(num_classes, _feature_dim(example_batch["x"], backbone))
+    d = _feature_dim(example_batch["x"], backbone)
+    if base is None:
+      return ops.init_state(num_classes, d)
+    state = fit_base(ops.init_state(num_classes, d), base_features(base.x), base.y)
+    return state._replace(skip=jnp.asarray(skip_first))
+
+  features_jit = jax.jit(lambda x: _features(x, backbone))
+
+  def base_features(x, rows: int = 256):
+    """[N, d] features of the base inputs, ``rows`` at a time (the last block padded, so one
+    compiled program serves every block)."""
+    x = np.asarray(x)
+    out = []
+    for s in range(0, len(x), rows):
+      blk = x[s:s + rows]
+      pad = rows - len(blk)
+      if pad:
+        blk = np.concatenate([blk, np.zeros((pad, *blk.shape[1:]), blk.dtype)])
+      out.append(np.asarray(features_jit(jnp.asarray(blk)))[:rows - pad])
+    return np.concatenate(out)
+
+  def _ingest(state, batch):
+    feats = _features(batch["x"], backbone)
+    _check_dim(state, feats, "update")
+    _, mask = contract.masks(batch)
+    state = ops.update_batch(state, feats, batch["y"], mask, rule=update_rule, plastic=plastic)
+    if refresh_on_update:
+      state = ops.refresh(state, shrinkage, solver)
+    return state
 
   @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
   def update(state, batch, key):
     del key
-    feats = _features(batch["x"], backbone)
-    _check_dim(state, feats, "update")
     y = batch["y"]
     _, mask = contract.masks(batch)
     in_range = (y >= 0) & (y < num_classes)
-    state = ops.update_batch(state, feats, y, mask, rule=update_rule, plastic=plastic)
-    if refresh_on_update:
-      state = ops.refresh(state, shrinkage, solver)
-    return state, contract.info(examples=(mask & in_range).sum().astype(jnp.int32),
-                                ignored=(mask & ~in_range).sum().astype(jnp.int32))
+    # The base set's own time step (skip): the state stays as fit_base left it.
+    state = jax.lax.cond(state.skip, lambda s: s, lambda s: _ingest(s, batch), state)
+    used = mask & ~state.skip
+    return state, contract.info(examples=(used & in_range).sum().astype(jnp.int32),
+                                ignored=(used & ~in_range).sum().astype(jnp.int32),
+                                skipped=(mask & state.skip).sum().astype(jnp.int32))
 
   @jax.jit
   def predict(state, x):
@@ -129,17 +186,20 @@ def slda(*, num_classes: int,
     _check_dim(state, feats, "predict")
     return ops.scores(state, feats, shrinkage, solver, mask_unseen)
 
-  refresh = jax.jit(lambda state: ops.refresh(state, shrinkage, solver))
+  refresh = jax.jit(lambda state: ops.refresh(state, shrinkage, solver)._replace(
+      skip=jnp.zeros((), jnp.bool_)))
 
   def end_of_step(state, key, budget=None):
-    """Refreshes the cached head (no training: 0 passes, whatever the budget)."""
+    """Refreshes the cached head and ends a base step's skipping (0 passes, whatever the
+    budget)."""
     del key, budget
     return refresh(state), contract.info()
 
   hparams = dict(num_classes=num_classes, shrinkage=shrinkage,
                  covariance=covariance, update_rule=update_rule, solver=solver,
                  mask_unseen=mask_unseen, backbone=backbone is not None,
-                 refresh_on_update=refresh_on_update, donate=donate)
+                 refresh_on_update=refresh_on_update, donate=donate,
+                 base=None if base is None else len(base.y), skip_base_step=skip_first)
   return Learner("slda", init, update, end_of_step, predict, hparams)
 
 
@@ -153,8 +213,10 @@ def fit_base(state: ops.SLDAState,
   """Base initialization: replaces the statistics in ``state`` with those of (x, y).
 
   Per-class means and counts, n = N and Σ = OAS estimate (sklearn ``OAS(assume_centered=True)``)
-  of the residuals x − μ_y, as the reference ``fit_base`` does. Everything streamed into
-  ``state`` before is discarded; its shapes (K, d) are kept and checked.
+  of the residuals x − μ_y, as the reference does (tyler-hayes/Deep_SLDA ``SLDA_Model.py``
+  lines 116-137, ``fit_base``: ``OAS(assume_centered=True)`` fitted on ``X - muK[y]``).
+  Everything streamed into ``state`` before is discarded (``skip`` too); its shapes (K, d) are
+  kept and checked.
 
   Args:
     state: a state from ``learner.init`` (gives K and d).

@@ -1,7 +1,11 @@
-"""Augmentations of feature maps: random resized crop and manifold mixup (REMIND, ALGORITHMS.md §2).
+"""Augmentations of feature maps and images: random resized crop, horizontal flip, manifold mixup.
 
-Feature maps are channels-last, [N, H, W, C] float. Every function is pure and jittable, with output
-shapes that depend only on input shapes.
+REMIND crops and mixes feature maps (ALGORITHMS.md §2); DietCL's reference crops and flips its
+images with torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip``
+(wx-zhang/continual-learning-on-a-diet ``dataset/utils.py`` line 16 for labelled images, scale
+(0.08, 1); ``dataset/imagenet.py`` lines 36-43 for the MAE inputs, scale (0.2, 1)), which is
+:func:`augment_images`. Maps and images are channels-last, [N, H, W, C] float. Every function is
+pure and jittable, with output shapes that depend only on input shapes.
 """
 
 from __future__ import annotations
@@ -128,3 +132,23 @@ def mixup(key: jax.Array, xa: jax.Array, xb: jax.Array, alpha: float) -> tuple[j
     log_g = jax.random.loggamma(key, jnp.full((2,), alpha, jnp.float32))
     lam = jnp.exp(log_g[0] - jax.nn.logsumexp(log_g))
   return mix(xa, xb, lam.astype(xa.dtype)), lam
+
+
+def hflip(key: jax.Array, x: jax.Array, p: float = 0.5) -> jax.Array:
+  """Each row of x [N, H, W, C] mirrored left-right with probability p (torchvision
+  ``RandomHorizontalFlip``)."""
+  flip = jax.random.bernoulli(key, p, (x.shape[0],))
+  return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+
+
+def augment_images(key: jax.Array, x: jax.Array, scale: tuple[float, float] = (0.08, 1.0),
+                   flip: bool = True) -> jax.Array:
+  """torchvision ``RandomResizedCrop(size, scale)`` back to the input size, then (``flip``) a
+  ``RandomHorizontalFlip``, independently per row of x [N, H, W, C] -> [N, H, W, C].
+
+  Ratio (3/4, 4/3), 10 tries then a centre crop, bilinear resampling (the reference's MAE inputs
+  use bicubic; on 28-px images the difference is below the crop's own randomness).
+  """
+  k_crop, k_flip = jax.random.split(key)
+  out = random_resized_crop(k_crop, x, scale=scale)
+  return hflip(k_flip, out) if flip else out

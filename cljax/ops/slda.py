@@ -69,6 +69,9 @@ class SLDAState(NamedTuple):
     weights: [d, K] float32 cached ``W = Λ Mᵀ``.
     bias: [K] float32 cached ``b_k = −½ μ_kᵀ Λ μ_k``.
     stale: [] bool, True when the statistics changed since ``weights``/``bias`` were computed.
+    skip: [] bool, read by the ``slda`` learner only (the kernels here carry it along): True
+      while the stream replays a base set that ``fit_base`` already fitted, so its updates are
+      ignored until the first ``end_of_step`` (``cljax.learners.slda``, ``skip_base_step``).
   """
 
   means: jax.Array
@@ -79,6 +82,7 @@ class SLDAState(NamedTuple):
   weights: jax.Array
   bias: jax.Array
   stale: jax.Array
+  skip: jax.Array
 
 
 def init_state(num_classes: int, dim: int) -> SLDAState:
@@ -92,6 +96,7 @@ def init_state(num_classes: int, dim: int) -> SLDAState:
       weights=jnp.zeros((dim, num_classes), jnp.float32),
       bias=jnp.zeros((num_classes,), jnp.float32),
       stale=jnp.ones((), jnp.bool_),
+      skip=jnp.zeros((), jnp.bool_),
   )
 
 

@@ -51,6 +51,8 @@ _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds (stream order and init) in the 
 
 # The buffer kinds the ExStream paper compares (equal memory: c items per class, K*c in all).
 KINDS = ("exstream", "kmeans", "queue", "reservoir")
+# The digits study compares every buffer of ExStream's paper (CluStream and HPStream included).
+STUDY_KINDS = KINDS + ("clustream", "hpstream")
 
 
 def _learners():
@@ -238,7 +240,7 @@ def _digits_stream(seed):
 
 def digits_study(seeds, batch=10):
   configs = [dict(replay="none", capacity=8)]
-  for kind in KINDS:
+  for kind in STUDY_KINDS:
     for cap in (2, 8):
       configs.append(dict(buffer=kind, capacity=cap, replay="full_epoch"))
   configs += [dict(buffer="exstream", capacity=8, replay="sampled"),

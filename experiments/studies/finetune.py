@@ -1,6 +1,6 @@
 r"""Käding et al. (ACCV-W 2016) incremental fine-tuning: the three studies on real data.
 
-  python experiments/studies/finetune.py --workdir=/tmp/ft_study
+  python experiments/studies/finetune.py --workdir=/tmp/ft_study     # the paper's 9 draws
   python experiments/studies/finetune.py --workdir=DIR --repeats=2 --studies=lambda \
       --lambdas=0,1 --dataset=fashion_mnist
 
@@ -10,7 +10,8 @@ then reset to fresh random rows, since in the paper those output neurons do not 
 the remaining classes arrive one at a time, each in update sets of ``update_size`` examples.
 After every update set the learner (``finetune_kading``: SGD lr 1e-3, momentum 0.9, weight decay
 5e-4, batch 64, warm start, all earlier data kept, growing head) is evaluated on the test
-examples of all classes seen so far. Studies, each over ``repeats`` random class draws:
+examples of all classes seen so far. Studies, each over ``repeats`` random class draws (9 by
+default, as the paper evaluates over 9 random class draws):
 
 * ``iterations``: SGD iterations per update ∈ {1/10, 1/4, 1/2, 1, 2} epochs over all data seen
   so far, and a small constant (``const_iterations``); λ = ``default_lambda``.
@@ -42,7 +43,7 @@ STUDIES = ("iterations", "lambda", "noise")
 
 DEFAULTS = dict(
     dataset="mnist5k", max_train=0, model="mlp", base_classes=4, base_epochs=5.0,
-    update_size=100, per_class=0, repeats=5, seed=0, studies=list(STUDIES),
+    update_size=100, per_class=0, repeats=9, seed=0, studies=list(STUDIES),
     epochs=[0.1, 0.25, 0.5, 1.0, 2.0], const_iterations=10,
     lambdas=[0.0, 0.25, 0.5, 0.75, 1.0], noises=[0.0, 0.05, 0.1, 0.2],
     default_lambda=0.75, default_epochs=1.0, lr=1e-3)
@@ -61,7 +62,8 @@ _UPDATE = flags.DEFINE_integer("update_size", DEFAULTS["update_size"],
                                "Examples per update set.")
 _PER_CLASS = flags.DEFINE_integer("per_class", 0, "Training examples used per new class "
                                   "(0: all of them).")
-_REPEATS = flags.DEFINE_integer("repeats", DEFAULTS["repeats"], "Random class draws per setting.")
+_REPEATS = flags.DEFINE_integer("repeats", DEFAULTS["repeats"], "Random class draws per setting "
+                                "(the paper's 9).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first class draw (draw r uses seed + r).")
 _STUDIES = flags.DEFINE_list("studies", list(STUDIES), f"Subset of {list(STUDIES)}.")
 _EPOCHS = flags.DEFINE_list("epochs", [str(e) for e in DEFAULTS["epochs"]],

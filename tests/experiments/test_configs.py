@@ -26,7 +26,7 @@ def test_config_is_valid(name):
 @pytest.mark.slow  # a reduced experiment: base init, slda and finetune on real digits (~16 s)
 def test_slda_config_does_not_forget(tmp_path):
   c = load_config("slda")
-  c.learners = "slda,finetune"
+  c.learners = "slda,slda_fixed,finetune"
   c.model = "mlp"  # same recipe, faster network
   c.base_init.epochs = 4.0
   c.budget.passes_per_step = 40
@@ -37,6 +37,11 @@ def test_slda_config_does_not_forget(tmp_path):
   assert runs["slda"]["final_accuracy"] > 0.8, runs["slda"]["final_accuracy"]
   assert runs["slda"]["final_accuracy"] > runs["finetune"]["final_accuracy"] + 0.4
   assert all(s["budget_used"] == 0 for s in runs["slda"]["steps"])  # no backward passes
+  # After the base initialisation a fixed covariance is not far from the plastic one (measured
+  # 0.826 vs 0.885 here: the covariance of 4 base classes of an MLP's features; the seed study in
+  # notes/slda.md has the CNN figures).
+  assert runs["slda_fixed"]["final_accuracy"] > 0.75, runs["slda_fixed"]["final_accuracy"]
+  assert abs(runs["slda_fixed"]["final_accuracy"] - runs["slda"]["final_accuracy"]) < 0.1
   assert os.path.isdir(tmp_path / "base_init")
   # a second run in the same workdir loads the saved base network instead of retraining
   logs = []

@@ -13,7 +13,9 @@ SMALL_VIT = {"patch": 7, "depth": 1, "dim": 16, "dec_dim": 16}  # compile time r
 def test_config_is_valid_and_complete():
   c = cfg_mod.get_config()
   experiment.validate_config(c)
-  assert set(experiment.run_names(c)) == {"dietcl", "er", "gdumb", "ewc", "mas", "joint"}
+  assert {"dietcl", "dietcl_ref", "er", "gdumb", "ewc", "mas", "joint"} <= set(
+      experiment.run_names(c))
+  assert c.hparams.dietcl_ref.allocation == "reference_code" and c.hparams.dietcl_ref.w_r == 50
   assert c.stream.label_rate == 0.05 and c.dataset == "mnist5k"
   assert c.base_init.kind == "mae" and c.model.startswith("vit_")
   assert c.hparams.dietcl.threshold == cfg_mod.THRESHOLD
@@ -34,10 +36,14 @@ def test_every_learner_of_the_config_builds():
   stream = experiment.make_stream(c)
   for name in experiment.run_names(c):
     learner = experiment.build_learner(c, name, stream)
-    assert learner.name == name
+    assert learner.name == experiment.learner_of(c, name)
     if "model" in learner.hparams:
       assert learner.hparams["model"] == "vit_micro"
-  assert experiment.build_learner(c, "dietcl", stream).hparams["threshold"] == cfg_mod.THRESHOLD
+  dcl = experiment.build_learner(c, "dietcl", stream)
+  assert dcl.hparams["threshold"] == cfg_mod.THRESHOLD
+  # memory_size -1: every labelled row, in a memory as large as the stream (experiment input).
+  assert dcl.hparams["memory_size"] == -1
+  assert dcl.hparams["memory_capacity"] == stream.num_examples
   assert experiment.build_learner(c, "joint", stream).budgeted is False
 
 

@@ -1,4 +1,6 @@
-"""dietcl: masked CE, task-balanced memory, exact budgets, resume, a sparse-label real stream."""
+"""dietcl: the reference's lr schedule, step-0 split and task-balanced memory, exact budgets,
+resume, a sparse-label real stream. (Mixup/CutMix and the soft CE: tests/ops/test_mixup.py; the
+image crops: tests/ops/test_feature_aug.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,6 @@ import cljax.learners as L
 from cljax import data
 from cljax import learner as contract
 from cljax.learners import dietcl
-from cljax.ops import losses
-from cljax.ops.buffers import task_balanced
 
 BS = 24
 # A one-block ViT-micro (16 wide): these tests pin bookkeeping, not accuracy, and compile time
@@ -54,7 +54,8 @@ def _run(learner, ds, tasks, budget, label_rate=0.3, state=None, first=0, bs=BS,
 
 def _micro(**kw):
   kw = dict(num_classes=10, model="vit_micro", model_kwargs=TINY_VIT, batch_size=BS, lr=5e-3,
-            max_step_size=400, memory_size=60, w_r=1.0, layer_decay=1.0, chunk=4) | kw
+            max_step_size=400, memory_size=60, w_r=1.0, layer_decay=1.0, chunk=4,
+            flip=False) | kw
   return L.get("dietcl", **kw)
 
 
@@ -64,25 +65,29 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def paper10():
-  """One ``paper`` learner with B̄ = 10 shared by the tests (one set of compiled programs)."""
-  return _micro(allocation="paper", threshold=10)
+def paper10(digits):
+  """One ``paper`` learner with B̄ = 10 shared by the tests (one set of compiled programs); the
+  reference's memory: every labelled row (``memory_size=-1``), tasks cut to min(current,
+  previous)."""
+  return _micro(allocation="paper", threshold=10, memory_size=-1,
+                stream_size=len(digits.train))
 
 
-def test_masked_ce_ignores_old_class_logits():
-  """L_m (``cljax.ops.losses.masked_cross_entropy``, which dietcl uses) over this step's classes."""
-  ce = losses.masked_cross_entropy
-  logits = jax.random.normal(jax.random.key(0), (6, 10))
-  y = jnp.array([4, 5, 4, 5, 4, 5])
-  w = jnp.ones(6)
-  allowed = jnp.zeros(10, bool).at[jnp.array([4, 5])].set(True)
-  base = float(ce(logits, y, w, allowed))
-  old = logits.at[:, :4].add(7.0)  # push old-class logits up: no effect on L_m
-  assert float(ce(old, y, w, allowed)) == pytest.approx(base, rel=1e-6)
-  g = jax.grad(ce)(logits, y, w, allowed)
-  assert np.all(np.asarray(g)[:, ~np.asarray(allowed)] == 0)
-  # With all classes allowed the old logits do matter (plain CE is larger).
-  assert float(ce(old, y, w, jnp.ones(10, bool))) > base + 1.0
+def test_reference_lr_schedule():
+  """``trainer/lr_sched.py`` lines 10-23 (no warmup), written out in NumPy: a half cosine from
+  the peak down to min_lr, or to half the peak when the peak is below min_lr."""
+  def adjust_learning_rate(cur_iter, total_iter, blr, min_lr):
+    if blr < min_lr:
+      min_lr = blr / 2
+    return min_lr + (blr - min_lr) * 0.5 * (1. + np.cos(np.pi * cur_iter / total_iter))
+
+  f = jax.jit(dietcl.reference_lr)
+  for peak, floor in ((4e-4, 5e-5), (4e-5, 5e-5), (1e-3, 0.0)):
+    for i in (0, 1, 7, 19):
+      got = float(f(jnp.int32(i), jnp.int32(20), jnp.float32(peak), jnp.float32(floor)))
+      assert got == pytest.approx(adjust_learning_rate(i, 20, peak, floor), rel=1e-5)
+  # The learner's defaults: the reference's 5e-5 at 1,024 examples, per 256 (lr's unit).
+  assert dietcl.MIN_LR == pytest.approx(1.25e-5)
 
 
 def test_host_side_allocation_and_split():
@@ -92,12 +97,17 @@ def test_host_side_allocation_and_split():
   assert dietcl.phase_passes(6, 3, "paper", 10) == (6, 0)
   assert dietcl.source_split(256, "reference_code") == (102, 77, 77)
   assert dietcl.source_split(256, "paper") == (85, 85, 86)
+  assert dietcl.source_split(48, "reference_code") == (19, 14, 15)  # int(0.4 B), rest halved
   with pytest.raises(ValueError, match="allocation"):
     L.get("dietcl", num_classes=10, allocation="greedy")
   with pytest.raises(ValueError, match="needs a ViT"):
     L.get("dietcl", num_classes=10, model="cnn")
   with pytest.raises(ValueError, match="batch_size"):
     L.get("dietcl", num_classes=10, batch_size=2)
+  with pytest.raises(ValueError, match="lm_mask"):
+    L.get("dietcl", num_classes=10, lm_mask="classes")
+  # memory_size=-1 (the reference's replay_buffer_size -1): a memory of the whole stream.
+  assert L.get("dietcl", num_classes=10, stream_size=5000).hparams["memory_capacity"] == 5000
   with pytest.raises(ValueError, match="unknown hyper-parameter.*vit_kwargs"):
     L.get("dietcl", num_classes=10, vit_kwargs={"depth": 1})  # the old spelling is gone
 
@@ -107,6 +117,10 @@ def test_budget_counts_exact_paper(digits, paper10):
   _, m = _run(paper10, digits, tasks, 16)
   assert [r["spent"] for r in m] == [16.0, 16.0]
   assert [(r["joint_passes"], r["buffer_passes"]) for r in m] == [(10, 6), (10, 6)]
+  # The first step has no buffer: its joint batches give the buffer's rows to the current labels
+  # (the reference's 102 / 154 / 0 at task 0), so L_b is 0 there and only there.
+  assert m[0]["loss_b"] == 0.0 and m[1]["loss_b"] > 0.0
+  assert m[0]["loss_m"] > 0.0 and m[0]["loss_buffer"] > 0.0
   _, m = _run(paper10, digits, tasks[:1], 0)
   assert m[0]["spent"] == 0.0
   # An invalid budget is one clear error at the boundary (the old -1 sentinel is gone).
@@ -143,12 +157,13 @@ def test_state_seen_mask_and_task_balanced_memory(digits, paper10):
   assert set(task[: int(mem.count)]) == {0, 1, 2} and int(mem.tasks) == 3
   assert np.all(np.asarray(mem.y)[task >= 0] < 5)
   np.testing.assert_array_equal(np.asarray(mem.y)[task == 2], 4)  # task ids follow the steps
-  # One insert per step: the memory holds the water-filling quotas of the steps' labelled rows.
+  # One insert per step, every labelled row kept, each task cut to min(current, previous) as in
+  # the reference's update_buffer (data.py lines 56-93): here the third step has fewest labels.
   labelled = [sum(int(b["labeled"].sum()) for b in batches)
               for batches in _stream(digits, tasks, 0.3)]
-  quota = np.asarray(task_balanced.quotas(jnp.asarray(labelled, jnp.int32), 60))
-  assert int(mem.count) == 60 and sum(labelled) > 60
-  np.testing.assert_array_equal(np.bincount(task[task >= 0], minlength=3), quota)
+  mem_len = min(labelled)
+  assert labelled[2] == mem_len < min(labelled[:2])
+  np.testing.assert_array_equal(np.bincount(task[task >= 0], minlength=3), [mem_len] * 3)
   x = digits.test.batch(np.arange(50))
   assert set(np.asarray(paper10.predict(state, x)).argmax(1)) <= {0, 1, 2, 3, 4}
   assert all(np.isfinite(r["loss"]) and r["loss_r"] > 0 for r in m)
@@ -214,8 +229,9 @@ def test_sparse_labels_dietcl_on_par_with_er():
     return out
 
   er = acc(L.get("er", lr=1e-3, chunk=2, iters_per_batch=0, **common))  # chunk: compile time
-  diet = acc(L.get("dietcl", lr=1e-3 * 256 / bs, w_r=1.0, layer_decay=1.0, threshold=20,
-                   buffer_lr_scale=1.0, **common))
+  lr = 1e-3 * 256 / bs
+  diet = acc(L.get("dietcl", lr=lr, min_lr=lr / 8, flip=False, w_r=1.0, layer_decay=1.0,
+                   threshold=20, buffer_lr_scale=1.0, **common))
   print(f"mnist5k 10% labels, 3 steps x 80 passes, 5 seeds: dietcl {np.round(diet, 3)} "
         f"er {np.round(er, 3)}")
   assert np.mean(diet) >= np.mean(er) - 0.05, (diet, er)

@@ -70,7 +70,7 @@ def _accuracy(learner, state, x, y):
 def test_registered():
   assert "exstream" in learners.names()
   with pytest.raises(ValueError, match="valid"):
-    learners.get("exstream", num_classes=3, buffer="clustream")
+    learners.get("exstream", num_classes=3, buffer="birch")
 
 
 def test_every_example_trains_and_is_kept_with_one_compile(compiles):

@@ -9,7 +9,7 @@ from cljax.learners import registry
 def test_names_and_declared_inputs():
   assert {"er", "finetune", "offline", "slda", "remind", "exstream", "dietcl", "gdumb", "ewc",
           "mas", "joint", "finetune_kading"} <= set(L.names())
-  assert L.inputs("slda") == ("backbone",)
+  assert L.inputs("slda") == ("backbone", "base")
   assert L.inputs("remind") == ("base",)
   assert "stream_size" in L.inputs("offline") and "init_params" in L.inputs("er")
   for name in L.names():

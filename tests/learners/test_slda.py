@@ -97,7 +97,7 @@ def test_registry_hparams_and_validation():
   assert {"num_classes", "shrinkage", "covariance", "update_rule", "solver", "mask_unseen",
           "backbone"} <= names
   # d comes from init's example batch, not from an argument; the backbone is a declared input.
-  assert "feature_dim" not in names and cljax.learners.inputs("slda") == ("backbone",)
+  assert "feature_dim" not in names and cljax.learners.inputs("slda") == ("backbone", "base")
   with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['feature_dim'\]"):
     cljax.learners.get("slda", num_classes=5, feature_dim=4)
   learner = cljax.learners.get("slda", num_classes=5)
@@ -174,6 +174,72 @@ def test_fixed_covariance_fit_base_and_mask_unseen():
   for learner, state in ((fixed, sf), (plastic, sp)):
     acc = (np.asarray(learner.predict(state, xte)).argmax(1) == yte).mean()
     assert acc > 0.85, (learner.hparams["covariance"], acc)
+
+
+class _Base:
+  """A base initialisation as the learner reads it (``BaseInit`` offers the same three)."""
+
+  def __init__(self, x, y):
+    self.x, self.y = x, y
+
+  def backbone(self):
+    return lambda x: x.reshape(x.shape[0], -1)  # raw pixels as features
+
+
+def test_base_init_is_fitted_in_init_and_its_step_is_not_counted_twice():
+  """Deep_SLDA's experiment.py 103-129: fit_base on the first increment, then stream the rest.
+
+  The experiment hands ``base`` and also streams the base set as step 0: that step changes
+  nothing (``skip_base_step``), and later steps stream as usual.
+  """
+  xtr, ytr, xte, yte = _digits_class_incremental(6)
+  first = ytr < 4
+  base = _Base(xtr[first], ytr[first])
+  learner = cljax.learners.get("slda", num_classes=10, covariance="fixed", base=base)
+  s0 = learner.init(None, _example(xtr))
+  ref = ops.fit_base_checked(xtr[first], ytr[first], 10)  # means, counts, OAS Σ, n = N
+  for name in ("means", "counts", "scatter", "n", "cov_n"):
+    same(np.asarray(getattr(s0, name)), np.asarray(getattr(ref, name)), err_msg=name)
+  assert bool(s0.skip) and float(np.abs(np.asarray(s0.scatter)).max()) > 0
+  s1, info = _stream(learner, s0, xtr[first], ytr[first])  # step 0 = the base set again
+  assert int(info.extra["skipped"]) > 0 and int(info.extra["examples"]) == 0
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s0)):
+    same(np.asarray(a), np.asarray(b))
+  s1, _ = learner.end_of_step(s1, jax.random.key(0))
+  assert not bool(s1.skip)
+  s2, _ = _stream(learner, s1, xtr[~first], ytr[~first])
+  assert int(s2.n) == len(ytr) and int(s2.counts.sum()) == len(ytr)  # each example once
+  same(np.asarray(s2.scatter), np.asarray(ref.scatter))  # fixed: Σ from the base set only
+  # Without the skip (a base set that is not in the stream) step 0's rows count again.
+  again = cljax.learners.get("slda", num_classes=10, base=base, skip_base_step=False)
+  s3, _ = _stream(again, again.init(None, _example(xtr)), xtr[first], ytr[first])
+  assert int(s3.n) == 2 * first.sum()
+  with pytest.raises(ValueError, match="labelled"):
+    cljax.learners.get("slda", num_classes=10, base=_Base(xtr[:5], np.full(5, -1)))
+
+
+def test_fixed_covariance_without_base_init_is_nearest_class_mean():
+  """Why the base initialisation matters (issue 13, gap 1): streamed from empty, a *fixed* Σ
+  stays 0, Λ = I/ε, and SLDA is exactly a Euclidean nearest-class-mean classifier (NumPy NCM
+  here); fitted on a base set first, the OAS covariance makes it a real LDA, which on digits is
+  more accurate than NCM."""
+  xtr, ytr, xte, yte = _digits_class_incremental(7)
+  first = ytr < 4
+  plain = cljax.learners.get("slda", num_classes=10, covariance="fixed")
+  sp, _ = _stream(plain, plain.init(None, _example(xtr)), xtr, ytr)
+  sp, _ = plain.end_of_step(sp, None)
+  assert float(np.abs(np.asarray(sp.scatter)).max()) == 0.0
+  means = np.stack([xtr[ytr == c].mean(0) for c in range(10)])
+  ncm = ((xte[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+  pred_plain = np.asarray(plain.predict(sp, xte)).argmax(1)
+  np.testing.assert_array_equal(pred_plain, ncm)
+  based = cljax.learners.get("slda", num_classes=10, covariance="fixed",
+                             base=_Base(xtr[first], ytr[first]), skip_base_step=False)
+  sb, _ = _stream(based, based.init(None, _example(xtr)), xtr[~first], ytr[~first])
+  pred_based = np.asarray(based.predict(sb, xte)).argmax(1)
+  acc_ncm, acc_based = (ncm == yte).mean(), (pred_based == yte).mean()
+  print(f"digits, fixed Σ: without base init (= NCM) {acc_ncm:.3f}, with base init {acc_based:.3f}")
+  assert (pred_based != ncm).mean() > 0.02 and acc_based > acc_ncm + 0.02
 
 
 def test_backbone_inside_jit_equals_precomputed_features():

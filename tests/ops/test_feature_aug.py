@@ -95,3 +95,23 @@ def test_mixup_uses_one_lambda_from_beta():
   # Beta(0.1, 0.1) is U-shaped and symmetric: most mass near 0 or 1, mean 1/2.
   assert ((lams < 0.1) | (lams > 0.9)).mean() > 0.7
   assert abs(lams.mean() - 0.5) < 0.05
+
+
+def test_augment_images_is_crop_then_flip():
+  """DietCL's image recipe (torchvision RandomResizedCrop + RandomHorizontalFlip): a full-size
+  crop without flip is the identity, p = 1 mirrors every row, and a crop equals resize_crop of
+  the box crop_params draws from the same key."""
+  aug = jax.jit(fa.augment_images, static_argnames=("scale", "flip"))
+  square = jax.random.normal(jax.random.key(3), (4, 6, 6, 2))  # every full-area crop is whole
+  np.testing.assert_array_equal(aug(jax.random.key(0), square, scale=(1.0, 1.0), flip=False),
+                                square)
+  xs = jax.random.normal(jax.random.key(4), (5, 8, 6, 1))
+  np.testing.assert_array_equal(fa.hflip(jax.random.key(1), xs, p=1.0), xs[:, :, ::-1])
+  np.testing.assert_array_equal(fa.hflip(jax.random.key(1), xs, p=0.0), xs)
+  k_crop, _ = jax.random.split(jax.random.key(2))
+  boxes = jax.vmap(lambda k: fa.crop_params(k, 8, 6, (0.08, 1.0)))(jax.random.split(k_crop, 5))
+  want = jax.vmap(fa.resize_crop)(xs, boxes)
+  np.testing.assert_allclose(aug(jax.random.key(2), xs, scale=(0.08, 1.0), flip=False), want,
+                             rtol=1e-6, atol=1e-6)
+  area = np.asarray(boxes[:, 2] * boxes[:, 3]) / 48
+  assert (area <= 1.0).all() and (area > 0).all()

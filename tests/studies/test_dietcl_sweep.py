@@ -17,16 +17,26 @@ def test_cell_config_sets_the_grid_and_shares_the_mae_checkpoint():
   assert (c.stream.classes_per_step, c.stream.max_examples_per_step) == (5, 48)
   assert c.base_init.kind == "mae" and c.base_init.checkpoint == "/w/base_init"
   assert c.base_init.epochs == 0.5 and c.plots is False
-  c = sweep.cell_config(20, 0.05, "er", False, "", overrides=lambda c: setattr(c, "seed", 3))
+  c = sweep.cell_config(20, 0.05, "er", False, "", seed=3)
   assert c.base_init.kind == "supervised" and c.seed == 3  # scratch: no base init
+  # The ablations: the config's dietcl with one of the paper's Table 2 components removed.
+  c = sweep.cell_config(80, 0.05, ",".join(sweep.ABLATIONS), True, "")
+  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  experiment.validate_config(c)
+  assert c.hparams.dietcl_no_masked_ce.lm_mask == "none"
+  assert c.hparams.dietcl_no_reconstruction.reconstruction is False
+  assert c.hparams.dietcl_no_balanced_buffer.threshold == c.hparams.dietcl.threshold
 
 
 def test_table_and_plot_from_cells(tmp_path):
-  out = {"cells": [{"budget": b, "label_rate": r, "learner": n, "final_accuracy": 0.1 * b / 20,
-                    "average_accuracy": 0.5, "budget_used": 5.0 * b, "wall_s": 1.0}
-                   for b in (20, 40) for r in (0.05, 0.1) for n in ("dietcl", "er")]}
+  out = {"cells": [{"budget": b, "label_rate": r, "seed": s, "learner": n,
+                    "final_accuracy": 0.1 * b / 20 + 0.01 * s, "average_accuracy": 0.5,
+                    "budget_used": 5.0 * b, "wall_s": 1.0}
+                   for b in (20, 40) for r in (0.05, 0.1) for n in ("dietcl", "er")
+                   for s in (0, 1, 2)]}
   t = sweep.table(out)
-  assert "budget" in t and len(t.splitlines()) == 9
+  assert "budget" in t and len(t.splitlines()) == 2 + 8  # header, rule, 8 groups of 3 seeds
+  assert "0.110 ± 0.008" in t  # budget 20: 0.10, 0.11, 0.12
   assert os.path.getsize(sweep.plot(out, str(tmp_path / "sweep.png"))) > 1000
 
 
@@ -40,8 +50,9 @@ def test_sweep_writes_table_and_plot(tmp_path):
   out = sweep.run_sweep(str(tmp_path), [2, 4], [0.5], "er", mae=False, classes_per_step=5,
                         max_examples_per_step=48, overrides=small, log=lambda m: None)
   assert [(c["budget"], c["learner"]) for c in out["cells"]] == [(2, "er"), (4, "er")]
+  assert [r["n"] for r in out["summary"]] == [1, 1]
   assert [c["budget_used"] for c in out["cells"]] == [4.0, 8.0]
   assert json.load(open(tmp_path / "sweep.json"))["cells"] == out["cells"]
   assert os.path.isfile(sweep.plot(out, str(tmp_path / "sweep.png")))
   assert "budget" in sweep.table(out)
-  assert os.path.isfile(tmp_path / "b2_l0.5" / "results.json")  # each cell's own run
+  assert os.path.isfile(tmp_path / "b2_l0.5_s0" / "results.json")  # each cell's own run

@@ -12,9 +12,9 @@ recompiles)::
 
 Promises, for every policy:
 
-* ``capacity`` is the total number of items. Per-class policies (queue, kmeans, exstream) keep
-  c = capacity // num_classes items per class and raise ValueError unless it divides with c >= 1
-  (c >= 2 for exstream).
+* ``capacity`` is the total number of items. Per-class policies (queue, kmeans, exstream,
+  clustream, hpstream) keep c = capacity // num_classes items per class and raise ValueError
+  unless it divides with c >= 1 (c >= 2 for exstream, clustream and hpstream).
 * ``example`` is one item without batch axis, an array or anything with ``.shape``/``.dtype``
   (e.g. ``jax.ShapeDtypeStruct``); stored items have its shape and dtype (uint8 codes [h, w, m]
   for REMIND, float images for ER). queue, kmeans and exstream compute distances and need 1-D
@@ -35,20 +35,22 @@ Promises, for every policy:
   others.
 
 Policies (:func:`names`): ``append``, ``reservoir``, ``class_balanced``, ``greedy``,
-``largest_class``, ``task_balanced``, ``queue``, ``kmeans``, ``exstream``; each module's docstring
-states its rule and its draws. Extras beyond the protocol: ``append.clear``, ``init(...,
-max_tasks=256)`` of ``task_balanced``, and ``insert(..., max_width=None)`` of kmeans/exstream.
+``largest_class``, ``task_balanced``, ``queue``, ``kmeans``, ``exstream``, ``clustream``,
+``hpstream``; each module's docstring states its rule and its draws. Extras beyond the protocol:
+``append.clear``, ``init(..., max_tasks=256)`` and ``insert(..., level=None)`` of
+``task_balanced``, ``init`` options of clustream/hpstream, and ``insert(..., max_width=None)`` of
+the per-class clustering policies.
 """
 
 from __future__ import annotations
 
-from cljax.ops.buffers import (append, class_balanced, exstream, greedy, kmeans, largest_class,
-                               queue, reservoir, task_balanced)
+from cljax.ops.buffers import (append, class_balanced, clustream, exstream, greedy, hpstream,
+                               kmeans, largest_class, queue, reservoir, task_balanced)
 from cljax.ops.buffers._base import Contents, Policy, Sample
 
 _POLICIES = {m.POLICY.name: m.POLICY for m in (append, reservoir, class_balanced, greedy,
                                                 largest_class, task_balanced, queue, kmeans,
-                                                exstream)}
+                                                exstream, clustream, hpstream)}
 
 
 def names() -> list[str]:
@@ -65,4 +67,4 @@ def get(name: str) -> Policy:
 
 __all__ = ["Contents", "Policy", "Sample", "get", "names", "append", "reservoir",
            "class_balanced", "greedy", "largest_class", "task_balanced", "queue", "kmeans",
-           "exstream"]
+           "exstream", "clustream", "hpstream"]

@@ -85,11 +85,15 @@ def quotas(counts: jax.Array, capacity: int) -> jax.Array:
   return quota + (eligible & (jnp.cumsum(eligible) - 1 < left)).astype(jnp.int32)
 
 
-def insert(state: TaskBalancedState, x: jax.Array, y: jax.Array,
-           mask: jax.Array) -> TaskBalancedState:
+def insert(state: TaskBalancedState, x: jax.Array, y: jax.Array, mask: jax.Array,
+           level=None) -> TaskBalancedState:
   """Adds the unmasked rows of x [B, ...], y [B] as one new task and rebalances the memory.
 
   Every call counts as a task, even one whose rows are all masked (it then holds nothing).
+  ``level`` (optional [] int): no task keeps more than ``level`` items after this call, on top
+  of the water-filling (DietCL's reference truncates every task to min(current, previous) items,
+  wx-zhang/continual-learning-on-a-diet ``data.py`` lines 56-93; lower scores are kept, so the
+  kept items stay nested).
   """
   y, mask = clean_labels(y, mask)
   cap, k, max_tasks = state.y.shape[0], state.class_count.shape[0], state.task_count.shape[0]
@@ -102,6 +106,8 @@ def insert(state: TaskBalancedState, x: jax.Array, y: jax.Array,
   t_sort = jnp.where(valid, task, max_tasks)
   counts = state.task_count.at[tid].add(jnp.sum(mask, dtype=jnp.int32))
   quota = quotas(counts, cap)
+  if level is not None:
+    quota = jnp.minimum(quota, jnp.maximum(jnp.asarray(level, jnp.int32), 0))
   score = jax.vmap(lambda i: jax.random.uniform(draw_key(state.key, i)))(index)
   order = jnp.lexsort((jnp.where(valid, score, 2.0), t_sort))  # by task, then score
   st = t_sort[order]

@@ -1,4 +1,4 @@
-"""Tests for cljax/ops/buffers/greedy.py: GDumb's greedy class-balanced sampler."""
+"""Tests for cljax/ops/buffers/greedy.py: GDumb's greedy class-balancing sampler."""
 
 import jax
 import jax.numpy as jnp
@@ -16,22 +16,27 @@ def _rank(key, n, size):
 
 
 def reference(key, ys, mask, cap, k):
-  """Sequential GDumb sampler: the stream index held by each slot (-1 empty)."""
+  """GDumb's sampler as RaptorMai/online-continual-learning writes it (agents/gdumb.py lines
+  19-32, ``greedy_balancing_update``), one example at a time, with this policy's draws for the
+  victim and ties between largest classes broken by the lowest class id: the stream index held
+  by each slot (-1 empty)."""
   slots, labels = -np.ones(cap, int), -np.ones(cap, int)
-  cc = np.zeros(k, int)
+  mem_c = {}  # class -> slots held
   for n, t in enumerate(np.flatnonzero(mask)):
-    y = ys[t]
-    count = int((slots >= 0).sum())
-    if count < cap:
-      slot = count
+    y = int(ys[t])
+    k_c = cap // max(1, len(mem_c))
+    if y in mem_c and mem_c[y] >= k_c:
+      continue  # at its fair share: dropped, even if a slot is free
+    if sum(mem_c.values()) >= cap:
+      big = min(c for c, v in mem_c.items() if v == max(mem_c.values()))
+      slot = np.flatnonzero(labels == big)[int(_rank(key, n, mem_c[big]))]
+      mem_c[big] -= 1
+      if mem_c[big] == 0:
+        del mem_c[big]
     else:
-      big = int(np.argmax(cc))
-      if cc[y] >= cc[big]:
-        continue  # its class is already a largest one: dropped
-      slot = np.flatnonzero(labels == big)[int(_rank(key, n, cc[big]))]
-      cc[big] -= 1
+      slot = int((slots >= 0).sum())
     slots[slot], labels[slot] = t, y
-    cc[y] += 1
+    mem_c[y] = mem_c.get(y, 0) + 1
   return slots
 
 
@@ -45,15 +50,24 @@ def test_matches_sequential_reference():
   np.testing.assert_array_equal(state.class_count, np.bincount(ys[slots], minlength=K))
 
 
-def test_keeps_the_first_items_of_a_top_class():
-  # Class 0 fills the buffer, then class 1 takes slots until the two are level; from then on
-  # neither class enters again: no probabilistic replacement within a class.
+def test_fair_share_admission():
+  # Capacity 6: class 0 alone may fill it (fair share 6), then class 1 is admitted while it holds
+  # fewer than 6 // 2 = 3 slots, each time evicting from class 0; then neither class enters again.
   ys = np.r_[np.zeros(10, int), np.ones(10, int), np.zeros(5, int)].astype(np.int32)
   xs = np.arange(25, dtype=np.float32)[:, None]
   state = common.run(NAME, 6, 2, xs, ys)
   np.testing.assert_array_equal(state.class_count, [3, 3])
   held = np.sort(np.asarray(state.x[:, 0]).astype(int))
   np.testing.assert_array_equal(held[3:], [10, 11, 12])  # class 1's first three
+  # Admission is by the fair share: with capacity 10 and classes 0, 1, 2 holding 3 slots each
+  # (fair share 10 // 3 = 3), a fourth example of class 0 is dropped although a slot is free
+  # (the old rule appended while not full); a new class 3 takes the free slot, and its second
+  # example (fair share 10 // 4 = 2) evicts from a largest class, the lowest id of the tie.
+  ys = np.r_[[0, 0, 0, 1, 1, 1, 2, 2, 2], [0], [3, 3]].astype(np.int32)
+  xs = np.arange(len(ys), dtype=np.float32)[:, None]
+  state = common.run(NAME, 10, 4, xs, ys)
+  np.testing.assert_array_equal(state.class_count, [2, 3, 3, 2])  # 3 evicted one of class 0
+  assert 9 not in np.asarray(state.x[:int(state.count), 0]).astype(int)  # the dropped example
 
 
 def test_protocol_pieces():

@@ -14,7 +14,7 @@ CAP, K, D = 12, 4, 3  # capacity a multiple of K so the per-class policies take 
 def test_registry():
   assert buffers.names() == sorted(["append", "reservoir", "class_balanced", "greedy",
                                     "largest_class", "task_balanced", "queue", "kmeans",
-                                    "exstream"])
+                                    "exstream", "clustream", "hpstream"])
   for name in buffers.names():
     p = buffers.get(name)
     assert isinstance(p, buffers.Policy) and p.name == name
@@ -46,8 +46,10 @@ def test_protocol(name):
   c = common.check_contents(name, state, CAP, example)
   held = int(np.asarray(c.mask).sum())
   assert 0 < held <= CAP
-  if name in ("kmeans", "exstream"):  # centroid weights count the examples they absorbed
+  if name in ("kmeans", "exstream", "clustream"):  # weights count the examples absorbed
     assert float(c.weight.sum()) == mask.sum()
+  elif name == "hpstream":  # the same, less the examples of deleted clusters
+    assert 0 < float(c.weight.sum()) <= mask.sum()
   else:
     assert (np.asarray(c.weight)[np.asarray(c.mask)] == 1).all()
   common.check_sample(name, state, n=7)
@@ -59,6 +61,6 @@ def test_sizes_rejected_with_a_message():
   for name in buffers.names():
     with pytest.raises(ValueError, match="capacity"):
       buffers.get(name).init(common.KEY, 0, example, K)
-  for name in ("queue", "kmeans", "exstream"):
+  for name in ("queue", "kmeans", "exstream", "clustream", "hpstream"):
     with pytest.raises(ValueError, match="per class"):
       buffers.get(name).init(common.KEY, CAP + 1, example, K)

@@ -136,6 +136,31 @@ def test_keeps_a_uniform_nested_subset():
   assert counts.sum() == 10_000 and counts.min() > 400 and counts.max() < 600  # 500 expected
 
 
+def test_level_gives_dietcls_reference_truncation():
+  """DietCL's reference (wx-zhang/continual-learning-on-a-diet ``data.py`` lines 56-93,
+  ``replay_buffer_size: -1``): after task t every task holds mem_len = min(|task t|, mem_len of
+  t - 1) items, the earlier tasks truncated to a prefix of what they kept. With a memory large
+  enough for all of it, ``level = min(current, previous)`` gives exactly those counts, nested."""
+  sizes = [9, 12, 6, 8, 3, 5]
+  xs, ys = common.stream(5, sum(sizes), K)
+  state = task_balanced.init(common.KEY, 64, xs[0], K, max_tasks=8)
+  insert = jax.jit(task_balanced.insert)
+  mem_len, kept = -1, {}
+  for t, rows in enumerate(_tasks(5, sizes)):
+    mem_len = min(v for v in (len(rows), mem_len) if v > 0)  # data.py lines 68-69
+    level = len(rows) if t == 0 else min(len(rows), int(state.task_count[0]))
+    x, y, m = xs[rows], ys[rows], np.ones(len(rows), bool)
+    state = insert(state, x, y, m, jnp.int32(level))
+    task = np.asarray(state.task)
+    np.testing.assert_array_equal(np.bincount(task[task >= 0], minlength=8)[:t + 1], mem_len)
+    idx = np.asarray(state.index)
+    for u in range(t + 1):
+      now = set(idx[task == u].tolist())
+      assert now <= kept.get(u, now)  # truncation keeps a subset of what the task held
+      kept[u] = now
+  assert int(state.count) == mem_len * len(sizes) == 3 * 6
+
+
 def test_protocol_pieces():
   xs, ys = common.stream(2, 40, K)
   state = _run(_tasks(2, [12, 8, 20]), xs, ys)
