@@ -15,6 +15,13 @@ def _resnet18(in_shape, num_classes, rngs, **kw):
   return resnet.ResNet18(in_shape=in_shape, num_classes=num_classes, rngs=rngs, **kw)
 
 
+def _random_features(cls_name):
+  def make(in_shape, num_classes, rngs, **kw):
+    from cljax.models import random_features  # pylint: disable=import-outside-toplevel
+    return getattr(random_features, cls_name)(in_shape, num_classes, rngs=rngs, **kw)
+  return make
+
+
 def _vit(config):
   def make(in_shape, num_classes, rngs, **kw):
     from cljax.models import vit  # pylint: disable=import-outside-toplevel
@@ -27,6 +34,8 @@ _MODELS: dict[str, Callable[..., nnx.Module]] = {
     "cnn": lambda in_shape, num_classes, rngs, **kw: CNN(in_shape, num_classes, rngs=rngs, **kw),
     "resnet18": _resnet18,
     **{f"vit_{c}": _vit(c) for c in ("micro", "tiny", "small", "base")},
+    "random_fourier": _random_features("RandomFourier"),
+    "random_relu": _random_features("RandomReLU"),
 }
 
 
