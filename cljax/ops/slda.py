@@ -54,6 +54,7 @@ import numpy as np
 _HI = lax.Precision.HIGHEST  # statistics must not drop to bf16/tf32 passes on accelerators
 
 RULES = ("reference", "pooled")
+_MIN_ROWS = 8  # update_batch materialises the rows of smaller batches (``_materialised``)
 SOLVERS = ("cholesky", "pinv")
 
 
@@ -165,7 +166,8 @@ def update_batch(state: SLDAState,
   w = w * mf
 
   if plastic:
-    scatter = state.scatter + jnp.dot((z * w[:, None]).T, z, precision=_HI)
+    zw, zb = _materialised((z * w[:, None], z), n_rows)
+    scatter = state.scatter + jnp.dot(zw.T, zb, precision=_HI)
     cov_n = state.cov_n + n_rows
   else:
     scatter, cov_n = state.scatter, state.cov_n
@@ -179,6 +181,28 @@ def update_batch(state: SLDAState,
 
   return state._replace(means=means, counts=counts, scatter=scatter, n=state.n + n_rows,
                         cov_n=cov_n, stale=jnp.ones((), jnp.bool_))
+
+
+def _materialised(rows, anything: jax.Array):
+  """``rows`` (a tuple of [B, d] arrays) computed once, before the [d, d] product reading them.
+
+  With a few rows (B = 1: one example at a time) the product becomes an elementwise loop into
+  which XLA:CPU fuses the rows' gathers and divisions, recomputed for each of the d x d outputs:
+  6-10x slower than the product itself at d = 4096 (notes/baselines.md, RanDumb). A while loop
+  whose trip count the compiler cannot see (1, from ``anything``'s value) and whose body changes
+  the carry (adds an exact 0) is a fusion boundary; an optimization barrier, a conditional with
+  equal branches and a loop with an identity body were all simplified away (measured).
+  """
+  if rows[0].shape[0] >= _MIN_ROWS:
+    return rows
+  start = jnp.minimum(anything, 0).astype(jnp.int32)  # 0 for any count >= 0
+
+  def body(c):
+    zero = 0.0 * c[0].astype(jnp.float32)
+    return (c[0] + 1,) + tuple(r + zero for r in c[1:])
+
+  out = lax.while_loop(lambda c: c[0] < 1, body, (start,) + tuple(rows))
+  return out[1:]
 
 
 def _exclusive_segment_prefix(key: jax.Array, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
