@@ -35,20 +35,20 @@ Promises, for every policy:
   others.
 
 Policies (:func:`names`): ``append``, ``reservoir``, ``class_balanced``, ``greedy``,
-``largest_class``, ``task_balanced``, ``queue``, ``kmeans``, ``exstream``; each module's docstring
-states its rule and its draws. Extras beyond the protocol: ``append.clear``, ``init(...,
+``largest_class``, ``task_balanced``, ``queue``, ``kmeans``, ``exstream``, ``ranked``; each
+module's docstring states its rule and its draws. Extras beyond the protocol: ``append.clear``, ``init(...,
 max_tasks=256)`` of ``task_balanced``, and ``insert(..., max_width=None)`` of kmeans/exstream.
 """
 
 from __future__ import annotations
 
 from cljax.ops.buffers import (append, class_balanced, exstream, greedy, kmeans, largest_class,
-                               queue, reservoir, task_balanced)
+                               queue, ranked, reservoir, task_balanced)
 from cljax.ops.buffers._base import Contents, Policy, Sample
 
 _POLICIES = {m.POLICY.name: m.POLICY for m in (append, reservoir, class_balanced, greedy,
                                                 largest_class, task_balanced, queue, kmeans,
-                                                exstream)}
+                                                exstream, ranked)}
 
 
 def names() -> list[str]:
@@ -65,4 +65,4 @@ def get(name: str) -> Policy:
 
 __all__ = ["Contents", "Policy", "Sample", "get", "names", "append", "reservoir",
            "class_balanced", "greedy", "largest_class", "task_balanced", "queue", "kmeans",
-           "exstream"]
+           "exstream", "ranked"]
