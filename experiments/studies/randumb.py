@@ -32,6 +32,7 @@ import time
 
 from absl import app, flags
 import numpy as np
+import threadpoolctl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -106,8 +107,6 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
       feats = lambda a, state=state, phi=phi: np.concatenate(  # noqa: E731
           [np.asarray(phi(state["embed"], jnp.asarray(a[i:i + 500])))
            for i in range(0, len(a), 500)])
-      online = float((np.asarray(learner.predict(state, xt)).argmax(1) == yt).mean())
-      ref = offline_accuracies(feats(x), y, feats(xt), yt, x, xt, d, s)
       # update alone: one example per call, the state donated (as in the config)
       st = learner.init(jax.random.key(1), {"x": x[:1], "y": y[:1]})
       one = lambda i: {"x": x[i:i + 1], "y": y[i:i + 1]}  # noqa: E731
@@ -119,6 +118,11 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
         st, _ = learner.update(st, one(i), jax.random.key(0))
       jax.block_until_ready(st)
       ups = n / (time.perf_counter() - t0)
+      online = float((np.asarray(learner.predict(state, xt)).argmax(1) == yt).mean())
+      # One BLAS thread for scikit-learn: its idle threads spin after a fit and slowed the next
+      # seed's timed updates 10x on 2 cores.
+      with threadpoolctl.threadpool_limits(1):
+        ref = offline_accuracies(feats(x), y, feats(xt), yt, x, xt, d, s)
       runs = out["runs"][str(s)]
       rows.append({"dataset": ds, "seed": s, "embed_dim": d, "online": online, **ref,
                    "online_final_accuracy": runs["randumb"]["final_accuracy"],
