@@ -27,6 +27,13 @@ def _efficientnet(kind):
   return make
 
 
+def _random_features(cls_name):
+  def make(in_shape, num_classes, rngs, **kw):
+    from cljax.models import random_features  # pylint: disable=import-outside-toplevel
+    return getattr(random_features, cls_name)(in_shape, num_classes, rngs=rngs, **kw)
+  return make
+
+
 def _vit(config):
   def make(in_shape, num_classes, rngs, **kw):
     from cljax.models import vit  # pylint: disable=import-outside-toplevel
@@ -43,6 +50,8 @@ _MODELS: dict[str, Callable[..., nnx.Module]] = {
     # network on raw images, or its part after a split on cached G maps (cljax.data.features).
     "efficientnet_lite0": _efficientnet("full"),
     "efficientnet_lite0_head": _efficientnet("head"),
+    "random_fourier": _random_features("RandomFourier"),
+    "random_relu": _random_features("RandomReLU"),
 }
 
 

@@ -172,10 +172,28 @@ class ViTMAE(nnx.Module):
       ids_keep, mask, ids_restore = random_masking(mask_key, x.shape[0], self.num_patches,
                                                    mask_ratio)
       t = jnp.take_along_axis(t, ids_keep[:, :, None], axis=1)
+    blocks = self._blocks(t)
+    t = self.norm(blocks[-1] if blocks else t)
+    return t if mask_key is None else (t, mask, ids_restore)
+
+  def _blocks(self, t: jax.Array) -> list:
+    """Every encoder block's output tokens, in order (the input of the final LayerNorm last)."""
+    out = []
     for blk in self.blocks:
       t = blk(t)
-    t = self.norm(t)
-    return t if mask_key is None else (t, mask, ids_restore)
+      out.append(t)
+    return out
+
+  def encode_prefixed(self, x: jax.Array, prefix: Optional[jax.Array] = None):
+    """Unmasked encoding with ``prefix`` tokens [B, P, D] (no position embedding; L2P's prompts)
+    before the patch tokens. Returns (tokens [B, P + N, D] after the final LayerNorm, the list of
+    every block's output tokens [B, P + N, D]: DualNet's per-layer slow features)."""
+    t = self.patch_embed(patchify(x, self.patch))
+    t = t + self.pos_embed[...].astype(t.dtype)
+    if prefix is not None:
+      t = jnp.concatenate([prefix.astype(t.dtype), t], axis=1)
+    blocks = self._blocks(t)
+    return self.norm(blocks[-1] if blocks else t), blocks
 
   def decode(self, tokens: jax.Array, ids_restore: jax.Array) -> jax.Array:
     """Visible tokens [B, n_keep, D] -> predicted pixels [B, N, p*p*C] in patch order."""

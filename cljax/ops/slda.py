@@ -44,7 +44,7 @@ boundary (:func:`fit_base_checked`, the ``slda`` learner).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import jax
 from jax import lax
@@ -54,6 +54,7 @@ import numpy as np
 _HI = lax.Precision.HIGHEST  # statistics must not drop to bf16/tf32 passes on accelerators
 
 RULES = ("reference", "pooled")
+_MIN_ROWS = 8  # update_batch materialises the rows of smaller batches (``_materialised``)
 SOLVERS = ("cholesky", "pinv")
 
 
@@ -170,7 +171,8 @@ def update_batch(state: SLDAState,
   w = w * mf
 
   if plastic:
-    scatter = state.scatter + jnp.dot((z * w[:, None]).T, z, precision=_HI)
+    zw, zb = _materialised((z * w[:, None], z), n_rows)
+    scatter = state.scatter + jnp.dot(zw.T, zb, precision=_HI)
     cov_n = state.cov_n + n_rows
   else:
     scatter, cov_n = state.scatter, state.cov_n
@@ -184,6 +186,28 @@ def update_batch(state: SLDAState,
 
   return state._replace(means=means, counts=counts, scatter=scatter, n=state.n + n_rows,
                         cov_n=cov_n, stale=jnp.ones((), jnp.bool_))
+
+
+def _materialised(rows, anything: jax.Array):
+  """``rows`` (a tuple of [B, d] arrays) computed once, before the [d, d] product reading them.
+
+  With a few rows (B = 1: one example at a time) the product becomes an elementwise loop into
+  which XLA:CPU fuses the rows' gathers and divisions, recomputed for each of the d x d outputs:
+  6-10x slower than the product itself at d = 4096 (notes/baselines.md, RanDumb). A while loop
+  whose trip count the compiler cannot see (1, from ``anything``'s value) and whose body changes
+  the carry (adds an exact 0) is a fusion boundary; an optimization barrier, a conditional with
+  equal branches and a loop with an identity body were all simplified away (measured).
+  """
+  if rows[0].shape[0] >= _MIN_ROWS:
+    return rows
+  start = jnp.minimum(anything, 0).astype(jnp.int32)  # 0 for any count >= 0
+
+  def body(c):
+    zero = 0.0 * c[0].astype(jnp.float32)
+    return (c[0] + 1,) + tuple(r + zero for r in c[1:])
+
+  out = lax.while_loop(lambda c: c[0] < 1, body, (start,) + tuple(rows))
+  return out[1:]
 
 
 def _exclusive_segment_prefix(key: jax.Array, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -269,8 +293,7 @@ def oas(r: jax.Array, mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.
   """Oracle Approximating Shrinkage covariance of assumed-centred rows (Chen et al. 2010).
 
   Same estimator as ``sklearn.covariance.OAS(assume_centered=True)``: with the empirical
-  ``E = RᵀR/N``, ``μ = tr(E)/p``, ``α = mean(E²)``, shrinkage ``ρ = min((α+μ²) / ((N+1)(α−μ²/p)), 1)``
-  (1 when the denominator is 0) and ``Σ = (1−ρ)E + ρμI``.
+  ``E = RᵀR/N`` it is :func:`oas_shrink` ``(E, N)``.
 
   Args:
     r: [N, p] rows, already centred (e.g. residuals x − μ_y).
@@ -280,13 +303,28 @@ def oas(r: jax.Array, mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.
     (Σ [p, p] float32, ρ [] float32).
   """
   r = r.astype(jnp.float32)
-  p = r.shape[1]
   if mask is not None:
     r = jnp.where(mask.astype(jnp.bool_)[:, None], r, 0.0)
     n = mask.astype(jnp.float32).sum()
   else:
     n = jnp.float32(r.shape[0])
   emp = jnp.dot(r.T, r, precision=_HI) / jnp.maximum(n, 1.0)
+  return oas_shrink(emp, n)
+
+
+def oas_shrink(emp: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """OAS shrinkage of an empirical covariance ``emp`` [p, p] estimated from ``n`` rows.
+
+  ``μ = tr(E)/p``, ``α = mean(E²)``, shrinkage ``ρ = min((α+μ²) / ((n+1)(α−μ²/p)), 1)`` (1 when
+  the denominator is 0) and ``Σ = (1−ρ)E + ρμI`` (scikit-learn's ``oas``). ρ depends only on E
+  and n, so a streamed scatter gives the same estimate as the offline rows (RanDumb's point).
+
+  Returns:
+    (Σ [p, p] float32, ρ [] float32).
+  """
+  emp = emp.astype(jnp.float32)
+  p = emp.shape[0]
+  n = jnp.asarray(n, jnp.float32)
   alpha = jnp.mean(emp**2)
   mu = jnp.trace(emp) / p
   num = alpha + mu**2
@@ -369,10 +407,12 @@ def covariance(state: SLDAState) -> jax.Array:
   return state.scatter / jnp.maximum(state.cov_n, 1).astype(jnp.float32)
 
 
-def head(state: SLDAState, shrinkage: float = 1e-4, solver: str = "cholesky"):
+def head(state: SLDAState, shrinkage: Union[float, str] = 1e-4, solver: str = "cholesky"):
   """The linear head from the current statistics: (W [d, K], b [K]).
 
-  ``Λ = ((1−ε)Σ + εI)⁻¹`` is never formed with ``solver="cholesky"`` (the matrix is symmetric
+  ``shrinkage`` ε (float) gives ``Λ = ((1−ε)Σ + εI)⁻¹``; ``"oas"`` gives Λ = the inverse of the
+  OAS estimate of Σ (:func:`oas_shrink` with n = ``cov_n``; RanDumb's estimator). Λ is never
+  formed with ``solver="cholesky"`` (the matrix is symmetric
   positive definite for ε > 0, so ``W`` comes from a Cholesky solve); ``solver="pinv"`` forms the
   SVD pseudo-inverse like the reference code (torch.pinverse, rcond 1e-15). Cost: d³/3 + 2·d²·K FLOPs
   (Cholesky), more for pinv. With ε = 0 and a singular Σ the Cholesky route gives NaNs.
@@ -382,7 +422,15 @@ def head(state: SLDAState, shrinkage: float = 1e-4, solver: str = "cholesky"):
   sigma = covariance(state)
   d = sigma.shape[0]
   # The batched S update is symmetric only up to rounding; the solvers want it exact.
-  a = (1.0 - shrinkage) * 0.5 * (sigma + sigma.T) + shrinkage * jnp.eye(d, dtype=jnp.float32)
+  if isinstance(shrinkage, str):
+    if shrinkage != "oas":
+      raise ValueError(f"shrinkage must be a float in [0, 1] or 'oas', got {shrinkage!r}")
+    # RanDumb: the OAS-shrunk Σ, inverted without a ridge. Before any within-class scatter
+    # (Σ = 0, e.g. one example per class) OAS gives 0; the identity (nearest mean) stands in.
+    a, _ = oas_shrink(0.5 * (sigma + sigma.T), state.cov_n)
+    a = jnp.where(jnp.trace(a) > 0, a, jnp.eye(d, dtype=jnp.float32))
+  else:
+    a = (1.0 - shrinkage) * 0.5 * (sigma + sigma.T) + shrinkage * jnp.eye(d, dtype=jnp.float32)
   if solver == "cholesky":
     cf = jax.scipy.linalg.cho_factor(a, lower=True)
     w = jax.scipy.linalg.cho_solve(cf, state.means.T)
@@ -394,7 +442,8 @@ def head(state: SLDAState, shrinkage: float = 1e-4, solver: str = "cholesky"):
   return w, b
 
 
-def refresh(state: SLDAState, shrinkage: float = 1e-4, solver: str = "cholesky") -> SLDAState:
+def refresh(state: SLDAState, shrinkage: Union[float, str] = 1e-4,
+            solver: str = "cholesky") -> SLDAState:
   """Recomputes the cached head if the statistics changed (no-op cost when fresh)."""
   w, b = lax.cond(state.stale, lambda s: head(s, shrinkage, solver),
                   lambda s: (s.weights, s.bias), state)
@@ -403,7 +452,7 @@ def refresh(state: SLDAState, shrinkage: float = 1e-4, solver: str = "cholesky")
 
 def scores(state: SLDAState,
            x: jax.Array,
-           shrinkage: float = 1e-4,
+           shrinkage: Union[float, str] = 1e-4,
            solver: str = "cholesky",
            mask_unseen: bool = True) -> jax.Array:
   """[B, K] float32 discriminant scores ``x W + b`` for features x [B, d].

@@ -260,29 +260,29 @@ def campaign(config: str, base: str, seed: int, log=print) -> list:
   return rows
 
 
-_CONFIG = flags.DEFINE_string("config", TINY, "Experiment config of the runs.")
-_SEED = flags.DEFINE_integer("seed", 12, "Seed of the random moments and bytes.")
-_OUT = flags.DEFINE_string("out", None, "Write the rows as JSON here.")
-
-
 def main(argv):
   del argv
+  F = flags.FLAGS  # pylint: disable=invalid-name
   base = tempfile.mkdtemp(prefix="cljax_faults_")
   t0 = time.perf_counter()
   try:
-    rows = campaign(_CONFIG.value, base, _SEED.value)
+    rows = campaign(F.config, base, F.seed)
   finally:
     shutil.rmtree(base, ignore_errors=True)
   injected = sum(r["injected"] for r in rows)
   same = sum(r["injected"] and r["identical"] for r in rows)
   print(f"faults injected {injected} / resumed identical {same} "
         f"({time.perf_counter() - t0:.0f}s)")
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
+  if F.out:
+    with open(F.out, "w") as f:
       json.dump({"rows": rows, "injected": injected, "identical": same,
-                 "config": _CONFIG.value, "seed": _SEED.value, "load_avg": os.getloadavg()},
+                 "config": F.config, "seed": F.seed, "load_avg": os.getloadavg()},
                 f, indent=1)
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: the fault tests import this module beside other binaries.
+  flags.DEFINE_string("config", TINY, "Experiment config of the runs.")
+  flags.DEFINE_integer("seed", 12, "Seed of the random moments and bytes.")
+  flags.DEFINE_string("out", None, "Write the rows as JSON here.")
   app.run(main)

@@ -19,8 +19,10 @@ training images (said in the log; documented in notes/dietcl.md).
 
 Every learner gets the same budget: ``budget.passes_per_step`` passes of ``budget.batch_size``
 rows per step (learners charge every forward-backward, EWC/MAS their importance pass, GDumb its
-retraining). ``joint`` is the upper bound (SSL on all unlabeled data so far, then fine-tuning on
-all labels, the cumulative budget 80/20; it spends t·B at step t, see ``cljax/learners/joint.py``).
+retraining, L2P its query pass, CaSSLe its frozen teacher, CCIC its pseudo-label passes). L2P,
+CaSSLe, DualNet and CCIC are the DietCL paper's other baselines (issue 16). ``joint`` is the
+upper bound (SSL on all unlabeled data so far, then fine-tuning on all labels, the cumulative
+budget 80/20; it spends t·B at step t, see ``cljax/learners/joint.py``).
 The normal run path writes the A(t) curve (plots/) and the final / average accuracy table.
 """
 
@@ -28,7 +30,7 @@ import os
 
 from cljax.train.experiment import base_config
 
-LEARNERS = "dietcl,dietcl_ref,er,gdumb,ewc,mas,joint"
+LEARNERS = "dietcl,dietcl_ref,er,gdumb,ewc,mas,joint,l2p,cassle,dualnet,ccic"
 BATCH = 48
 PASSES = 80  # per step; the sweep (experiments/studies/dietcl_sweep.py) varies it
 THRESHOLD = 20  # B̄ in passes, chosen by experiments/studies/dietcl_threshold.py; notes/dietcl.md
@@ -104,6 +106,18 @@ def get_config(options: str = ""):
   c.hparams.ewc = dict(lr=1e-3, lam=100.0)
   c.hparams.mas = dict(lr=1e-3, lam=1.0)
   c.hparams.joint = dict(recipe, layer_decay=1.0)
+  # The seed papers' baselines (issue 16), same budget. L2P: prompts on the frozen MAE-pretrained
+  # ViT (no other pretrained ViT exists offline), the DietCL paper's variant with every labelled
+  # row replayed; CaSSLe: Barlow Twins + predictive distillation, 4:1 SSL to fine-tuning; DualNet:
+  # slow Barlow Twins learner + fast adaptation, sampling threshold 0.5; CCIC: interpolation
+  # consistency + triplets, a memory as large as ER's. Projectors sized to the 32-wide ViT.
+  c.hparams.l2p = dict(lr=0.03, pool_size=10, prompt_length=5, top_k=5, replay=True,
+                       memory_size=STREAM_ROWS)
+  c.hparams.cassle = dict(lr=1e-3, proj_dim=128, proj_hidden=128, pred_hidden=128,
+                          memory_size=STREAM_ROWS)
+  c.hparams.dualnet = dict(lr=1e-3, slow_lr=1e-3, threshold=0.5, proj_dim=128, proj_hidden=128,
+                           memory_size=STREAM_ROWS)
+  c.hparams.ccic = dict(lr=1e-3, memory_size=STREAM_ROWS)
   c.eval.every_examples = 0
   if "small" in opts:
     c.stream.max_examples_per_step = 300

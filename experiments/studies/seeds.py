@@ -4,12 +4,17 @@ r"""Any experiment config over several seeds: mean ± std per learner, a table a
       --config=experiments/configs/remind.py --config.learners=remind,er,finetune --seeds=0,1,2
   python experiments/studies/seeds.py --workdir=/tmp/slda_seeds \
       --config=experiments/configs/slda.py --seeds=0,1,2
+  python experiments/studies/seeds.py --workdir=DIR --config=experiments/configs/dietcl.py \
+      --config.learners=dietcl,er,l2p,cassle,dualnet,ccic --share_base
 
 A seed changes the stream (class order, example order, which labels are kept), the base
-initialisation and every learner's keys (``config.seed``). Each seed is one
+initialisation and every learner's keys (``config.seed``). With ``--share_base`` the first seed's
+base initialisation (DIR/seed<S>/base_init) is loaded by the later seeds, so they differ only in
+the stream and the learners' draws (one MAE-pretrained ViT for all seeds, as a pretrained model
+would be). Each seed is one
 ``cljax.train.experiment.run_experiment`` in DIR/seed<S>/ (its own results.json, plots and base
 initialisation). Writes DIR/seeds.json (``{"cells": [{seed, learner, final_accuracy,
-average_accuracy, forgetting, omega, wall_s}], "summary": [{learner, n, final_mean, final_std,
+average_accuracy, forgetting, omega, passes_per_step, examples_per_s, wall_s}], "summary": [{learner, n, final_mean, final_std,
 ...}]}``), DIR/seeds.png (final and average accuracy per learner, ±1 std) and prints the table.
 The helpers (``summarize``, ``table``, ``bar_plot``) are shared by the other seed studies.
 """
@@ -20,14 +25,15 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import app, flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-METRICS = ("final_accuracy", "average_accuracy", "forgetting", "omega")
+METRICS = ("final_accuracy", "average_accuracy", "forgetting", "omega", "passes_per_step",
+           "examples_per_s", "wall_s")
 
 
 def summarize(cells: Sequence[dict], keys: Sequence[str] = ("learner",),
@@ -51,15 +57,22 @@ def summarize(cells: Sequence[dict], keys: Sequence[str] = ("learner",),
   return out
 
 
+def _fmt(row: dict, m: str) -> str:
+  if m + "_mean" not in row:
+    return "-"
+  f = {"passes_per_step": "{:.1f}", "examples_per_s": "{:,.0f}", "wall_s": "{:.0f}"}.get(m, "{:.3f}")
+  return f"{f.format(row[m + '_mean'])} ± {f.format(row[m + '_std'])}"
+
+
 def table(summary: Sequence[dict], keys: Sequence[str] = ("learner",),
           metrics: Sequence[str] = ("final_accuracy", "average_accuracy")) -> str:
-  """A markdown table: one row per group, "mean ± std" per metric."""
+  """A markdown table: one row per group, "mean ± std" per metric (accuracies to 3 decimals,
+  passes to 1, examples/s and seconds to whole numbers)."""
   head = [*keys, "n", *metrics]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in summary:
     vals = [str(r[k]) for k in keys] + [str(r["n"])]
-    vals += [f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}" if m + "_mean" in r else "-"
-             for m in metrics]
+    vals += [_fmt(r, m) for m in metrics]
     lines.append("| " + " | ".join(vals) + " |")
   return "\n".join(lines)
 
@@ -89,21 +102,38 @@ def bar_plot(summary: Sequence[dict], path: str, title: str, label_key: str = "l
   return path
 
 
+def metrics_of(run: dict) -> dict:
+  """The summary metrics (``METRICS``) of one learner's result record; ``passes_per_step`` is
+  the mean budget spent per step."""
+  steps = run.get("steps") or []
+  out = {m: run.get(m) for m in METRICS}
+  out["passes_per_step"] = (float(np.mean([s["budget_used"] for s in steps])) if steps else None)
+  return out
+
+
 def cells_of(results: dict, **extra) -> list:
   """One cell per run of an experiment's results (``run_experiment``'s return value)."""
-  return [{**extra, "learner": name, **{m: run.get(m) for m in METRICS},
-           "wall_s": run.get("wall_s")} for name, run in results["runs"].items()]
+  return [{**extra, "learner": name, **metrics_of(run)} for name, run in results["runs"].items()]
 
 
-def run_seeds(config, seeds: Sequence[int], workdir: str, log: Callable = print) -> dict:
-  """Runs ``config`` once per seed (module docstring); returns {"cells", "summary", "wall_s"}."""
+def run_seeds(config, seeds: Sequence[int], workdir: str, share_base: bool = False,
+              overrides: Optional[Callable] = None, log: Callable = print) -> dict:
+  """Runs ``config`` once per seed (module docstring), ``overrides(config)`` applied to each
+  copy; returns {"cells", "summary", "seeds", "config", "wall_s"}."""
   from cljax.train import experiment  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
-  cells, t0 = [], time.perf_counter()
+  cells, base, t0 = [], "", time.perf_counter()
   for i, s in enumerate(seeds):
     c = config.copy_and_resolve_references()
     c.seed = int(s)
-    res = experiment.run_experiment(c, os.path.join(workdir, f"seed{s}"), log=log)
+    if share_base and base:
+      c.base_init.checkpoint = base
+    if overrides is not None:
+      overrides(c)
+    sdir = os.path.join(workdir, f"seed{s}")
+    res = experiment.run_experiment(c, sdir, log=log)
+    if share_base and not base and "base_init" in res:
+      base = os.path.join(sdir, "base_init")
     cells += cells_of(res, seed=int(s))
     el = time.perf_counter() - t0
     log(f"[seeds] seed {s} done ({i + 1}/{len(seeds)}) | ETA "
@@ -122,10 +152,11 @@ def main(argv):
   cli.setup()
   workdir = flags.FLAGS.workdir
   out = run_seeds(_CONFIG.value, [int(s) for s in flags.FLAGS.seeds], workdir,
-                  log=lambda m: print(m, flush=True))
+                  share_base=flags.FLAGS.share_base, log=lambda m: print(m, flush=True))
   png = bar_plot(out["summary"], os.path.join(workdir, "seeds.png"),
                  f"{len(out['seeds'])} seeds, mean ± std")
-  print(table(out["summary"], metrics=("final_accuracy", "average_accuracy", "omega")))
+  print(table(out["summary"], metrics=("final_accuracy", "average_accuracy", "forgetting",
+                                       "omega", "passes_per_step", "examples_per_s", "wall_s")))
   print(f"[seeds] wrote {os.path.join(workdir, 'seeds.json')}, {png} ({out['wall_s']:.0f}s)")
 
 
@@ -134,4 +165,5 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
   flags.DEFINE_string("workdir", None, "Where the seed runs and seeds.json go.", required=True)
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed) to run.")
+  flags.DEFINE_bool("share_base", False, "Later seeds load the first seed's base initialisation.")
   app.run(main)

@@ -151,7 +151,7 @@ def test_bad_hparams_name_the_problem():
   with pytest.raises(ValueError, match="unknown optimizer"):
     L.get("finetune", num_classes=10, optimizer="lbfgs")
   with pytest.raises(ValueError, match="valid learners: .*finetune"):
-    L.get("icarl", num_classes=10)
+    L.get("icarl2", num_classes=10)
   with pytest.raises(ValueError, match="stream_size"):
     L.get("offline", num_classes=10)
   with pytest.raises(ValueError, match="unknown model 'resnet50'; valid models"):

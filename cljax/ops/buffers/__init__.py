@@ -36,8 +36,8 @@ Promises, for every policy:
 
 Policies (:func:`names`): ``append``, ``reservoir``, ``class_balanced``, ``greedy``,
 ``largest_class``, ``task_balanced``, ``queue``, ``kmeans``, ``exstream``, ``clustream``,
-``hpstream``; each module's docstring states its rule and its draws. Extras beyond the protocol:
-``append.clear``, ``init(..., max_tasks=256)`` and ``insert(..., level=None)`` of
+``hpstream``, ``ranked``; each module's docstring states its rule and its draws. Extras beyond the
+protocol: ``append.clear``, ``init(..., max_tasks=256)`` and ``insert(..., level=None)`` of
 ``task_balanced``, ``init`` options of clustream/hpstream, and ``insert(..., max_width=None)`` of
 the per-class clustering policies.
 """
@@ -45,12 +45,12 @@ the per-class clustering policies.
 from __future__ import annotations
 
 from cljax.ops.buffers import (append, class_balanced, clustream, exstream, greedy, hpstream,
-                               kmeans, largest_class, queue, reservoir, task_balanced)
+                               kmeans, largest_class, queue, ranked, reservoir, task_balanced)
 from cljax.ops.buffers._base import Contents, Policy, Sample
 
 _POLICIES = {m.POLICY.name: m.POLICY for m in (append, reservoir, class_balanced, greedy,
                                                 largest_class, task_balanced, queue, kmeans,
-                                                exstream, clustream, hpstream)}
+                                                exstream, clustream, hpstream, ranked)}
 
 
 def names() -> list[str]:
@@ -67,4 +67,4 @@ def get(name: str) -> Policy:
 
 __all__ = ["Contents", "Policy", "Sample", "get", "names", "append", "reservoir",
            "class_balanced", "greedy", "largest_class", "task_balanced", "queue", "kmeans",
-           "exstream", "clustream", "hpstream"]
+           "exstream", "clustream", "hpstream", "ranked"]

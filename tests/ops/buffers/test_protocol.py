@@ -14,7 +14,7 @@ CAP, K, D = 12, 4, 3  # capacity a multiple of K so the per-class policies take 
 def test_registry():
   assert buffers.names() == sorted(["append", "reservoir", "class_balanced", "greedy",
                                     "largest_class", "task_balanced", "queue", "kmeans",
-                                    "exstream", "clustream", "hpstream"])
+                                    "exstream", "clustream", "hpstream", "ranked"])
   for name in buffers.names():
     p = buffers.get(name)
     assert isinstance(p, buffers.Policy) and p.name == name

@@ -1,0 +1,204 @@
+"""CaSSLe (Fini et al., CVPR 2022, "Self-Supervised Models are Continual Learners";
+DonkeyShot21/cassle), with Barlow Twins, in DietCL's budgeted semi-supervised protocol.
+
+Self-supervised learning on the step's images (labelled or not):
+
+    L = BT(z1, z2) + λ_d · ½ (BT(g(z1), z1') + BT(g(z2), z2'))
+
+z = projector(encoder(view)) of two random resized crops, z' the same views through the frozen
+encoder and projector of the previous step, g a predictor MLP (``distillers/decorrelative.py``;
+``methods/barlow_twins.py``; ``cljax.ops.ssl.barlow_twins`` is solo-learn's loss). The distillation
+term starts at the second step. Reference settings (``bash_files/continual/cifar/
+barlow_distill.sh``): projector and predictor 2048 wide, λ = 5e-3, loss scale 0.1, λ_d = 1, the
+distillation Barlow λ 5e-3 and scale 0.1; LARS SGD, 500 epochs per task, ResNet-18. Left out here:
+the BatchNorm layers of the projector and predictor, colour jitter and solarisation (grey digits).
+
+DietCL's protocol (Zhang et al. 2024, their CaSSLe baseline): each step's budget is split 4:1 between
+SSL steps and supervised fine-tuning of the encoder with a linear head over all seen classes, on
+every labelled row so far (a store of ``memory_size``); prediction is that head. The optimizer is
+re-created for each phase.
+
+Budget: an SSL step is one pass (``batch_size // 2`` images in two views, ``_ssl``) plus, from the
+second step, the frozen network on both views (1/3 pass, ``_distill``); a fine-tuning step one
+pass. ``update`` stores rows (0 passes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from cljax import learner as contract
+from cljax import optim
+from cljax.learner import Learner
+from cljax.learners import _distill, _ssl, dietcl
+from cljax.learners.registry import register
+from cljax.ops import buffers
+from cljax.ops import sharding
+from cljax.ops.buffers import append as append_store
+from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train.loop import Loop, apply_updates
+
+
+def ssl_phase(budget: int, fraction: float, ssl_cost: float) -> tuple[int, int]:
+  """(SSL steps, fine-tuning steps) of a step's budget: ``fraction`` of it to SSL steps of
+  ``ssl_cost`` passes each, the rest (floored) to one-pass fine-tuning steps."""
+  n_ssl = int(math.floor(fraction * budget / ssl_cost + 1e-9))
+  return n_ssl, max(int(math.floor(budget - n_ssl * ssl_cost + 1e-9)), 0)
+
+
+def store_all(state: dict, batch: dict) -> dict:
+  """The batch's valid rows into the step store ``cur`` (labels unused: SSL) and its labelled
+  rows into the memory ``mem``, their classes into ``seen``."""
+  valid, _ = contract.masks(batch)
+  state = _distill.store_labelled(state, batch, "mem")
+  x = jnp.asarray(batch["x"], jnp.float32)
+  return {**state, "cur": buffers.get("append").insert(state["cur"], x,
+                                                       jnp.zeros_like(batch["y"]), valid)}
+
+
+@register("cassle", inputs=("model", "model_kwargs", "batch_size", "init_params",
+                            "max_step_size"))
+def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
+           batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
+           proj_dim: int = 2048, proj_hidden: int = 2048, pred_hidden: int = 2048,
+           lamb: float = 5e-3, scale_loss: float = 0.1, distill_lamb: float = 1.0,
+           crop_scale: Sequence[float] = (0.2, 1.0), ssl_fraction: float = 0.8,
+           memory_size: int = 10000, epochs_per_step: float = 1.0, max_step_size: int = 4096,
+           chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
+  """Builds CaSSLe (see the module docstring).
+
+  Args:
+    num_classes: K, the linear head's size (unseen classes masked).
+    model, model_kwargs, init_params: a ViT of ``cljax.models`` and its starting parameters
+      (e.g. MAE-pretrained).
+    batch_size: rows per pass (an SSL step embeds batch_size // 2 images twice).
+    lr, weight_decay: AdamW, re-created for each phase of each step.
+    proj_dim, proj_hidden, pred_hidden: projector (2 hidden layers) and predictor (1) widths.
+    lamb, scale_loss: Barlow Twins' off-diagonal weight and loss scale (both terms).
+    distill_lamb: λ_d, weight of the predictive distillation.
+    crop_scale: area range of the random resized crops of the views.
+    ssl_fraction: the share of the budget spent on SSL (DietCL's 4:1 = 0.8).
+    memory_size: labelled rows kept for fine-tuning (all, in DietCL's setting).
+    epochs_per_step: passes when ``end_of_step`` gets no budget, in epochs over the step's rows.
+    max_step_size: capacity of the step store; chunk: steps per jitted call (a ``lax.scan``).
+  """
+  _distill.check_sizes(batch_size=batch_size, memory_size=memory_size,
+                       max_step_size=max_step_size, chunk=chunk)
+  if batch_size < 4:
+    raise ValueError(f"batch_size must be >= 4 (two views of >= 2 images), got {batch_size}")
+  net = dietcl.vit_net("cassle", model, num_classes, model_kwargs)
+  proj = _ssl.mlp_head(proj_dim, (proj_hidden, proj_hidden))
+  pred = _ssl.mlp_head(proj_dim, (pred_hidden,))
+  tx = optim.build("adamw", lr, weight_decay=weight_decay, decay_mask=optim.matrices)
+  store = buffers.get("append")
+  n_img = batch_size // 2
+  scale = tuple(float(s) for s in crop_scale)
+
+  def init(key, example_batch):
+    x = jnp.asarray(example_batch["x"])
+    k_net, k_proj, k_pred, k_cur, k_mem = jax.random.split(key, 5)
+    params = net.init(k_net, x.shape[1:], init_params)
+    d = _ssl.features_dim(net, params, x.shape[1:])
+    ssl_params = {"proj": _ssl.init_head(proj, k_proj, d),
+                  "pred": _ssl.init_head(pred, k_pred, proj_dim)}
+    ex = jax.ShapeDtypeStruct(x.shape[1:], jnp.float32)
+    return {"params": params, "ssl": ssl_params,
+            "teacher": {"params": params, "proj": ssl_params["proj"]},
+            "has_teacher": jnp.zeros((), bool), "seen": jnp.zeros((num_classes,), bool),
+            "cur": store.init(k_cur, max_step_size, ex, num_classes),
+            "mem": store.init(k_mem, memory_size, ex, num_classes)}
+
+  @jax.jit
+  def update(state, batch, key):
+    """Stores the batch (every valid row for SSL, labelled rows for fine-tuning); 0 passes."""
+    del key
+    return store_all(state, batch), contract.info()
+
+  def ssl_step(distil: bool):
+    """The Loop step of the SSL phase, with the distillation term when ``distil``."""
+    def step(carry, data, key, i, stop):
+      return _ssl_step(carry, data, key, distil)
+    return step
+
+  def _ssl_step(carry, data, key, distil):
+    (params, sp), opt = carry
+    k_rows, k_views = jax.random.split(key)
+    s = store.sample(data["cur"], k_rows, n_img)
+    x, w = sharding.data_rows((s.x, s.weight))
+
+    def loss_fn(trained):
+      p, q = trained
+      encode = lambda v: net.features(p, v)  # noqa: E731
+      z1, z2, (v1, v2) = _ssl.view_embeddings(encode, lambda f: proj.apply(q["proj"], f), x,
+                                               k_views, scale)
+      loss = _ssl.barlow(z1, z2, lamb, scale_loss, w)
+      if distil:
+        t = data["teacher"]
+        frozen = lambda v: jax.lax.stop_gradient(  # noqa: E731
+            proj.apply(t["proj"], net.features(t["params"], v)))
+        d = 0.5 * (_ssl.barlow(pred.apply(q["pred"], z1), frozen(v1), lamb, scale_loss, w)
+                   + _ssl.barlow(pred.apply(q["pred"], z2), frozen(v2), lamb, scale_loss, w))
+        loss = loss + distill_lamb * d
+      return loss
+
+    loss, g = jax.value_and_grad(loss_fn)((params, sp))
+    (params, sp), opt = apply_updates(tx, (params, sp), opt, g)
+    return ((params, sp), opt), loss[None]
+
+  def _ft_step(carry, data, key, i, stop):
+    del i, stop
+    params, opt = carry
+    s = store.sample(data["mem"], key, batch_size)
+    x, y, w = sharding.data_rows((s.x, s.y, s.weight))
+    loss, g = jax.value_and_grad(
+        lambda p: cross_entropy(mask_logits(net.apply(p, x), data["seen"]), y, w))(params)
+    params, opt = apply_updates(tx, params, opt, g)
+    return (params, opt), loss[None]
+
+  ssl_loops = {b: Loop(ssl_step(b), chunk=chunk, unroll=False) for b in (False, True)}
+  ft_loop = Loop(_ft_step, chunk=chunk, unroll=False)
+  opt_init = jax.jit(tx.init)
+
+  @jax.jit
+  def finish(state):
+    """The trained encoder and projector become the next step's frozen teacher."""
+    return {**state, "teacher": {"params": state["params"], "proj": state["ssl"]["proj"]},
+            "has_teacher": jnp.ones((), bool), "cur": append_store.clear(state["cur"])}
+
+  def end_of_step(state, key, budget=None):
+    """SSL (+ distillation) then fine-tuning, 4:1; spends at most ``budget`` passes."""
+    k_ssl, k_ft = jax.random.split(key)
+    distil = bool(state["has_teacher"])
+    cost = 1.0 + (_distill.FORWARD_COST if distil else 0.0)
+    if budget is None:
+      budget = contract.default_passes(epochs_per_step, int(state["cur"].count), batch_size)
+    n_ssl, n_ft = ssl_phase(budget, ssl_fraction, cost)
+    if not int(state["cur"].count):
+      n_ssl = 0
+    if not int(state["mem"].count):
+      n_ft = 0
+    data = {k: state[k] for k in ("cur", "mem", "seen", "teacher")}
+    trained = (state["params"], state["ssl"])
+    (trained, _), s1 = ssl_loops[distil]((trained, opt_init(trained)), data, k_ssl, n_ssl)
+    (params, _), s2 = ft_loop((trained[0], opt_init(trained[0])), data, k_ft, n_ft)
+    state = finish({**state, "params": params, "ssl": trained[1]})
+    return state, contract.info(
+        n_ssl * cost + n_ft, jnp.float32(jnp.nan) if s2 is None else s2[0] / n_ft,
+        ssl_loss=jnp.float32(jnp.nan) if s1 is None else s1[0] / n_ssl,
+        ssl_steps=jnp.float32(n_ssl), finetune_steps=jnp.float32(n_ft))
+
+  @jax.jit
+  def predict(state, x):
+    return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), state["seen"])
+
+  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, proj_dim=proj_dim,
+            proj_hidden=proj_hidden, pred_hidden=pred_hidden, lamb=lamb, scale_loss=scale_loss,
+            distill_lamb=distill_lamb, crop_scale=scale, ssl_fraction=ssl_fraction,
+            memory_size=memory_size, epochs_per_step=epochs_per_step,
+            max_step_size=max_step_size, chunk=chunk, warm_start=init_params is not None)
+  return Learner("cassle", init, update, end_of_step, predict, hp)

@@ -1,0 +1,246 @@
+"""CCIC (Boschini, Buzzega, Bonicelli, Porrello, Calderara, TPAMI 2022, "Continual
+Semi-Supervised Learning through Contrastive Interpolation Consistency"; reference code
+aimagelab/mammoth ``models/ccic.py``), in DietCL's budgeted protocol.
+
+Each SGD step reads labelled rows (this step's, and as many from a reservoir memory of labelled
+rows) and unlabelled rows of the step, and minimises
+
+    L = L_triplet + L_X + α_mm · L_U + α · L_neg      (``observe``)
+
+* L_X: cross-entropy on MixMatch-interpolated labelled rows with their own labels (``mixup``:
+  per row λ ~ Beta(0.75, 0.75), λ ← max(λ, 1 − λ), partners drawn from the shuffled labelled and
+  augmented unlabelled rows), the memory part weighted ``memory_penalty``;
+* L_U: interpolation consistency: pseudo-labels = the network's softmax averaged over ``k_aug``
+  weak augmentations (random crops) of each unlabelled row and sharpened (T = 0.5; computed with
+  no gradient), against the softmax on the interpolated augmented rows, mean squared error / K;
+* L_triplet: batch-hard triplet loss on the features of the labelled rows (k = batch // 10
+  hardest pairs, margin 1; ``cljax.ops.ssl``);
+* L_neg (from the second step): each of the step's unlabelled rows and each memory row of earlier
+  steps' classes is pushed at least the margin away from the other group (negative-only triplet).
+
+Prediction: k-nearest-neighbour vote (k = ``knn_k``) among the memory's normalised features,
+ties broken by the distance to each class's nearest memory row (``forward``); the features are
+cached at each step's end (a forward over the memory, charged). Before the first step ends: the
+network's own outputs.
+
+Reference settings (``models/config/ccic.yaml``, seq-cifar10, buffer 500): Adam lr 1e-4, knn_k 2,
+memory_penalty 0.7, mixmatch α 0.75; parser defaults α = 0.5, k_aug 3, T = 0.5, mixup α 0.75.
+Left out: the labelled-only mixup (α = 1) before the triplet term during the first 90 % of each
+task's epochs (the budgeted stream has no epochs), and the reference's running "virtual batches".
+
+Budget, per SGD step of B = ``batch_size``: B/4 current + B/4 memory labelled rows, B/(2·k_aug)
+unlabelled rows: forward-backward of the mixed labelled and augmented unlabelled rows (~B rows),
+of the labelled rows' features (B/2) and, from the second step, of the negative-only rows (~B/2);
+the pseudo-label forwards at 1/3. ``step_cost`` gives the exact passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from cljax import learner as contract
+from cljax import optim
+from cljax.learner import Learner
+from cljax.learners import _distill, dietcl
+from cljax.learners.registry import register
+from cljax.ops import buffers
+from cljax.ops import feature_aug
+from cljax.ops import sharding
+from cljax.ops import ssl
+from cljax.ops.buffers import append as append_store
+from cljax.ops.herding import normalise
+from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train import base_init
+from cljax.train.loop import Loop, apply_updates
+
+
+def sizes(batch_size: int, k_aug: int) -> tuple[int, int, int]:
+  """Rows per step: (current labelled, memory, unlabelled before augmentation)."""
+  return batch_size // 4, batch_size // 4, max(1, batch_size // (2 * k_aug))
+
+
+def step_cost(batch_size: int, k_aug: int, negatives: bool) -> float:
+  """Passes one CCIC step spends (module docstring)."""
+  nl, nm, nu = sizes(batch_size, k_aug)
+  rows = (nl + nm) + k_aug * nu + (nl + nm) + ((nu + nm) if negatives else 0)
+  return rows / batch_size + _distill.FORWARD_COST * k_aug * nu / batch_size
+
+
+def knn_scores(feats: jax.Array, emb: jax.Array, y: jax.Array, valid: jax.Array, k: int,
+               num_classes: int) -> jax.Array:
+  """CCIC's prediction [B, K]: votes of the k nearest memory rows (squared distance between
+  normalised features) minus 1e-5 x the distance to each class's nearest row; classes without
+  memory rows masked. feats [B, F], emb [M, F] (normalised), y [M], valid [M] bool."""
+  d2 = ssl.pairwise_sq_dist(jnp.concatenate([normalise(feats), emb]))[:feats.shape[0],
+                                                                       feats.shape[0]:]
+  d2 = jnp.where(valid[None, :], d2, jnp.inf)
+  _, idx = jax.lax.top_k(-d2, k)
+  finite = jnp.isfinite(jnp.take_along_axis(d2, idx, 1))
+  votes = jnp.sum(jax.nn.one_hot(y[idx], num_classes) * finite[..., None], axis=1)
+  member = jax.nn.one_hot(y, num_classes, dtype=bool) & valid[:, None]  # [M, K]
+  nearest = jnp.min(jnp.where(member[None], d2[:, :, None], jnp.inf), axis=1)
+  has = member.any(0)
+  return mask_logits(votes - 1e-5 * jnp.where(has[None], nearest, 0.0), has)
+
+
+@register("ccic", inputs=("model", "model_kwargs", "batch_size", "init_params",
+                          "max_step_size"))
+def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
+         batch_size: int = 32, lr: float = 1e-4, memory_size: int = 500, alpha: float = 0.5,
+         mixmatch_alpha: float = 0.75, memory_penalty: float = 0.7, knn_k: int = 2,
+         k_aug: int = 3, sharp_temp: float = 0.5, mixup_alpha: float = 0.75,
+         margin: float = 1.0, epochs_per_step: float = 1.0, max_step_size: int = 4096,
+         chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
+  """Builds CCIC (see the module docstring; defaults from the reference's ccic.yaml).
+
+  Args:
+    num_classes: K.
+    model, model_kwargs, init_params: a ``cljax.models`` network with ``features`` (a ViT in
+      the DietCL config) and its starting parameters.
+    batch_size: B (rows per pass; see ``sizes``).
+    lr: Adam learning rate (the optimizer state carries over steps).
+    memory_size: reservoir of labelled rows.
+    alpha, mixmatch_alpha, memory_penalty: weights of L_neg, L_U and the memory part of L_X.
+    knn_k: neighbours of the prediction vote.
+    k_aug, sharp_temp, mixup_alpha: augmentations per unlabelled row, sharpening T, Beta(α, α).
+    margin: of both triplet terms.
+    epochs_per_step: passes without a budget, in epochs over the step's rows.
+    max_step_size, chunk: step-store capacity; steps per jitted call (a ``lax.scan``).
+  """
+  _distill.check_sizes(batch_size=batch_size, memory_size=memory_size, knn_k=knn_k,
+                       k_aug=k_aug, max_step_size=max_step_size, chunk=chunk)
+  if batch_size < 4:
+    raise ValueError(f"batch_size must be >= 4, got {batch_size}")
+  net = dietcl.vit_net("ccic", model, num_classes, model_kwargs)
+  tx = optim.build("adam", lr)
+  store, memory = buffers.get("append"), buffers.get("reservoir")
+  nl, nm, nu = sizes(batch_size, k_aug)
+  triplet_k = max(1, batch_size // 10)
+  features_of = _distill.RowMap(net.features, batch_size)
+
+  def init(key, example_batch):
+    x = jnp.asarray(example_batch["x"])
+    k_net, k_l, k_u, k_m = jax.random.split(key, 4)
+    params = net.init(k_net, x.shape[1:], init_params)
+    ex = jax.ShapeDtypeStruct(x.shape[1:], jnp.float32)
+    d = int(jax.eval_shape(net.features, params, jnp.zeros((1, *x.shape[1:]))).shape[1])
+    return {"params": params, "opt": tx.init(params),
+            "seen": jnp.zeros((num_classes,), bool), "step_cls": jnp.zeros((num_classes,), bool),
+            "cur_l": store.init(k_l, max_step_size, ex, num_classes),
+            "cur_u": store.init(k_u, max_step_size, ex, num_classes),
+            "mem": memory.init(k_m, memory_size, ex, num_classes),
+            "emb": jnp.zeros((memory_size, d), jnp.float32),
+            "emb_y": jnp.full((memory_size,), -1, jnp.int32),
+            "step": jnp.zeros((), jnp.int32)}
+
+  @jax.jit
+  def update(state, batch, key):
+    """Stores the step's labelled and unlabelled rows; labelled rows enter the memory."""
+    del key
+    _, lab = contract.masks(batch)
+    y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
+    state = dietcl.store_rows(state, batch, "cur_l", "cur_u")
+    return ({**state, "mem": memory.insert(state["mem"], jnp.asarray(batch["x"], jnp.float32),
+                                           y, lab)}, contract.info())
+
+  def _loss(params, data, key, negatives: bool):
+    ks = jax.random.split(key, 8)
+    cur = store.sample(data["cur_l"], ks[0], nl)
+    mem = memory.sample(data["mem"], ks[1], nm)
+    unl = store.sample(data["cur_u"], ks[2], nu)
+    xs = jnp.concatenate([cur.x, mem.x])
+    ys = jnp.concatenate([cur.y, mem.y])
+    wsup = jnp.concatenate([cur.weight, mem.weight])
+    xu = jnp.tile(unl.x, (k_aug,) + (1,) * (unl.x.ndim - 1))  # k_aug copies, then augmented
+    xu = base_init.augment_batch(ks[3], xu, "crop", padding=2)
+    wu = jnp.tile(unl.weight, (k_aug,))
+    seen = data["seen"]
+    # Pseudo-labels: the mean softmax over the k_aug weak views, sharpened; no gradient.
+    probs = jax.nn.softmax(mask_logits(net.apply(params, xu), seen)).reshape(k_aug, nu, -1)
+    pseudo = jnp.tile(ssl.sharpen(probs.mean(0), sharp_temp), (k_aug, 1))
+    pseudo = jax.lax.stop_gradient(pseudo)
+    # MixMatch partners: the shuffled labelled and augmented unlabelled rows.
+    pool = jnp.concatenate([xs, xu])
+    perm = jax.random.permutation(ks[4], pool.shape[0])
+    lam = jax.random.beta(ks[5], mixup_alpha, mixup_alpha, (pool.shape[0],))
+    lam = jnp.maximum(lam, 1.0 - lam)[:, None, None, None]
+    mixed = feature_aug.mix(jnp.concatenate([xs, xu]), pool[perm], lam)
+    mixed, ys, wsup, wu, pseudo = sharding.data_rows((mixed, ys, wsup, wu, pseudo))
+    logits = mask_logits(net.apply(params, mixed), seen)
+    n_s = nl + nm
+    l_x = (cross_entropy(logits[:nl], ys[:nl], wsup[:nl])
+           + memory_penalty * cross_entropy(logits[nl:n_s], ys[nl:], wsup[nl:]))
+    sq = jnp.sum((pseudo - jax.nn.softmax(logits[n_s:])) ** 2, -1)
+    l_u = jnp.sum(sq * wu) / jnp.maximum(jnp.sum(wu), 1.0) / num_classes ** 2
+    l_t = ssl.batch_hard_triplet(net.features(params, xs), ys, wsup, triplet_k, margin)
+    loss = l_t + l_x + mixmatch_alpha * l_u
+    if negatives:  # this step's unlabelled rows vs memory rows of earlier steps' classes
+      past = memory.sample(data["mem"], ks[6], nm)
+      wp = past.weight * ~data["step_cls"][past.y]
+      xn = jnp.concatenate([unl.x, past.x])
+      group = jnp.concatenate([jnp.zeros((nu,), jnp.int32), jnp.ones((nm,), jnp.int32)])
+      wn = jnp.concatenate([unl.weight, wp])
+      loss = loss + alpha * ssl.negative_only_triplet(net.features(params, xn), group, wn,
+                                                      triplet_k, margin)
+    return loss
+
+  def make_step(negatives: bool):
+    def step(carry, data, key, i, stop):
+      del i, stop
+      params, opt = carry
+      loss, g = jax.value_and_grad(_loss)(params, data, key, negatives)
+      params, opt = apply_updates(tx, params, opt, g)
+      return (params, opt), loss[None]
+    return step
+
+  loops = {b: Loop(make_step(b), chunk=chunk, unroll=False) for b in (False, True)}
+
+  @jax.jit
+  def finish(state, emb):
+    mem = state["mem"]
+    filled = jnp.arange(memory_size) < mem.count
+    return {**state, "emb": normalise(emb), "emb_y": jnp.where(filled, mem.y, -1),
+            "step": state["step"] + 1, "step_cls": jnp.zeros_like(state["step_cls"]),
+            "cur_l": append_store.clear(state["cur_l"]),
+            "cur_u": append_store.clear(state["cur_u"])}
+
+  def end_of_step(state, key, budget=None):
+    """SGD steps within ``budget`` (``step_cost`` each), then the memory's features for kNN."""
+    negatives = int(state["step"]) > 0
+    cost = step_cost(batch_size, k_aug, negatives)
+    n_mem = int(state["mem"].count)
+    rows = int(state["cur_l"].count) + int(state["cur_u"].count)
+    if budget is None:
+      steps = contract.default_passes(epochs_per_step, rows, batch_size)
+    else:
+      reserve = _distill.forward_passes(n_mem, batch_size)
+      steps = int(math.floor((budget - reserve) / cost + 1e-9))
+    steps = max(steps, 0) if int(state["mem"].count) else 0
+    (params, opt), sums = loops[negatives]((state["params"], state["opt"]), state, key, steps)
+    state = {**state, "params": params, "opt": opt}
+    emb, fwd = features_of(params, state["mem"].x, n_mem)
+    state = finish(state, emb)
+    return state, contract.info(steps * cost + fwd,
+                                jnp.float32(jnp.nan) if sums is None else sums[0] / steps,
+                                sgd_steps=jnp.float32(steps))
+
+  @jax.jit
+  def predict(state, x):
+    x = jnp.asarray(x, jnp.float32)
+    valid = state["emb_y"] >= 0
+    knn = knn_scores(net.features(state["params"], x), state["emb"],
+                     jnp.maximum(state["emb_y"], 0), valid, knn_k, num_classes)
+    own = mask_logits(net.apply(state["params"], x), state["seen"])
+    return jnp.where(jnp.any(valid), knn, own)
+
+  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
+            batch_size=batch_size, lr=lr, memory_size=memory_size, alpha=alpha,
+            mixmatch_alpha=mixmatch_alpha, memory_penalty=memory_penalty, knn_k=knn_k,
+            k_aug=k_aug, sharp_temp=sharp_temp, mixup_alpha=mixup_alpha, margin=margin,
+            epochs_per_step=epochs_per_step, max_step_size=max_step_size, chunk=chunk,
+            warm_start=init_params is not None)
+  return Learner("ccic", init, update, end_of_step, predict, hp)

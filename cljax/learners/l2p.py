@@ -1,0 +1,191 @@
+"""L2P, Learning to Prompt (Wang et al., CVPR 2022; google-research/l2p).
+
+A frozen pretrained ViT, a pool of M prompts each with a learned key, and a linear head:
+
+* query: the frozen ViT's feature of the input (the reference's [CLS] token, ``embedding_key
+  "cls"``; the cljax ViT has no class token, so its mean token after the final LayerNorm, the
+  feature its own head reads);
+* selection (``select_prompts``): the top N keys by cosine similarity to the query; in training
+  the whole batch uses the N prompts chosen most often (the reference's ``batchwise_prompt``,
+  ``models/prompt.py``), in prediction each example its own top N (so a prediction never depends
+  on the rest of its batch);
+* the N selected prompts (length L_p each) are put before the patch tokens
+  (``ViTMAE.encode_prefixed``) and the head reads the mean of the prompt tokens' outputs
+  (``vit_classifier "prompt"``);
+* loss = cross-entropy − λ · Σ_selected cos(query, key) / B (the pull constraint); only prompts,
+  keys and head train (``freeze_part = ["encoder", "embedding", "cls"]``).
+
+Reference settings (``configs/cifar100_l2p.py``): M = 10, L_p = 5, N = 5 (a version of the config
+uses 4), λ = 1, Adam lr 0.03 constant, gradient clipping at norm 1, the optimizer re-created each
+task, ViT-B/16 pretrained on ImageNet-21k. No pretrained ViT exists offline here: experiments give
+the MAE-pretrained ViT the DietCL config trains (``base_init.kind = "mae"``, ``init_params``).
+
+Data: with ``replay=False`` the reference protocol: the step's labelled rows, the logits of
+classes absent from the step masked (``train_mask``). With ``replay=True`` (default) the DietCL
+paper's variant: an unlimited replay buffer of every labelled row so far (``memory_size``) with
+limited gradient steps, logits over all seen classes, which worked better in that setting.
+
+Budget: each SGD step is one pass (the prompted forward-backward of ``batch_size`` rows) plus the
+query forward (1/3 pass, ``_distill``); ``update`` stores rows (0 passes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax import learner as contract
+from cljax import optim
+from cljax.learner import Learner
+from cljax.learners import _distill, dietcl
+from cljax.learners.registry import register
+from cljax.ops import buffers
+from cljax.ops import sharding
+from cljax.ops.buffers import append as append_store
+from cljax.ops.herding import normalise
+from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train.loop import Loop, apply_updates
+
+
+def select_prompts(query: jax.Array, keys: jax.Array, top_k: int, batchwise: bool
+                   ) -> tuple[jax.Array, jax.Array]:
+  """L2P's prompt selection (google-research/l2p ``models/prompt.py``, ``Prompt.__call__``).
+
+  Args:
+    query: [B, D] query features; keys: [M, D] prompt keys.
+    top_k: N, prompts per example.
+    batchwise: every row gets the N prompts most often among the rows' own top N (ties: the
+      lower prompt id), as the reference's ``batchwise_prompt``.
+
+  Returns:
+    (idx [B, N] int32 prompt ids, reduce_sim []: Σ over rows and selected keys of
+    cos(query, key) / B, the pull constraint's similarity).
+  """
+  q, k = normalise(query), normalise(keys)
+  sim = q @ k.T  # [B, M]
+  _, idx = jax.lax.top_k(sim, top_k)
+  if batchwise:
+    m = keys.shape[0]
+    counts = jnp.zeros((m,), jnp.int32).at[idx.reshape(-1)].add(1)
+    _, major = jax.lax.top_k(counts, top_k)
+    idx = jnp.broadcast_to(major, idx.shape)
+  reduce_sim = jnp.sum(k[idx] * q[:, None, :]) / query.shape[0]
+  return idx.astype(jnp.int32), reduce_sim
+
+
+@register("l2p", inputs=("model", "model_kwargs", "batch_size", "init_params",
+                         "max_step_size"))
+def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
+        batch_size: int = 16, lr: float = 0.03, pool_size: int = 10, prompt_length: int = 5,
+        top_k: int = 5, pull: float = 1.0, clip_norm: float = 1.0, replay: bool = True,
+        memory_size: int = 10000, epochs_per_step: float = 5.0, max_step_size: int = 4096,
+        chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
+  """Builds L2P (see the module docstring).
+
+  Args:
+    num_classes: K (the head's size; unseen classes are masked).
+    model, model_kwargs: a ViT of ``cljax.models`` (frozen; ``init_params`` = the pretrained one).
+    batch_size: rows per SGD step (one pass).
+    lr, clip_norm: Adam learning rate (constant) and global-norm clipping; the optimizer is
+      re-created every step (the reference's ``reinit_optimizer``).
+    pool_size, prompt_length, top_k: M, L_p, N.
+    pull: λ of the pull constraint.
+    replay, memory_size: train on every labelled row so far (a store of ``memory_size``) or, with
+      ``replay=False``, on the step's labelled rows with the other classes' logits masked.
+    epochs_per_step: SGD steps when ``end_of_step`` gets no budget, in epochs over its rows.
+    max_step_size: the step store's capacity (``replay=False``).
+    chunk: SGD steps per jitted call (a ``lax.scan``).
+    init_params: the pretrained ViT (the encoder stays frozen at these parameters).
+  """
+  _distill.check_sizes(batch_size=batch_size, pool_size=pool_size, prompt_length=prompt_length,
+                       top_k=top_k, memory_size=memory_size, max_step_size=max_step_size,
+                       chunk=chunk)
+  if top_k > pool_size:
+    raise ValueError(f"top_k ({top_k}) must be <= pool_size ({pool_size})")
+  net = dietcl.vit_net("l2p", model, num_classes, model_kwargs)
+  tx = optax.chain(optax.clip_by_global_norm(clip_norm), optim.build("adam", lr))
+  store = buffers.get("append")
+  rows_key = "mem" if replay else "cur"
+  step_cost = 1.0 + _distill.FORWARD_COST  # prompted forward-backward + the query forward
+
+  def init(key, example_batch):
+    x = jnp.asarray(example_batch["x"])
+    k_net, k_p, k_k, k_s = jax.random.split(key, 4)
+    frozen = net.init(k_net, x.shape[1:], init_params)
+    d = frozen["pos_embed"].shape[-1]
+    train = {"prompts": jax.random.uniform(k_p, (pool_size, prompt_length, d), jnp.float32,
+                                           0.0, 0.01),
+             "keys": jax.random.uniform(k_k, (pool_size, d), jnp.float32, 0.0, 0.01),
+             "head": {"kernel": jnp.zeros((d, num_classes), jnp.float32),
+                      "bias": jnp.zeros((num_classes,), jnp.float32)}}
+    cap = memory_size if replay else max_step_size
+    return {"frozen": frozen, "train": train, "seen": jnp.zeros((num_classes,), bool),
+            rows_key: store.init(k_s, cap, jax.ShapeDtypeStruct(x.shape[1:], jnp.float32),
+                                 num_classes)}
+
+  def logits_of(frozen, train, x, idx):
+    """Logits [B, K] with the prompts idx [B, N] before the patch tokens."""
+    prefix = train["prompts"][idx].reshape(x.shape[0], top_k * prompt_length, -1)
+    tokens, _ = net.call(frozen, x, "encode_prefixed", prefix)
+    feat = tokens[:, :top_k * prompt_length].astype(jnp.float32).mean(1)
+    return feat @ train["head"]["kernel"] + train["head"]["bias"]
+
+  @jax.jit
+  def update(state, batch, key):
+    """Stores the batch's labelled rows (0 passes)."""
+    del key
+    return _distill.store_labelled(state, batch, rows_key), contract.info()
+
+  def _step(carry, data, key, i, stop):
+    del i, stop
+    train, opt = carry
+    s = store.sample(data[rows_key], key, batch_size)
+    x, y, w = sharding.data_rows((s.x, s.y, s.weight))
+    allowed = data["seen"] if replay else data[rows_key].class_count > 0
+    query = jax.lax.stop_gradient(net.features(data["frozen"], x))
+
+    def loss_fn(p):
+      idx, reduce_sim = select_prompts(query, p["keys"], top_k, batchwise=True)
+      logits = logits_of(data["frozen"], p, x, idx)
+      return cross_entropy(mask_logits(logits, allowed), y, w) - pull * reduce_sim
+
+    loss, g = jax.value_and_grad(loss_fn)(train)
+    train, opt = apply_updates(tx, train, opt, g)
+    return (train, opt), loss[None]
+
+  loop = Loop(_step, chunk=chunk, unroll=False)
+  opt_init = jax.jit(tx.init)
+  clear = jax.jit(lambda s: {**s, "cur": append_store.clear(s["cur"])})
+
+  def end_of_step(state, key, budget=None):
+    """SGD on prompts, keys and head; spends at most ``budget`` passes (each step 4/3)."""
+    n_rows = int(state[rows_key].count)
+    if budget is None:
+      steps = contract.default_passes(epochs_per_step, n_rows, batch_size)
+    else:
+      steps = int(math.floor(budget / step_cost + 1e-9))
+    steps = steps if n_rows else 0
+    (train, _), sums = loop((state["train"], opt_init(state["train"])), state, key, steps)
+    state = {**state, "train": train}
+    if not replay:
+      state = clear(state)
+    loss = sums[0] / steps if sums is not None else jnp.float32(jnp.nan)
+    return state, contract.info(steps * step_cost, loss, sgd_steps=jnp.float32(steps))
+
+  @jax.jit
+  def predict(state, x):
+    x = jnp.asarray(x, jnp.float32)
+    idx, _ = select_prompts(net.features(state["frozen"], x), state["train"]["keys"], top_k,
+                            batchwise=False)
+    return mask_logits(logits_of(state["frozen"], state["train"], x, idx), state["seen"])
+
+  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
+            batch_size=batch_size, lr=lr, pool_size=pool_size, prompt_length=prompt_length,
+            top_k=top_k, pull=pull, clip_norm=clip_norm, replay=replay, memory_size=memory_size,
+            epochs_per_step=epochs_per_step, max_step_size=max_step_size, chunk=chunk,
+            pretrained=init_params is not None)
+  return Learner("l2p", init, update, end_of_step, predict, hp)

@@ -1,0 +1,136 @@
+"""Learning without Forgetting (Li and Hoiem, ECCV 2016 / TPAMI 2017), class-incremental form.
+
+Before each time step's training the network is copied (the teacher, frozen). Training on the
+step's labelled rows minimises
+
+    CE over the classes seen so far  +  λ · T² · KL(softmax(teacher / T) ‖ softmax(student / T))
+
+with the KL over the teacher's classes only (``cljax.ops.distillation.kd_loss``): the old
+network's softened outputs on the *new* data stand in for the old data, which is never stored.
+Defaults are the paper's λ_o = 1 and T = 2. Reference code: mammoth ``models/lwf.py`` (the same
+loss with α = 0.5 and no T², the cross-entropy form of the KL; it also first warms up the new
+head rows alone, which the paper describes as optional and this learner leaves out).
+
+Streaming semantics: ``update`` stores the step's labelled rows (0 passes; the network learns at
+the step's end); ``end_of_step`` computes the teacher's logits on the stored rows once
+(ceil(rows / batch_size) forward passes, charged at 1/3 pass each: ``_distill``), then spends the
+rest of the budget on SGD steps of ``batch_size`` rows drawn uniformly from the step's rows
+(``cljax.train.loop.Loop``), and finally makes the trained network the next step's teacher.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from cljax import learner as contract
+from cljax import optim
+from cljax.learner import Learner
+from cljax.learners import _distill
+from cljax.learners.registry import register
+from cljax.models.pure import Net
+from cljax.ops import buffers
+from cljax.ops import sharding
+from cljax.ops.buffers import append as append_store
+from cljax.ops.distillation import kd_loss
+from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train.loop import Loop, classifier_step
+
+NET_INPUTS = ("model", "model_kwargs", "batch_size", "init_params", "max_step_size")
+
+
+@register("lwf", inputs=NET_INPUTS)
+def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: str = "mlp",
+        model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
+        momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
+        epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
+        init_params: Optional[dict] = None) -> Learner:
+  """Builds LwF (see the module docstring).
+
+  Args:
+    num_classes: K (unseen classes are masked in training and prediction).
+    lam: λ, weight of the distillation term (paper λ_o = 1).
+    temperature: T of the softened outputs (paper 2).
+    model, model_kwargs, optimizer, lr, momentum, weight_decay, batch_size, epochs_per_step,
+      max_step_size, chunk, init_params: as for ``replay.replay_learner`` (the optimizer state
+      carries over steps, as the warm-started fine-tuning it extends).
+  """
+  _distill.check_sizes(batch_size=batch_size, max_step_size=max_step_size, chunk=chunk)
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay)
+  net = Net.named(model, num_classes, **(model_kwargs or {}))
+  store = buffers.get("append")
+  teacher_logits = _distill.RowMap(net.apply, batch_size)
+
+  def init(key, example_batch):
+    x = jnp.asarray(example_batch["x"])
+    k_net, k_cur = jax.random.split(key)
+    params = net.init(k_net, x.shape[1:], init_params)
+    return {"params": params, "opt": tx.init(params), "teacher": params,
+            "seen": jnp.zeros((num_classes,), bool), "old": jnp.zeros((num_classes,), bool),
+            "cur": store.init(k_cur, max_step_size,
+                              jax.ShapeDtypeStruct(x.shape[1:], jnp.float32), num_classes),
+            "soft": jnp.zeros((max_step_size, num_classes), jnp.float32)}
+
+  @jax.jit
+  def update(state, batch, key):
+    """Stores the batch's labelled rows for the step's end; no training (0 passes)."""
+    del key
+    return _distill.store_labelled(state, batch), contract.info()
+
+  def _step(carry, data, key, i, stop):
+    del i, stop
+    params, opt = carry
+    cur = data["cur"]
+    idx, w = _distill.draw_rows(key, cur.count, batch_size)
+    x, y, soft, w = sharding.data_rows((cur.x[idx], cur.y[idx], data["soft"][idx], w))
+
+    def loss(p, logits):
+      del p
+      return (cross_entropy(mask_logits(logits, data["seen"]), y, w)
+              + lam * kd_loss(logits, soft, data["old"], w, temperature))
+
+    params, opt, l = classifier_step(net, tx, params, opt, x, w, loss)
+    return (params, opt), l[None]
+
+  loop = Loop(_step, chunk=chunk, unroll=True)
+
+  @jax.jit
+  def finish(state):
+    """The trained network becomes the teacher of the next step; the step store is cleared."""
+    return {**state, "teacher": state["params"], "old": state["seen"],
+            "cur": append_store.clear(state["cur"])}
+
+  def end_of_step(state, key, budget=None):
+    """Teacher logits on the step's rows, then SGD; spends at most ``budget`` passes."""
+    n = int(state["cur"].count)
+    fwd = 0.0
+    distil = bool(jnp.any(state["old"])) and n > 0
+    if distil:
+      fwd = _distill.forward_passes(n, batch_size)
+      if budget is not None and fwd > budget:  # cannot afford the teacher: no training at all
+        distil, fwd = False, 0.0
+        budget = 0
+    passes = _distill.train_passes(budget, fwd, n, epochs_per_step, batch_size)
+    if distil and passes:
+      soft, _ = teacher_logits(state["teacher"], state["cur"].x, n)
+      state = {**state, "soft": soft}
+    else:
+      fwd = 0.0
+    (params, opt), sums = loop((state["params"], state["opt"]), state, key, passes)
+    state = finish({**state, "params": params, "opt": opt})
+    loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
+    return state, contract.info(passes + fwd, loss, teacher_passes=jnp.float32(fwd))
+
+  @jax.jit
+  def predict(state, x):
+    return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), state["seen"])
+
+  hp = dict(num_classes=num_classes, lam=lam, temperature=temperature, model=model,
+            model_kwargs=model_kwargs, optimizer=optimizer, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, batch_size=batch_size, epochs_per_step=epochs_per_step,
+            max_step_size=max_step_size, chunk=chunk, warm_start=init_params is not None)
+  return Learner("lwf", init, update, end_of_step, predict, hp)

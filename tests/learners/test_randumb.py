@@ -1,0 +1,91 @@
+"""RanDumb: one example at a time = offline LDA with OAS on the same random features."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.covariance import OAS
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+import cljax.learners as L
+from cljax import data
+from cljax.models.pure import Net
+from tests.helpers import arrays, run_tasks
+
+TASKS = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+D = 384
+
+
+@pytest.fixture(scope="module")
+def digits():
+  ds = data.load("digits")
+  return arrays(ds), arrays(ds, "test")
+
+
+@pytest.fixture(scope="module")
+def streamed(digits):
+  """randumb after the class-incremental digits stream, one example per update."""
+  (x, y), _ = digits
+  learner = L.get("randumb", num_classes=10, embed_dim=D, checked=False)
+  state, spent = run_tasks(learner, x, y, TASKS, bs=1)
+  return learner, state, spent
+
+
+def _features(state, x):
+  net = Net.named("random_fourier", 10, dim=D)
+  return np.asarray(net.features(state["embed"], jnp.asarray(x)), np.float64)
+
+
+def test_online_equals_offline_pooled_oas_lda_and_sklearn(digits, streamed):
+  (x, y), (xt, yt) = digits
+  learner, state, spent = streamed
+  assert spent == [0.0] * 5  # no gradient pass, whatever the budget
+  pred = np.asarray(learner.predict(state, xt)).argmax(1)
+  # Offline, by hand in float64 on the same embedding: class means, pooled within-class
+  # covariance of the residuals, scikit-learn's OAS, no ridge, log priors.
+  f, ft = _features(state, x), _features(state, xt)
+  mu = np.stack([f[y == k].mean(0) for k in range(10)])
+  cov = OAS(assume_centered=True).fit(f - mu[y]).covariance_
+  w = np.linalg.solve(cov, mu.T)
+  b = -0.5 * np.sum(mu * w.T, 1) + np.log(np.bincount(y) / len(y))
+  want = (ft @ w + b).argmax(1)
+  assert (pred == want).mean() >= 0.995
+  # RanDumb's reference estimator (src/main.py: per-class OAS averaged by the priors) on the
+  # same embedding: the issue's criterion, within 0.5 points of accuracy.
+  ref = LinearDiscriminantAnalysis(solver="lsqr", covariance_estimator=OAS()).fit(f, y)
+  acc, acc_ref = (pred == yt).mean(), (ref.predict(ft) == yt).mean()
+  assert abs(acc - acc_ref) <= 0.005, (acc, acc_ref)
+  assert acc > 0.97
+
+
+def test_batch_size_does_not_change_the_statistics(digits, streamed):
+  (x, y), _ = digits
+  _, state1, _ = streamed
+  # gamma="scale" reads init's example batch; fix it so both runs share one embedding.
+  learner = L.get("randumb", num_classes=10, embed_dim=D, checked=False,
+                  gamma=float(state1["embed"]["gamma"]))
+  state37, _ = run_tasks(learner, x, y, TASKS, bs=37)
+  np.testing.assert_array_equal(np.asarray(state1["lda"].counts), np.asarray(state37["lda"].counts))
+  np.testing.assert_allclose(np.asarray(state1["lda"].means), np.asarray(state37["lda"].means),
+                             atol=1e-5)
+  s1, s37 = np.asarray(state1["lda"].scatter), np.asarray(state37["lda"].scatter)
+  assert np.abs(s1 - s37).max() <= 1e-4 * np.abs(s1).max()
+
+
+def test_relu_variant_predicts_only_seen_classes_without_recompiles(digits, compiles):
+  (x, y), (xt, _) = digits
+  learner = L.get("randumb", num_classes=10, embedding="random_relu", embed_dim=64,
+                  checked=False)
+  learner.predict(run_tasks(learner, x, y, [[0]], bs=8)[0], xt)  # every piece compiles once
+  with compiles() as n:
+    state, _ = run_tasks(learner, x, y, [[3, 7], [5]], bs=8)
+    pred = np.asarray(learner.predict(state, xt)).argmax(1)
+  assert n[0] == 0, n
+  assert set(pred) <= {3, 5, 7}
+
+
+def test_bad_arguments_raise():
+  with pytest.raises(ValueError, match="embedding"):
+    L.get("randumb", num_classes=3, embedding="random_sine")
+  with pytest.raises(ValueError, match="gamma"):
+    L.get("randumb", num_classes=3, gamma=-1.0)
