@@ -369,7 +369,7 @@ def test_remind_from_base_checks_its_inputs():
     learners.get("remind", num_classes=3, f_graphdef=None, f_state=None)
 
 
-@pytest.mark.slow  # compiles REMIND's update on a CNN F: 78 s at load 18 on the shared 2 cores
+@pytest.mark.slow  # compiles REMIND's update on a CNN F: 4 s warm cache idle, 78 s at load 18
 def test_split_none_takes_f_as_the_base_network_and_its_inputs_as_gs_maps():
   """split="none" (a frozen pretrained G whose maps are cached): the base network is F, G the
   identity. Real digits as 4x4 maps of 4 channels. The codebook is pq.train on the base maps'
