@@ -140,7 +140,8 @@ def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] 
 
   Returns:
     dict(f_module=F (copies of the base variables), g_fn=G in eval mode (pure, parameters closed
-    over; None with split "none"), codebook, base_features [N, h, w, D] float32, base_labels [N] int32).
+    over; None with split "none"), codebook, base_features [N, h, w, D] float32, base_labels [N]
+    int32).
   """
   module = base.net.module(base.params, np.shape(base.x)[1:])
   x = np.asarray(base.x, np.float32)
