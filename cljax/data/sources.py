@@ -429,7 +429,11 @@ def load(name: str, **kwargs) -> Dataset:
     loader = _LOADERS[name]
   else:
     raise DataError(f"unknown data set {name!r}; valid: {names()}")
-  params = inspect.signature(loader).parameters
+  target = loader
+  if loader is _features:  # a lazy wrapper (jax is imported only when used): check the real one
+    from cljax.data import features  # pylint: disable=import-outside-toplevel
+    target = features.dataset
+  params = inspect.signature(target).parameters
   unknown = sorted(set(kwargs) - set(params))
   if unknown:
     raise DataError(f"unknown argument(s) {unknown} of data set {name!r} (dataset_kwargs); "

@@ -121,13 +121,16 @@ def _labels_ok(y) -> np.ndarray:
 def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] = None,
               num_centroids: int = 256, pq_iters: int = 25, seed: int = 0,
               codebook: Any = None, feature_batch: int = 256) -> dict:
-  """REMIND's base initialisation from a base-trained ResNet-18.
+  """REMIND's base initialisation from a base-trained ResNet-18, or from F alone.
 
   Args:
     base: has ``net`` (a ``cljax.models.pure.Net`` of a ``resnet.ResNet18``) and ``params``
       (incl. batch statistics), ``x`` [N, H, W, C] float32 base inputs and ``y`` [N] labels
       (``cljax.train.base_init.BaseInit``).
-    split: last block of G (``resnet.split_model``).
+    split: last block of G (``resnet.split_model``); "none" (or None): ``base.net`` is F itself
+      (any model) and ``base.x`` are already G's maps [N, h, w, D], e.g. cached features of a
+      frozen pretrained G (``experiments/configs/remind_pretrained.py``); G is then the identity
+      (``g_fn`` None).
     num_subvectors: M; None: D // 16 (16-dim sub-vectors, REMIND's 32 for D = 512), at least 1.
     num_centroids, pq_iters: C and Lloyd iterations of ``pq.train`` on all G features of the
       base set (one D-vector per spatial position).
@@ -137,24 +140,35 @@ def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] 
 
   Returns:
     dict(f_module=F (copies of the base variables), g_fn=G in eval mode (pure, parameters closed
-    over), codebook, base_features [N, h, w, D] float32, base_labels [N] int32).
+    over; None with split "none"), codebook, base_features [N, h, w, D] float32, base_labels [N]
+    int32).
   """
   module = base.net.module(base.params, np.shape(base.x)[1:])
-  if not isinstance(module, resnet.ResNet18):
-    raise ValueError(f"remind: the base model must be a resnet18 (split G/F at {split!r}), got "
-                     f"{type(module).__name__}")
-  g, f = resnet.split_model(module, split)
-  g_net = Net.of(g, "REMIND's G")
-  g_params = g_net.fixed_params
-  g_fn = lambda x: g_net.apply(g_params, x)  # eval mode; parameters closed over (frozen)
   x = np.asarray(base.x, np.float32)
   y = _labels_ok(base.y)
   if len(x) == 0:
     raise ValueError("remind: the base set is empty; REMIND trains its codebook on G's base "
                      "features (set base_init.classes > 0 or base_init.dataset)")
-  g_j = jax.jit(g_fn)
-  feats = np.concatenate([np.asarray(g_j(x[i:i + feature_batch]))
-                          for i in range(0, len(x), feature_batch)])
+  if split in (None, "none"):
+    # The base network is F itself, trained on G's outputs: the inputs are already G's maps
+    # (e.g. a cljax.data.features cache of a frozen pretrained G), so G is the identity and the
+    # codebook is trained on the base inputs themselves (notes/pretrained.md).
+    if x.ndim != 4:
+      raise ValueError(f"remind with split='none': base inputs must be G's maps [N, H, W, D], "
+                       f"got {x.shape}; use a features data set of a spatial layer")
+    f, g_fn, feats = module, None, x
+  else:
+    if not isinstance(module, resnet.ResNet18):
+      raise ValueError(f"remind: the base model must be a resnet18 (split G/F at {split!r}), "
+                       f"got {type(module).__name__}; or set split='none' when the inputs are "
+                       f"already G's maps")
+    g, f = resnet.split_model(module, split)
+    g_net = Net.of(g, "REMIND's G")
+    g_params = g_net.fixed_params
+    g_fn = lambda x: g_net.apply(g_params, x)  # eval mode; parameters closed over (frozen)
+    g_j = jax.jit(g_fn)
+    feats = np.concatenate([np.asarray(g_j(x[i:i + feature_batch]))
+                            for i in range(0, len(x), feature_batch)])
   d = feats.shape[-1]
   if codebook is None:
     m = num_subvectors or max(1, d // 16)

@@ -6,6 +6,8 @@ al., ICLR 2024, Sec. 5: DietCL is ahead at sparse labels; robust across budgets 
       --label_rates=0.01,0.05,0.1 --seeds=0,1,2 --learners=dietcl,dietcl_ref,er,gdumb,ewc,mas
   python experiments/studies/dietcl_sweep.py --workdir=DIR --label_rates=0.05 \
       --learners=dietcl,dietcl_no_masked_ce,dietcl_no_balanced_buffer,dietcl_no_reconstruction,er
+  python experiments/studies/dietcl_sweep.py --workdir=DIR --label_rates=0.05 \
+      --learners=dietcl,er,l2p,cassle,dualnet,ccic    # the paper's other baselines (issue 16)
 
 Every cell is one ``experiments/configs/dietcl.py`` run (mnist5k, class-incremental, 5 steps of 2
 classes by default, vit_micro) with ``budget.passes_per_step``, ``stream.label_rate`` and
@@ -61,7 +63,9 @@ def _define_flags() -> None:
                                  "Fractions of labels kept.")
   F["seeds"] = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (stream, labels, keys).")
   F["learners"] = flags.DEFINE_string("learners", "dietcl,dietcl_ref,er,gdumb,ewc,mas",
-                                      "Learners (run names) of every cell.")
+                                      "Learners (run names) of every cell: any run of "
+                                      "experiments/configs/dietcl.py (incl. joint, l2p, cassle, "
+                                      "dualnet, ccic) or an ablation.")
   F["mae"] = flags.DEFINE_bool("mae", True, "MAE base initialisation (trained once, shared).")
   F["cps"] = flags.DEFINE_integer("classes_per_step", 2, "Classes per time step (2: 5 steps).")
   F["max_per_step"] = flags.DEFINE_integer("max_examples_per_step", 0, "Rows per step (0: all).")

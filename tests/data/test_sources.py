@@ -131,3 +131,11 @@ def test_tfds_data_source_with_mock_data():
 def test_unknown_dataset_lists_valid():
   with pytest.raises(DataError, match="valid: .*mnist5k"):
     data.load("imagenet")
+
+
+def test_features_arguments_are_checked_against_the_real_loader():
+  """The ``features`` loader is a lazy wrapper (``**kwargs``); its arguments are checked against
+  ``cljax.data.features.dataset``, so the pretrained configs' dataset_kwargs pass and a typo
+  names the valid ones."""
+  with pytest.raises(DataError, match=r"unknown argument\(s\) \['layers'\].*'layer'"):
+    data.load("features", source="digits", layers="pooled")

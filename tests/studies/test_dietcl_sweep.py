@@ -26,6 +26,13 @@ def test_cell_config_sets_the_grid_and_shares_the_mae_checkpoint():
   assert c.hparams.dietcl_no_masked_ce.lm_mask == "none"
   assert c.hparams.dietcl_no_reconstruction.reconstruction is False
   assert c.hparams.dietcl_no_balanced_buffer.threshold == c.hparams.dietcl.threshold
+  # The DietCL paper's other baselines (issue 16) pass through --learners with the config's
+  # hyper-parameters (the same budget and memory), checked by the experiment's own validation.
+  c = sweep.cell_config(80, 0.05, "dietcl,l2p,cassle,dualnet,ccic", True, "")
+  experiment.validate_config(c)
+  assert c.learners == "dietcl,l2p,cassle,dualnet,ccic"
+  for name in ("l2p", "cassle", "dualnet", "ccic"):  # ER's memory: every label of the stream
+    assert c.hparams[name].memory_size == c.hparams.er.memory_size, name
 
 
 def test_table_and_plot_from_cells(tmp_path):
