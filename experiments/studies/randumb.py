@@ -21,7 +21,8 @@ training set is classified offline three ways:
 
 ``update ex/s`` is ``randumb.update`` alone, one example per call, donated state, timed over
 ``--timed`` examples after a warm-up (the runner's ex/s in seeds.json includes evaluation, the
-head refresh and checkpoints). Writes DIR/randumb.json and prints a markdown table.
+head refresh and checkpoints). Writes DIR/randumb.json (rewritten after every seed) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -139,10 +140,10 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
                    "runner_ex_per_s": runs["randumb"]["examples_per_s"]})
       log(f"[randumb] {ds} seed {s}: " + ", ".join(
           f"{k} {v:.4f}" for k, v in rows[-1].items() if isinstance(v, float)))
-  result = {"rows": rows}
-  with open(os.path.join(workdir, "randumb.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  return result
+      # after every row: a long study stopped part way keeps what it measured
+      with open(os.path.join(workdir, "randumb.json"), "w") as f:
+        json.dump({"rows": rows}, f, indent=1)
+  return {"rows": rows}
 
 
 def table(result: dict) -> str:
