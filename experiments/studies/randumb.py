@@ -3,6 +3,7 @@ r"""RanDumb online vs offline LDA on the same embedding, 3 seeds, mnist5k and Fa
   python experiments/studies/randumb.py --workdir=/tmp/randumb_study
   python experiments/studies/randumb.py --workdir=DIR --datasets=mnist5k --seeds=0 \
       --embed_dim=1024
+  python experiments/studies/randumb.py --workdir=DIR --fashion_rows=5000,1000  # smaller Fashion
 
 For each data set and seed, ``experiments/configs/randumb.py`` runs (one example per update;
 randumb, randumb_relu, slda) through ``experiments/studies/seeds.py``. Then, on the final
@@ -20,7 +21,8 @@ training set is classified offline three ways:
 
 ``update ex/s`` is ``randumb.update`` alone, one example per call, donated state, timed over
 ``--timed`` examples after a warm-up (the runner's ex/s in seeds.json includes evaluation, the
-head refresh and checkpoints). Writes DIR/randumb.json and prints a markdown table.
+head refresh and checkpoints). Writes DIR/randumb.json (rewritten after every seed) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def _define_flags() -> None:
   F["seeds"] = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
   F["embed_dim"] = flags.DEFINE_integer("embed_dim", 0, "D (0: the config's).")
   F["timed"] = flags.DEFINE_integer("timed", 1000, "Examples timed for update ex/s.")
+  F["fashion_rows"] = flags.DEFINE_list(
+      "fashion_rows", [], "TRAIN,TEST rows of the stratified Fashion-MNIST subset (empty: the "
+      "config's 10000,2000).")
 
 
 def offline_accuracies(phi_train, y, phi_test, y_test, x_train, x_test, embed_dim: int,
@@ -71,7 +76,8 @@ def offline_accuracies(phi_train, y, phi_test, y_test, x_train, x_test, embed_di
 
 
 def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
-          log=print) -> dict:
+          log=print, fashion_rows=None) -> dict:
+  """``fashion_rows``: (train, test) rows of the Fashion-MNIST subset, None for the config's."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cljax.models.pure import Net  # pylint: disable=import-outside-toplevel
@@ -85,6 +91,8 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
     if embed_dim:
       for run in ("randumb", "randumb_relu"):
         config.hparams[run].embed_dim = int(embed_dim)
+    if fashion_rows and ds == "fashion_mnist":
+      config.dataset_kwargs = dict(max_train=int(fashion_rows[0]), max_test=int(fashion_rows[1]))
     config.plots = False
     dsdir = os.path.join(workdir, ds)
     out = seeds_lib.run_seeds(config, seeds, dsdir, log=log)
@@ -132,10 +140,10 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
                    "runner_ex_per_s": runs["randumb"]["examples_per_s"]})
       log(f"[randumb] {ds} seed {s}: " + ", ".join(
           f"{k} {v:.4f}" for k, v in rows[-1].items() if isinstance(v, float)))
-  result = {"rows": rows}
-  with open(os.path.join(workdir, "randumb.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  return result
+      # after every row: a long study stopped part way keeps what it measured
+      with open(os.path.join(workdir, "randumb.json"), "w") as f:
+        json.dump({"rows": rows}, f, indent=1)
+  return {"rows": rows}
 
 
 def table(result: dict) -> str:
@@ -161,6 +169,11 @@ def table(result: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  rows = F["fashion_rows"].value
+  if rows and (len(rows) != 2 or not all(r.isdigit() and int(r) > 0 for r in rows)):
+    print(f"error: --fashion_rows={','.join(rows)}: give two positive integers TRAIN,TEST "
+          "(e.g. --fashion_rows=5000,1000)", file=sys.stderr)
+    sys.exit(2)
   import jax  # pylint: disable=import-outside-toplevel
   if os.environ.get("CLJAX_JAX_CACHE"):
     jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
@@ -168,7 +181,8 @@ def main(argv):
   os.makedirs(F["workdir"].value, exist_ok=True)
   t0 = time.perf_counter()
   result = study(F["workdir"].value, F["datasets"].value, [int(s) for s in F["seeds"].value],
-                 F["embed_dim"].value, F["timed"].value, log=lambda m: print(m, flush=True))
+                 F["embed_dim"].value, F["timed"].value, log=lambda m: print(m, flush=True),
+                 fashion_rows=F["fashion_rows"].value or None)
   print(table(result))
   print(f"[randumb] {time.perf_counter() - t0:.0f}s")
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.covariance import OAS
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.kernel_approximation import RBFSampler
 
 import cljax.learners as L
 from cljax import data
@@ -60,16 +61,46 @@ def test_online_equals_offline_pooled_oas_lda_and_sklearn(digits, streamed):
 
 def test_batch_size_does_not_change_the_statistics(digits, streamed):
   (x, y), _ = digits
-  _, state1, _ = streamed
-  # gamma="scale" reads init's example batch; fix it so both runs share one embedding.
-  learner = L.get("randumb", num_classes=10, embed_dim=D, checked=False,
-                  gamma=float(state1["embed"]["gamma"]))
+  learner, state1, _ = streamed
+  # gamma="scale" is fixed from the first 256 rows, whatever the batch size: batches of 37
+  # straddle that boundary (256 = 6·37 + 34) and must give the same γ and statistics.
   state37, _ = run_tasks(learner, x, y, TASKS, bs=37)
+  assert float(state37["embed"]["gamma"]) == pytest.approx(float(state1["embed"]["gamma"]),
+                                                           rel=1e-6)
   np.testing.assert_array_equal(np.asarray(state1["lda"].counts), np.asarray(state37["lda"].counts))
   np.testing.assert_allclose(np.asarray(state1["lda"].means), np.asarray(state37["lda"].means),
                              atol=1e-5)
   s1, s37 = np.asarray(state1["lda"].scatter), np.asarray(state37["lda"].scatter)
   assert np.abs(s1 - s37).max() <= 1e-4 * np.abs(s1).max()
+
+
+def test_gamma_from_the_first_rows_and_predictions_while_warming_up(digits):
+  (x, y), (xt, _) = digits
+  idx = np.random.default_rng(0).permutation(np.flatnonzero(y < 4))
+  xs, ys = x[idx], y[idx]
+  one = lambda i: {"x": xs[i:i + 1], "y": ys[i:i + 1]}  # noqa: E731
+
+  def feed(learner, n):
+    state = learner.init(jax.random.key(0), one(0))
+    for i in range(n):
+      state, _ = learner.update(state, one(i), jax.random.key(i))
+    return state
+
+  a = L.get("randumb", num_classes=10, embed_dim=64, gamma_rows=64, checked=False)
+  b = L.get("randumb", num_classes=10, embed_dim=64, gamma_rows=40, checked=False)
+  sa, sb = feed(a, 40), feed(b, 40)
+  # scikit-learn's gamma="scale" (RBFSampler._gamma) of exactly the first 40 rows
+  want = RBFSampler(gamma="scale").fit(xs[:40].reshape(40, -1))._gamma
+  assert float(sb["embed"]["gamma"]) == pytest.approx(want, rel=1e-5)
+  assert int(np.asarray(sb["lda"].counts).sum()) == 40  # buffer full: streamed into the head
+  assert int(np.asarray(sa["lda"].counts).sum()) == 0  # still warming up
+  # while warming up, a predicts with γ and the head of its 40 buffered rows: b's
+  np.testing.assert_allclose(np.asarray(a.predict(sa, xt)), np.asarray(b.predict(sb, xt)),
+                             rtol=1e-4, atol=1e-3)
+  sa = feed(a, 70)  # past 64: γ of the first 64 rows, then 6 more rows into the head
+  want = RBFSampler(gamma="scale").fit(xs[:64].reshape(64, -1))._gamma
+  assert float(sa["embed"]["gamma"]) == pytest.approx(want, rel=1e-5)
+  assert int(np.asarray(sa["lda"].counts).sum()) == 70
 
 
 def test_relu_variant_predicts_only_seen_classes_without_recompiles(digits, compiles):
@@ -89,3 +120,5 @@ def test_bad_arguments_raise():
     L.get("randumb", num_classes=3, embedding="random_sine")
   with pytest.raises(ValueError, match="gamma"):
     L.get("randumb", num_classes=3, gamma=-1.0)
+  with pytest.raises(ValueError, match="gamma_rows"):
+    L.get("randumb", num_classes=3, gamma_rows=1)
