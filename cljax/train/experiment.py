@@ -25,6 +25,7 @@ from cljax import data as data_lib
 from cljax import learners as learners_lib
 from cljax import models as models_lib
 from cljax import optim
+from cljax.eval import loggers as loggers_lib
 from cljax.eval import report
 from cljax.eval import results as results_lib
 from cljax.train import base_init as base_lib
@@ -61,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_devices = 0
   c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
   c.plots = True
+  # Loggers writing while the runs go (cljax.eval.loggers), comma-separated: "tensorboard"
+  # (WORKDIR/tensorboard/<run>/events.out.tfevents.*), "csv" (WORKDIR/metrics.csv); "" none.
+  c.log = ""
   # Base initialisation of config.model, active when classes > 0, kind == "mae" or checkpoint
   # is set. Learners then get its parameters (init_params), its frozen features (backbone) or
   # the whole of it (base: model, parameters, base set; REMIND). Saved to WORKDIR/base_init.
@@ -132,6 +136,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model not in models_lib.names():
     raise ConfigError(f"unknown model {config.model!r}; valid models: {models_lib.names()}")
   _validate_base_init(config.base_init)
+  try:
+    loggers_lib.parse_kinds(config.log)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   names = run_names(config)
   if not names:
     raise ConfigError("config.learners is empty; give a comma-separated list, e.g. 'finetune,er'")
@@ -243,7 +251,7 @@ def make_stream(config):
 
 # Config keys that do not change what a run computes: left out of the fingerprint, so they may
 # change between a run and its resume (another machine, other reports).
-_NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "checkpoint", "plots",
+_NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "checkpoint", "plots", "log",
                       "eval.batch_size", "eval.omega_topk", "eval.omega_points")
 
 
@@ -407,6 +415,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool
   hyper-parameter names, the data, the workdir and what it already holds. Every learner is built
   (its hyper-parameter values checked) before any of them trains, after the base
   initialisation they may need. results.json keeps the runs of earlier calls in ``workdir``.
+  ``config.log`` names the loggers (``cljax.eval.loggers``) that get each step's metrics and
+  evaluation points while the runs go.
   """
   workdir, stream, record, previous = prepare(config, workdir, resume, log)
   report.write_json(os.path.join(workdir, "experiment.json"), record)
@@ -420,11 +430,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool
                             "examples": len(base.x), "test_accuracy": base.test_accuracy}
   built = {name: build_learner(config, name, stream, base) for name in run_names(config)}
   fp = record["fingerprint"]
-  for name, learner in built.items():
-    opts.fingerprint = {**fp, **record["runs"][name]}
-    results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
-                                               resume=resume, log=log)
-    _write_results(path, results, config)
+  logger = loggers_lib.make(config.log, workdir)
+  try:
+    for name, learner in built.items():
+      opts.fingerprint = {**fp, **record["runs"][name]}
+      results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
+                                                 resume=resume, log=log, logger=logger)
+      _write_results(path, results, config)
+  finally:
+    logger.close()  # what was logged stays on disk on an error or a signal too
   results["wall_s"] = time.perf_counter() - t0
   _write_results(path, results, config)
   if config.plots:

@@ -41,6 +41,7 @@ import numpy as np
 from cljax import learner as contract
 from cljax.data import streams as streams_lib
 from cljax.data.sources import DataError
+from cljax.eval import loggers as loggers_lib
 from cljax.eval import metrics as M
 from cljax.eval import results as results_lib
 from cljax.learner import Learner
@@ -162,13 +163,22 @@ def _chunk_keys(key: jax.Array, first: jax.Array) -> tuple:
 
 
 @jax.jit
-def _sum_passes(*passes) -> jax.Array:
-  return jnp.sum(jnp.stack(passes))
+def _sum_infos(passes: tuple, losses: tuple) -> jax.Array:
+  p = jnp.sum(jnp.stack(passes).astype(jnp.float32))
+  loss = jnp.stack(losses).astype(jnp.float32)
+  ok = jnp.isfinite(loss)  # NaN: the call trained nothing (cljax.learner.Info)
+  return jnp.stack([p, jnp.sum(jnp.where(ok, loss, 0.0)), jnp.sum(ok.astype(jnp.float32))])
 
 
-def _total_passes(passes: list) -> jax.Array:
-  """Sum of up to _CHUNK device scalars in one fixed-shape call (no host sync, no recompile)."""
-  return _sum_passes(*passes, *([jnp.float32(0)] * (_CHUNK - len(passes))))
+_ZERO, _NAN = np.float32(0), np.float32(np.nan)
+
+
+def _chunk_totals(infos: list) -> jax.Array:
+  """[passes spent, sum of the finite losses, number of finite losses] of up to _CHUNK ``Info``s,
+  in one fixed-shape call (padded: no host sync, no recompile)."""
+  pad = _CHUNK - len(infos)
+  return _sum_infos(tuple(i.passes for i in infos) + (_ZERO,) * pad,
+                    tuple(i.loss for i in infos) + (_NAN,) * pad)
 
 
 def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_size: int,
@@ -226,7 +236,7 @@ def _batches_of(mesh, chunk: dict) -> list:
 
 def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opts: RunOptions,
                 workdir: str, resume: bool = False,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, logger=None) -> dict:
   """Runs one learner over the whole stream; returns its result record (``cljax.eval.results``).
 
   ``learner``: its bare functions (``get(..., checked=False)``); the runner checks every chunk
@@ -234,21 +244,26 @@ def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opt
   ``resume`` the newest readable checkpoint is restored and the run continues from the next step;
   without it, a folder that already holds checkpoints is an error (nothing written is overwritten).
 
+  ``logger``: a ``cljax.eval.loggers.Logger`` (or None) given, at each step end once its
+  checkpoint is handed over, the step's evaluation points (``log_eval``) and its metrics
+  (``log_step``: accuracy A(t), accuracy_seen, loss, budget_used, examples_per_s), the values
+  of the result record. A step redone after a resume is logged again.
+
   The run happens under ``jax.set_mesh(mesh)``, so learners that sample their training batches
   inside jit can split them over the devices (``cljax.ops.sharding.data_rows``).
   """
   mesh = mesh_lib.data_mesh(opts.num_devices)
   with jax.set_mesh(mesh):
-    return _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log)
+    return _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, logger)
 
 
-def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) -> dict:
+def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, logger) -> dict:
   ckdir = os.path.join(workdir, "checkpoints", run_name)
   check_stop()
   ck = Checkpointer(ckdir, max_to_keep=opts.max_to_keep)
   try:
     with ck:
-      return _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck)
+      return _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger)
   except BaseException as e:  # pylint: disable=broad-except
     if _STOP[0] is None:
       raise
@@ -261,7 +276,7 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log) ->
     raise stop from e
 
 
-def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
+def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) -> dict:
   fingerprint = run_fingerprint(run_name, stream, opts)
   it = streams_lib.chunks(stream, opts.batch_size, max_batches=_CHUNK)
   key = _key_for(opts.seed, run_name)
@@ -297,8 +312,9 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
       return meta["result"]
   state = mesh_lib.replicate(mesh, state)
   meta = None
+  logged = len(eval_points)  # eval points handed to the logger
   t0 = time.perf_counter()
-  step_t0, step_passes, step_examples = time.perf_counter(), [], 0  # passes: one per chunk
+  step_t0, step_totals, step_examples = time.perf_counter(), [], 0  # one per chunk
   total = stream.num_examples
   for chunk in it:
     t = int(chunk["step"])
@@ -307,18 +323,18 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
     n = chunk["y"].shape[0]
     keys = _chunk_keys(k_batch, jnp.int32(b0))
     counts = chunk["valid"].sum(1).tolist()
-    chunk_passes = []
+    chunk_infos = []
     update = learner.update
     if next_eval is None:  # the hot path: nothing but the calls
       for batch, key in zip(_batches_of(mesh, chunk), keys):
         state, info = update(state, batch, key)
-        chunk_passes.append(info.passes)
+        chunk_infos.append(info)
       examples_seen += sum(counts)
       step_examples += sum(counts)
     else:
       for i, batch in enumerate(_batches_of(mesh, chunk)):
         state, info = update(state, batch, keys[i])
-        chunk_passes.append(info.passes)
+        chunk_infos.append(info)
         examples_seen += counts[i]
         step_examples += counts[i]
         last = bool(chunk["ends_step"]) and i == n - 1
@@ -328,15 +344,18 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
                               "accuracy": ev["accuracy"], "top5": ev["top5"]})
           while next_eval <= examples_seen:
             next_eval += every
-    step_passes.append(_total_passes(chunk_passes))
+    step_totals.append(_chunk_totals(chunk_infos))
     if _STOP[0] is not None:
       raise Interrupted(_STOP[0])
     if not chunk["ends_step"]:
       continue
-    used = float(np.sum(jax.device_get(step_passes)))
+    used, loss_sum, loss_n = np.sum(jax.device_get(step_totals), axis=0, dtype=np.float64)
+    used = float(used)
     remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
     state, info = learner.end_of_step(state, jax.random.fold_in(k_step, t), remaining)
     step_budget = used + float(info.passes)
+    if np.isfinite(float(info.loss)):
+      loss_sum, loss_n = loss_sum + float(info.loss), loss_n + 1
     if (opts.budget is not None and step_budget > opts.budget + 1e-6 and learner.budgeted):
       log(f"[{run_name}] warning: step {t} spent {step_budget:g} passes, over the budget "
           f"{opts.budget}")
@@ -353,7 +372,8 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
     steps.append({"step": t, "accuracy": ev["A"], "accuracy_seen": ev["accuracy"],
                   "examples_seen": examples_seen, "wall_s": wall,
                   "examples_per_s": step_examples / wall if wall > 0 else None,
-                  "budget_used": step_budget})
+                  "budget_used": step_budget,
+                  "loss": float(loss_sum / loss_n) if loss_n else None})
     elapsed = wall_before + now - t0
     meta = {"run_name": run_name, "fingerprint": fingerprint, "steps": steps,
             "acc_rows": acc_rows, "eval_points": eval_points, "examples_seen": examples_seen,
@@ -362,12 +382,18 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck) -> dict:
       meta["result"] = results_lib.record(acc_rows, stream.task_step, steps, eval_points, ev,
                                           elapsed)
     ck.save(t, state, meta)  # the step is printed as done once its save is handed over
+    if logger is not None:
+      for p in eval_points[logged:]:
+        logger.log_eval(run_name, p["step"], p["examples_seen"], p["accuracy"])
+      logged = len(eval_points)
+      logger.log_step(run_name, t, examples_seen,
+                      {k: steps[-1][k] for k in loggers_lib.STEP_METRICS})
     done_frac = examples_seen / total
     eta = elapsed / done_frac * (1 - done_frac) if done_frac > 0 else float("nan")
     log(f"[{run_name}] step {t + 1}/{stream.num_steps} | {examples_seen}/{total} ex | "
         f"A(t)={ev['A']:.4f} | {step_examples / wall:,.0f} ex/s | budget {step_budget:g} | "
         f"ETA {eta:.0f}s")
-    step_t0, step_passes, step_examples = time.perf_counter(), [], 0
+    step_t0, step_totals, step_examples = time.perf_counter(), [], 0
   ck.wait()
   if meta is None or len(acc_rows) != stream.num_steps:
     raise RunError(f"[{run_name}] the stream ended after {len(acc_rows)} of "

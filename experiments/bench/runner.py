@@ -24,7 +24,13 @@ it alone is 30 % and more. ``--step_examples`` changes the size.
 
 Both runs are warmed up first (compiles excluded: one short run of each), then timed ``--repeats``
 times, alternating, and the median is kept. Printed: examples/s of each, and runner / bare time
-(target: within 1.10). These machines are shared and noisy; the ratio is measured in one run.
+(target: within 1.10), also as the ratio of the fastest run of each, with the spread (max / min)
+of the bare runs: on a loaded machine one run's time varies by more than the runner's overhead,
+and the fastest run is the one least slowed by other processes; and as the ratio of the
+process CPU times (all threads: XLA's, grain's prefetch, the checkpoint writer), which other
+processes barely change, and which counts the runner's background work that an idle core would
+hide from the wall time. These machines are shared and
+noisy; the ratio is measured in one run.
 """
 
 from __future__ import annotations
@@ -105,7 +111,7 @@ def _bare(learner, stream, bs: int, key):
   first = batches[0]
 
   def run():
-    t0 = time.perf_counter()  # like the runner's time, this includes init
+    t0, c0 = time.perf_counter(), time.process_time()  # like the runner's time, includes init
     state = learner.init(jax.random.key(0), {"x": first["x"], "y": first["y"]})
     t = 0
     for b, k, end in zip(batches, keys, ends):
@@ -114,7 +120,7 @@ def _bare(learner, stream, bs: int, key):
         state, _ = learner.end_of_step(state, jax.random.fold_in(key, t), 0)
         t += 1
     jax.block_until_ready(state)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
   return run
 
@@ -124,9 +130,9 @@ def _through_runner(learner, stream, bs: int):
     wd = tempfile.mkdtemp(prefix="cljax_runner_bench_")
     try:
       opts = runner.RunOptions(batch_size=bs, budget=0, eval_every_examples=0, eval_batch_size=1)
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       runner.run_learner("bench", learner, stream, opts, wd, log=lambda m: None)
-      return time.perf_counter() - t0
+      return time.perf_counter() - t0, time.process_time() - c0
     finally:
       shutil.rmtree(wd, ignore_errors=True)
   return run
@@ -139,14 +145,18 @@ def measure(kind: str, bs: int, n: int, steps: int, repeats: int) -> dict:
   through = _through_runner(learner, stream, bs)
   bare()  # compile everything once
   through()
-  tb, tr = [], []
+  tb, tr, cb, cr = [], [], [], []
   for _ in range(repeats):
-    tb.append(bare())
-    tr.append(through())
+    for times, cpus, fn in ((tb, cb, bare), (tr, cr, through)):
+      wall, cpu = fn()
+      times.append(wall)
+      cpus.append(cpu)
   b, r = statistics.median(tb), statistics.median(tr)
   return {"learner": kind, "batch_size": bs, "examples": n, "steps": steps,
           "bare_s": b, "runner_s": r, "bare_examples_per_s": n / b,
-          "runner_examples_per_s": n / r, "ratio": r / b, "bare_times": tb, "runner_times": tr}
+          "runner_examples_per_s": n / r, "ratio": r / b, "ratio_of_fastest": min(tr) / min(tb),
+          "cpu_ratio": statistics.median(cr) / statistics.median(cb),
+          "bare_times": tb, "runner_times": tr, "bare_cpu_s": cb, "runner_cpu_s": cr}
 
 
 def main(argv):
@@ -160,8 +170,10 @@ def main(argv):
       r = measure(kind, bs, n, _STEPS.value, _REPEATS.value)
       rows.append(r)
       print(f"{kind:<7} batch {bs:>3}: bare {r['bare_examples_per_s']:>9,.0f} ex/s | runner "
-            f"{r['runner_examples_per_s']:>9,.0f} ex/s | runner / bare {r['ratio']:.3f}",
-            flush=True)
+            f"{r['runner_examples_per_s']:>9,.0f} ex/s | runner / bare {r['ratio']:.3f} (of the "
+            f"fastest runs {r['ratio_of_fastest']:.3f}; bare spread "
+            f"{max(r['bare_times']) / min(r['bare_times']):.2f}x) | CPU time runner / bare "
+            f"{r['cpu_ratio']:.3f}", flush=True)
   out = {"rows": rows, "jax": jax.__version__, "backend": jax.default_backend(),
          "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
   if _OUT.value:

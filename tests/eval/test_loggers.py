@@ -2,6 +2,7 @@
 
 import csv
 import glob
+import json
 import os
 import struct
 
@@ -110,3 +111,43 @@ def test_make_and_replay(tmp_path):
     log.log_result("finetune", record)
   assert open(tmp_path / "metrics.csv").read().count("run,kind") == 1
   assert os.path.getsize(tmp_path / "metrics.csv") > 0
+
+
+@pytest.mark.slow
+def test_run_binary_logs_what_results_json_holds(tmp_path, capsys):
+  """``experiments/run.py --config.log=tensorboard,csv`` on the tiny config (real digits,
+  finetune and ER, anytime evaluation every 150 examples): the event files (read back by
+  ``read_events``) and metrics.csv hold, per learner, exactly the step metrics and evaluation
+  points of results.json (float32 in the event file)."""
+  from experiments import run as run_binary  # pylint: disable=import-outside-toplevel
+  tiny = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tiny.py")
+  wd = tmp_path / "wd"
+  status = run_binary.main(["run.py", f"--config={tiny}", f"--workdir={wd}",
+                            "--config.log=tensorboard,csv", "--config.stream.num_steps=2",
+                            "--config.stream.classes_per_step=5"])
+  capsys.readouterr()
+  assert status == 0
+  with open(wd / "results.json") as f:
+    runs = json.load(f)["runs"]
+  with open(wd / "metrics.csv") as f:
+    table = list(csv.DictReader(f))
+  assert sorted(runs) == ["er", "finetune"]
+  for name, res in runs.items():
+    steps, points = res["steps"], res["eval_points"]
+    assert len(steps) == 2 and len(points) > 2  # anytime points besides the step ends
+    assert all(s["loss"] is not None and np.isfinite(s["loss"]) for s in steps)
+    (path,) = glob.glob(str(wd / "tensorboard" / name / "events.out.tfevents.*"))
+    events = loggers.read_events(path)
+    for metric in loggers.STEP_METRICS:
+      got = [(x, v) for x, tag, v in events if tag == f"step/{metric}"]
+      assert [x for x, _ in got] == [s["examples_seen"] for s in steps], metric
+      np.testing.assert_allclose([v for _, v in got], [s[metric] for s in steps], rtol=1e-6)
+      rows = [r for r in table if r["run"] == name and r["kind"] == "step"]
+      assert [int(r["step"]) for r in rows] == [s["step"] for s in steps]
+      assert [float(r[metric]) for r in rows] == [s[metric] for s in steps], metric
+    got = [(x, v) for x, tag, v in events if tag == "anytime/accuracy"]
+    assert [x for x, _ in got] == [p["examples_seen"] for p in points]
+    np.testing.assert_allclose([v for _, v in got], [p["accuracy"] for p in points], rtol=1e-6)
+    rows = [r for r in table if r["run"] == name and r["kind"] == "eval"]
+    assert [(int(r["examples_seen"]), float(r["accuracy"])) for r in rows] == [
+        (p["examples_seen"], p["accuracy"]) for p in points]

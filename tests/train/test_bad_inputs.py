@@ -103,6 +103,8 @@ CASES = [
     (["--config.num_devices=64"], ["num_devices: asked for 64 devices"]),
     (["--config.base_init.kind=magic"], ["unknown base_init.kind 'magic'", "supervised"]),
     (["--config.base_init.classes=-1"], ["base_init.classes must be an integer >= 0"]),
+    (["--config.log=tensorboard,wandb"], ["unknown logger(s) ['wandb']",
+                                          "valid: ['tensorboard', 'csv']"]),
     # flags
     (["--nope=1"], ["Unknown command line flag 'nope'"]),
     (["stray_positional"], ["unexpected arguments ['stray_positional']"]),
