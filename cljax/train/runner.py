@@ -45,6 +45,7 @@ from cljax.eval import loggers as loggers_lib
 from cljax.eval import metrics as M
 from cljax.eval import results as results_lib
 from cljax.learner import Learner
+from cljax.train import loop as loop_lib
 from cljax.train import mesh as mesh_lib
 from cljax.train.checkpoint import Checkpointer
 
@@ -352,7 +353,9 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
     used, loss_sum, loss_n = np.sum(jax.device_get(step_totals), axis=0, dtype=np.float64)
     used = float(used)
     remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
-    state, info = learner.end_of_step(state, jax.random.fold_in(k_step, t), remaining)
+    # Long training inside end_of_step (offline retraining, large budgets) logs rate and ETA.
+    with loop_lib.reporting(log, f"[{run_name}] step {t} end_of_step"):
+      state, info = learner.end_of_step(state, jax.random.fold_in(k_step, t), remaining)
     step_budget = used + float(info.passes)
     if np.isfinite(float(info.loss)):
       loss_sum, loss_n = loss_sum + float(info.loss), loss_n + 1
