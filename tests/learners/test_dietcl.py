@@ -197,20 +197,20 @@ def test_no_recompiles_across_steps_of_different_sizes_and_budgets(digits, paper
 
 
 @pytest.mark.slow
-def test_sparse_labels_dietcl_on_par_with_er():
+def test_sparse_labels_dietcl_learns_and_the_reference_recipe_costs_it_here():
   """mnist5k 28x28 (patch 7), 3 class-incremental steps, 10 % labels, 80 passes of 48 per step.
 
-  Same ViT-micro for both, same budget, same labels; ER trained at step ends only
-  (``iters_per_batch=0``, its old default: online steps on 10 %-labelled batches would spend most
-  passes on unlabelled rows), DietCL as in ``experiments/configs/dietcl.py`` (B̄ = 20, buffer-only
-  phase at the full lr). Mean test accuracy on classes 0-5 over 5 seeds (stream order, labels,
-  keys).
+  Same ViT-micro for all, same budget, same labels; ER trained at step ends only
+  (``iters_per_batch=0``), DietCL as in ``experiments/configs/dietcl.py`` (B̄ = 20, buffer-only
+  phase at the full lr, the reference's Mixup/CutMix + crops), and DietCL without that
+  regularisation (``dietcl_sweep.ABLATIONS["dietcl_no_regularisation"]``). Mean test accuracy on
+  classes 0-5 over 3 seeds.
 
-  Before the issue-11 refactor this was one seed and "dietcl >= er - 0.02" (0.572 vs 0.567 with
-  all-joint DietCL), which was seed luck in the old code too (4 other seeds there: DietCL behind by
-  up to 0.10). Measured since (notes/dietcl.md): one seed spreads +-0.05; over 5 seeds DietCL is
-  0.015-0.03 behind ER at 80 passes and level at 160. So this pins "on par": within 0.05 on
-  average.
+  Before issue 13 this pinned "DietCL on par with ER" (within 0.05 over 5 seeds). With the
+  reference's regularisation DietCL trails ER here (0.346 vs 0.553 over 5 seeds), as the seed
+  study measures (notes/fidelity.md: the recipe costs it ~14 points on 28 px digits, the Table 2
+  components are within noise). Pinned: DietCL learns well above the 1/6 of guessing among the
+  seen classes, and removing the recipe helps it on these images.
   """
   ds = data.load("mnist5k")
   tasks = [[0, 1], [2, 3], [4, 5]]
@@ -222,16 +222,18 @@ def test_sparse_labels_dietcl_on_par_with_er():
 
   def acc(learner):
     out = []
-    for seed in range(5):
+    for seed in range(3):
       state, m = _run(learner, ds, tasks, 80, label_rate=0.1, bs=bs, seed=seed)
       assert [r["spent"] for r in m] == [80.0] * 3
       out.append(float((np.asarray(learner.predict(state, xt[sel])).argmax(1) == yt[sel]).mean()))
     return out
 
-  er = acc(L.get("er", lr=1e-3, chunk=2, iters_per_batch=0, **common))  # chunk: compile time
   lr = 1e-3 * 256 / bs
-  diet = acc(L.get("dietcl", lr=lr, min_lr=lr / 8, flip=False, w_r=1.0, layer_decay=1.0,
-                   threshold=20, buffer_lr_scale=1.0, **common))
-  print(f"mnist5k 10% labels, 3 steps x 80 passes, 5 seeds: dietcl {np.round(diet, 3)} "
-        f"er {np.round(er, 3)}")
-  assert np.mean(diet) >= np.mean(er) - 0.05, (diet, er)
+  hp = dict(lr=lr, min_lr=lr / 8, flip=False, w_r=1.0, layer_decay=1.0, threshold=20,
+            buffer_lr_scale=1.0, **common)
+  diet = acc(L.get("dietcl", **hp))
+  plain = acc(L.get("dietcl", mixup_alpha=0.0, cutmix_alpha=0.0, augment=False, **hp))
+  print(f"mnist5k 10% labels, 3 steps x 80 passes, 3 seeds: dietcl {np.round(diet, 3)} "
+        f"without the recipe {np.round(plain, 3)}")
+  assert np.mean(diet) > 0.25, diet
+  assert np.mean(plain) > np.mean(diet) + 0.03, (plain, diet)

@@ -58,5 +58,7 @@ def test_trains_only_prompts_keys_and_head_within_budget():
   for a, b in zip(jax.tree.leaves(state["train"]), jax.tree.leaves(state0["train"])):
     assert not np.array_equal(np.asarray(a), np.asarray(b))
   pred = np.asarray(learner.predict(state, x[:200])).argmax(1)
+  # Only the seen classes are predicted. No accuracy claim here: this backbone is a random,
+  # frozen tiny ViT, so prompts have nothing pretrained to steer (0.25 on classes 0-3, chance);
+  # L2P's accuracy is measured on the MAE-pretrained ViT of the DietCL config (notes/baselines.md).
   assert set(pred) <= {0, 1, 2, 3}
-  assert (pred == y[:200])[np.isin(y[:200], [0, 1, 2, 3])].mean() > 0.4
