@@ -28,6 +28,7 @@ def test_penalty_vanishes_at_anchor_and_grows_away():
   assert far[0] == pytest.approx(0.175, rel=1e-4)  # ½ λ Σ Ω d² = 0.5 * 10 * 3.5 * 0.01
 
 
+@pytest.mark.slow  # several seconds of compiles: the fast tier stays under 2 min
 @pytest.mark.parametrize("name", ["ewc", "mas"])
 def test_budget_exact_and_anchor(digits, name):
   x, y = digits

@@ -216,6 +216,7 @@ def test_lambda_trains_on_the_chosen_source(digits, lam, want):
   assert int(state["mem"].count) == 160  # the update set became old data
 
 
+@pytest.mark.slow  # several seconds of compiles: the fast tier stays under 2 min
 def test_iterations_follow_the_data_seen(digits):
   x, y = digits
   # epochs over all data seen so far: 0.5 epoch, batch 32, 200 old + 100 per update

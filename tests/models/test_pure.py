@@ -78,6 +78,7 @@ def test_warm_start_is_checked():
     Net.named("resnet50", 10)
 
 
+@pytest.mark.slow  # several seconds of compiles: the fast tier stays under 2 min
 def test_fixed_net_and_method_calls():
   module = models.create("vit_micro", (8, 8, 1), 4, jax.random.key(0), patch=4)
   net = Net.of(module)

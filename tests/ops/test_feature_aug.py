@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cljax.ops import feature_aug as fa
 
@@ -97,6 +98,7 @@ def test_mixup_uses_one_lambda_from_beta():
   assert abs(lams.mean() - 0.5) < 0.05
 
 
+@pytest.mark.slow  # several seconds of compiles: the fast tier stays under 2 min
 def test_augment_images_is_crop_then_flip():
   """DietCL's image recipe (torchvision RandomResizedCrop + RandomHorizontalFlip): a full-size
   crop without flip is the identity, p = 1 mirrors every row, and a crop equals resize_crop of

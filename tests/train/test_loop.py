@@ -91,6 +91,7 @@ def test_apply_updates_with_a_direction_and_per_leaf_rates():
   np.testing.assert_allclose(p2["b"], [0.0, 0.0, 0.0])
 
 
+@pytest.mark.slow  # several seconds of compiles: the fast tier stays under 2 min
 def test_classifier_step_is_plain_sgd_on_a_model_without_batch_norm():
   net = Net.named("mlp", 3, hidden=(4,))
   params = net.init(jax.random.key(0), (5,))

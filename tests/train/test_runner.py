@@ -79,6 +79,7 @@ def test_results_json_and_plots(digits_run):
   assert len(os.listdir(os.path.join(wd, "checkpoints", "er"))) >= 2
 
 
+@pytest.mark.slow  # several seconds of compiles: the fast tier stays under 2 min
 def test_same_seed_same_results_other_seed_differs(tmp_path):
   a = experiment.run_experiment(small_config("er"), str(tmp_path / "a"), log=lambda m: None)
   b = experiment.run_experiment(small_config("er"), str(tmp_path / "b"), log=lambda m: None)
