@@ -81,6 +81,14 @@ def store_labelled(state: dict, batch: dict, key: str = "cur") -> dict:
                                              y, lab)}
 
 
+@jax.jit
+def store_update(state: dict, batch: dict, key: jax.Array) -> tuple:
+  """``update`` of the learners that train only at the step's end (LwF, iCaRL): stores the
+  batch's labelled rows (``store_labelled``); no training (0 passes)."""
+  del key
+  return store_labelled(state, batch), contract.info()
+
+
 def train_passes(budget: Optional[int], fixed: float, rows: int, epochs: float,
                  batch_size: int) -> int:
   """SGD steps of a step: what ``budget`` leaves after the ``fixed`` forward passes (floored, >=

@@ -101,11 +101,7 @@ def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
             "means": jnp.zeros((num_classes, feat_dim), jnp.float32),
             "has_mean": jnp.zeros((num_classes,), bool)}
 
-  @jax.jit
-  def update(state, batch, key):
-    """Stores the batch's labelled rows for the step's end; no training (0 passes)."""
-    del key
-    return _distill.store_labelled(state, batch), contract.info()
+  update = _distill.store_update
 
   def _step(carry, data, key, i, stop):
     """One SGD step on rows drawn uniformly from the step's rows and the exemplars."""

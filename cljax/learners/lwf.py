@@ -75,11 +75,7 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: 
                               jax.ShapeDtypeStruct(x.shape[1:], jnp.float32), num_classes),
             "soft": jnp.zeros((max_step_size, num_classes), jnp.float32)}
 
-  @jax.jit
-  def update(state, batch, key):
-    """Stores the batch's labelled rows for the step's end; no training (0 passes)."""
-    del key
-    return _distill.store_labelled(state, batch), contract.info()
+  update = _distill.store_update
 
   def _step(carry, data, key, i, stop):
     del i, stop
