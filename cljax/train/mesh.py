@@ -42,4 +42,33 @@ def shard_batch(mesh: Mesh, batch: dict) -> dict:
 
 
 def replicate(mesh: Mesh, tree):
-  return jax.device_put(tree, replicated(mesh))
+  return place(mesh, tree)
+
+
+def _is_key(a) -> bool:
+  return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def place(mesh: Mesh, tree, specs=None):
+  """Puts a pytree (host arrays or arrays on one device) on ``mesh``, leaf by leaf.
+
+  ``specs``: a pytree of ``PartitionSpec`` with the structure of ``tree`` (None: every leaf
+  replicated). When the mesh spans several processes, each process builds its own shards from
+  its full copy of ``tree`` (all processes must pass equal values), so no array is ever sent
+  between processes. Typed PRNG keys are placed by their key data.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  spec_leaves = ([P()] * len(leaves) if specs is None else
+                 treedef.flatten_up_to(specs))
+  return treedef.unflatten([_put(mesh, a, s) for a, s in zip(leaves, spec_leaves)])
+
+
+def _put(mesh: Mesh, a, spec):
+  sharding = NamedSharding(mesh, spec)
+  if jax.process_count() == 1:
+    return jax.device_put(a, sharding)
+  if _is_key(a):
+    data = _put(mesh, jax.random.key_data(a), spec)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+  host = np.asarray(a)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
