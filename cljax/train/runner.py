@@ -116,9 +116,12 @@ def stop_requested() -> Optional[int]:
 
 
 def check_stop() -> None:
-  """Raises Interrupted if a stop was asked for (a safe point between two pieces of work)."""
-  if _STOP[0] is not None:
-    raise Interrupted(_STOP[0])
+  """Raises Interrupted if a stop was asked for (a safe point between two pieces of work; in a
+  multi-process run, a collective: every process stops if any was asked to)."""
+  signum = distributed.agree(_STOP[0] or 0) if distributed.count() > 1 else _STOP[0]
+  if signum:
+    request_stop(signum)
+    raise Interrupted(signum)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
