@@ -74,7 +74,8 @@ def insert(state: RankedState, x: jax.Array, y: jax.Array, mask: jax.Array) -> R
   cat = lambda a, b: jnp.concatenate([a, b.astype(a.dtype)])[order]  # noqa: E731
   ys = jnp.where(kept, cat(state.y, y), -1)
   return sharding.constrain(state._replace(
-      x=sharding.permute_rows(state.x, x, order), y=ys, rank=jnp.where(kept, cat(state.rank, rank), -1),
+      x=sharding.permute_rows(state.x, x, order), y=ys,
+      rank=jnp.where(kept, cat(state.rank, rank), -1),
       count=jnp.sum(kept, dtype=jnp.int32),
       class_count=jnp.zeros((k,), jnp.int32).at[jnp.where(kept, ys, k)].add(1, mode="drop")))
 
