@@ -11,6 +11,12 @@ DIR/plots/*.png and checkpoints under DIR/checkpoints/<learner>/. --resume conti
 from their newest verified checkpoints and ends exactly where an uninterrupted run would; a
 config that differs from the recorded one is refused. Bad input: one line `error: ...` and exit
 status 2; SIGTERM / SIGINT: the checkpoint being written finishes, exit 143 / 130.
+
+Several processes (jax.distributed; README "Scale-out"):
+
+  python experiments/run.py --workdir=DIR --config.num_processes=2       # both on this machine
+  python experiments/run.py --workdir=DIR --config.num_processes=4 \
+      --coordinator_address=host0:1234 --process_id=I                    # on host I of 4
 """
 
 import os
@@ -26,9 +32,14 @@ def _entry(config, workdir, resume):
   experiment.run_experiment(config, workdir, resume=resume)
 
 
+def _check(config, workdir, resume):
+  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  experiment.prepare(config, workdir, resume, log=lambda msg: None)
+
+
 def main(argv) -> int:
   from cljax.train import cli  # pylint: disable=import-outside-toplevel
-  return cli.main(argv, _DEFAULT, _entry, doc=__doc__)
+  return cli.main(argv, _DEFAULT, _entry, doc=__doc__, check=_check)
 
 
 if __name__ == "__main__":

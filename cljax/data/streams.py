@@ -267,14 +267,20 @@ def chunk_specs(stream: Stream, batch_size: int, max_bytes: int = 16 << 20,
 
 
 class _Loader(grain.transforms.Map):
-  """Turns a chunk spec into stacked numpy arrays: x [n, B, ...], y / valid / labeled [n, B]."""
+  """Turns a chunk spec into stacked numpy arrays: x [n, B, ...], y / valid / labeled [n, B].
 
-  def __init__(self, src: ArraySource):
+  ``rows``: load only these rows of each batch's inputs (x [n, rows, ...]; the labels and masks
+  stay whole): a process of a multi-process run reads only its part of each global batch.
+  """
+
+  def __init__(self, src: ArraySource, rows: Optional[slice] = None):
     self._src = src
+    self._rows = rows
 
   def map(self, spec: _ChunkSpec) -> dict:
-    n, b = spec.index.shape
-    x = self._src.batch(spec.index.reshape(-1))
+    index = spec.index if self._rows is None else spec.index[:, self._rows]
+    n, b = index.shape
+    x = self._src.batch(index.reshape(-1))
     return {"x": x.reshape(n, b, *x.shape[1:]), "y": spec.label, "valid": spec.valid,
             "labeled": spec.labeled & spec.valid, "step": np.int32(spec.step),
             "first_batch": np.int64(spec.first_batch), "ends_step": np.bool_(spec.ends_step)}
@@ -283,16 +289,18 @@ class _Loader(grain.transforms.Map):
     return f"_Loader({self._src!r})"
 
 
-def chunks(stream: Stream, batch_size: int, prefetch: int = 2, **kw) -> grain.DatasetIterator:
+def chunks(stream: Stream, batch_size: int, prefetch: int = 2, rows: Optional[slice] = None,
+           **kw) -> grain.DatasetIterator:
   """A checkpointable grain iterator (``get_state``/``set_state``) over the stream's chunks of
-  batches (``chunk_specs``); each element is a dict of stacked arrays (``_Loader``).
+  batches (``chunk_specs``); each element is a dict of stacked arrays (``_Loader``; ``rows``: the
+  rows of each batch whose inputs are loaded, all by default).
 
   One background thread loads up to ``prefetch`` chunks ahead (0: load on demand), so gathering
   the next chunk overlaps the learner's work on this one. Not grain's default (16 threads, 500
   elements ahead): with chunks of up to 16 MB that would hold gigabytes of a long stream.
   """
   ds = grain.MapDataset.source(chunk_specs(stream, batch_size, **kw)).map(
-      _Loader(stream.dataset.train))
+      _Loader(stream.dataset.train, rows))
   opts = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(opts))
 

@@ -38,10 +38,12 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from cljax import learner as contract
 from cljax.learner import Learner
 from cljax.learners.registry import register
+from cljax.ops import sharding
 from cljax.ops import slda as ops
 
 COVARIANCES = ("plastic", "fixed")
@@ -55,6 +57,14 @@ def _features(x: jax.Array, backbone: Optional[Callable]) -> jax.Array:
       raise ValueError(f"slda: backbone must return [B, d] features, got shape {f.shape}")
     return f.astype(jnp.float32)
   return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+def _whole(tree):
+  """``tree``'s arrays replicated on every device of the mesh set by ``jax.set_mesh`` (as they
+  are without one)."""
+  if sharding.data_size() <= 1:
+    return tree
+  return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, P()), tree)
 
 
 def _feature_dim(x, backbone: Optional[Callable]) -> int:
@@ -159,10 +169,14 @@ def slda(*, num_classes: int,
     return np.concatenate(out)
 
   def _ingest(state, batch):
-    feats = _features(batch["x"], backbone)
+    feats = _features(batch["x"], backbone)  # split over the devices with the batch
     _check_dim(state, feats, "update")
     _, mask = contract.masks(batch)
-    state = ops.update_batch(state, feats, batch["y"], mask, rule=update_rule, plastic=plastic)
+    # The statistics of the whole batch are applied on every device alike, from its gathered
+    # features (B x d floats): sums split over the devices would round differently with each
+    # device count, and a run on N devices or processes equals the one-device run exactly.
+    feats, y, mask = _whole((feats, batch["y"], mask))
+    state = ops.update_batch(state, feats, y, mask, rule=update_rule, plastic=plastic)
     if refresh_on_update:
       state = ops.refresh(state, shrinkage, solver)
     return state

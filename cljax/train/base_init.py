@@ -300,13 +300,15 @@ def active(config) -> bool:
 
 
 def from_config(config, stream, workdir: str, load_data: Callable,
-                log: Callable[[str], None] = print) -> Optional[BaseInit]:
+                log: Callable[[str], None] = print, save: bool = True) -> Optional[BaseInit]:
   """The base initialisation ``config.base_init`` asks for, or None when it is off.
 
   Order: ``base_init.checkpoint`` if set (loaded, never written); else WORKDIR/base_init if it
   exists (an ``experiments/pretrain.py`` run or an earlier run in this workdir); else trained and
-  saved there. ``load_data(name, **kw)`` loads a ``base_init.dataset``. Bad settings raise
-  ValueError naming them.
+  saved there (unless ``save`` is False: a process of a multi-process run other than the
+  primary trains the same network, from the same key and data, and does not write it).
+  ``load_data(name, **kw)`` loads a ``base_init.dataset``. Bad settings raise ValueError naming
+  them.
   """
   if not active(config):
     return None
@@ -334,7 +336,8 @@ def from_config(config, stream, workdir: str, load_data: Callable,
     model = train_mae(config.model, x, k, key=key, epochs=float(b.epochs),
                       batch_size=int(b.batch_size), lr=float(b.lr),
                       mask_ratio=float(b.mask_ratio), model_kwargs=mkw, log=log)
-    save_params(path, model.params)
+    if save:
+      save_params(path, model.params)
     log(f"[base_init] mae done in {time.perf_counter() - t0:.0f}s")
   else:
     if len(x) == 0:
@@ -347,7 +350,8 @@ def from_config(config, stream, workdir: str, load_data: Callable,
         weight_decay=float(b.weight_decay), lr_milestones=tuple(b.lr_milestones),
         lr_factor=float(b.lr_factor), augment=str(b.augment), crop_padding=int(b.crop_padding),
         model_kwargs=mkw, log=log)
-    save_params(path, model.params)
+    if save:
+      save_params(path, model.params)
   acc = None
   if b.kind == "supervised" and tx is not None and len(tx):
     acc = accuracy(model, tx, ty)

@@ -36,6 +36,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cljax.train import distributed
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # the layout of the ``meta`` item: {"format", "meta" (JSON string), "sha256"}
@@ -51,16 +53,6 @@ class CheckpointWriteError(CheckpointError):
 
 def _is_key(a) -> bool:
   return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
-
-
-def _host_copy(a):
-  """A host copy of array ``a`` that no later donation of ``a``'s buffer can change (on CPU,
-  ``np.asarray`` of a jax array may be a view of it). Typed keys are rebuilt from a copy of
-  their key data (orbax saves typed keys, not their raw data)."""
-  if _is_key(a):
-    return jax.random.wrap_key_data(np.array(jax.random.key_data(a), copy=True),
-                                    impl=jax.random.key_impl(a))
-  return np.array(a, copy=True)
 
 
 def digest(state: Any, meta_json: str) -> str:
@@ -116,13 +108,20 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: Optional[int] = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
+    # In a multi-process run only the primary process writes (the state is gathered to its host
+    # first, ``save``); every process reads the same folder. Each process's manager works on its
+    # own (``active_processes``), so no orbax barrier waits for processes that do not write.
+    self.writes = distributed.primary()
+    multi = ({} if distributed.count() == 1 else dict(
+        create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=distributed.index(), active_processes={distributed.index()})))
     # The writer thread is the asynchrony: orbax saves synchronously inside it.
     self._mgr = ocp.CheckpointManager(
         self.directory,
         # cleanup: the temporary folders of writes cut off by a crash are removed on opening.
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              enable_async_checkpointing=False,
-                                             cleanup_tmp_directories=True),
+                                             cleanup_tmp_directories=self.writes, **multi),
         item_names=("state", "meta"))
     self._writer = concurrent.futures.ThreadPoolExecutor(1) if async_save else None
     self._pending: Optional[concurrent.futures.Future] = None
@@ -157,8 +156,12 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     """Saves step ``step``; returns once the state is copied to host memory and ``meta``
-    (JSON-serialisable) is serialised."""
-    host = jax.tree.map(_host_copy, state)
+    (JSON-serialisable) is serialised. In a multi-process run every process calls it (the copy
+    gathers arrays held partly by other processes) and the primary writes."""
+    host = distributed.to_host(state)
+    if not self.writes:
+      self.saved_step = step
+      return
     meta_json = json.dumps(meta, sort_keys=True)
     self._check_room(step, host, meta_json)
     if self._writer is None:
@@ -236,7 +239,8 @@ class Checkpointer:
         bad.append(step)
         continue
       for s in bad:
-        self._set_aside(s)
+        if self.writes:
+          self._set_aside(s)
       return step, state, meta
     if bad:
       raise CheckpointError(

@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import Callable, Optional
 
 from absl import flags
 from absl import logging
@@ -105,8 +105,11 @@ def _apply(config, key: str, text: str) -> None:
   node[leaf] = value
 
 
-def parse(argv: list, default_config: str, resume_flag: bool = True) -> tuple:
-  """(config, workdir, resume) from the command line; UsageError with one line otherwise."""
+def parse(argv: list, default_config: str, resume_flag: bool = True,
+          processes: bool = False) -> tuple:
+  """(config, workdir, resume, (coordinator_address, process_id)) from the command line;
+  UsageError with one line otherwise. ``processes``: the binary takes ``--coordinator_address``
+  and ``--process_id`` (a multi-process run, ``cljax.train.distributed``)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   argv, extra = _split_overrides(list(argv))
@@ -115,6 +118,11 @@ def parse(argv: list, default_config: str, resume_flag: bool = True) -> tuple:
   if resume_flag:
     flags.DEFINE_bool("resume", False, "Continue the runs of --workdir from their latest "
                       "complete checkpoints.", flag_values=fv)
+  if processes:
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a run over "
+                        "--config.num_processes processes (one per host).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).",
+                         flag_values=fv)
   try:
     cfg = config_flags.DEFINE_config_file(
         "config", default_config, "Experiment config file.", flag_values=fv, lock_config=False,
@@ -136,7 +144,11 @@ def parse(argv: list, default_config: str, resume_flag: bool = True) -> tuple:
     _apply(config, key, text)
   if not fv.workdir:
     raise UsageError("--workdir is required: the folder where results, plots and checkpoints go")
-  return config, fv.workdir, bool(resume_flag and fv.resume)
+  procs = (fv.coordinator_address, fv.process_id) if processes else (None, None)
+  if (procs[0] is None) != (procs[1] is None):
+    raise UsageError("--coordinator_address and --process_id go together (each host of a "
+                     "multi-process run passes both)")
+  return config, fv.workdir, bool(resume_flag and fv.resume), procs
 
 
 def _flag_message(e: Exception) -> str:
@@ -157,11 +169,17 @@ def interrupts():
     yield
     return
 
+  from cljax.train import distributed  # pylint: disable=import-outside-toplevel
+  # Several processes must stop at the same point (a process that stops alone leaves the others
+  # waiting in a collective): the runner agrees on the request at its next chunk of batches.
+  raise_at_once = distributed.count() == 1
+
   def handler(signum, frame):  # pylint: disable=unused-argument
     if runner.stop_requested() is not None:
       return
     runner.request_stop(signum)
-    raise runner.Interrupted(signum)
+    if raise_at_once:
+      raise runner.Interrupted(signum)
 
   runner.request_stop(None)
   old = {s: signal.signal(s, handler) for s in _SIGNALS}
@@ -228,23 +246,67 @@ def guarded(fn: Callable[[], object]) -> int:
 
 
 def main(argv: list, default_config: str, entry: Callable, doc: str = "",
-         resume_flag: bool = True) -> int:
+         resume_flag: bool = True, check: Optional[Callable] = None) -> int:
   """A binary: parses ``argv`` (``--help`` prints ``doc``), then runs
   ``entry(config, workdir, resume)`` (``entry(config, workdir)`` without ``resume_flag``) under
-  ``guarded``. Returns the exit status."""
+  ``guarded``. Returns the exit status.
+
+  ``check(config, workdir, resume)``: given for binaries that run over several processes
+  (``config.num_processes``). With ``num_processes`` > 1 and no ``--coordinator_address``, this
+  process checks everything (``check``: one line for a bad input, before any process starts),
+  then starts the run's processes on this machine and waits for them
+  (``distributed.launch_local``); with ``--coordinator_address`` and ``--process_id`` it joins
+  the run as that process."""
   flags.FLAGS.mark_as_parsed()  # absl's own flags (logging; grain needs them parsed)
   if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
     print(doc.strip() + "\n\nflags: --config=FILE[:ARG] --config.KEY=VALUE --workdir=DIR"
           + (" [--resume]" if resume_flag else ""))
     return 0
   try:
-    config, workdir, resume = parse(argv, default_config, resume_flag)
+    config, workdir, resume, (coordinator, process_id) = parse(
+        argv, default_config, resume_flag, processes=check is not None)
+    num_processes = _num_processes(config, check)
   except UsageError as e:
     print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
     return 2
+  if num_processes > 1 and coordinator is None:  # the launcher
+    setup()
+    status = guarded(lambda: check(config, workdir, resume))
+    if status:
+      return status
+    from cljax.train import distributed  # pylint: disable=import-outside-toplevel
+    return distributed.launch_local(argv, num_processes, os.path.abspath(workdir))
+  if coordinator is not None:
+    try:
+      _join(coordinator, num_processes, process_id)
+    except UsageError as e:
+      print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+      return 2
   setup()
   args = (config, workdir, resume) if resume_flag else (config, workdir)
   return guarded(lambda: entry(*args))
+
+
+def _num_processes(config, check) -> int:
+  n = config.get("num_processes", 1) if check is not None else 1
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise UsageError(f"num_processes must be an int >= 1, got {n!r}")
+  return n
+
+
+def _join(coordinator: str, num_processes: int, process_id: int) -> None:
+  """Joins a multi-process run (``jax.distributed``) before any JAX work; UsageError if not."""
+  if not 0 <= process_id < num_processes:
+    raise UsageError(f"--process_id={process_id} is outside [0, {num_processes}) "
+                     f"(--config.num_processes={num_processes})")
+  from cljax.train import distributed  # pylint: disable=import-outside-toplevel
+  distributed.die_with_launcher()
+  try:
+    distributed.initialize(coordinator, num_processes, process_id)
+  except Exception as e:  # pylint: disable=broad-except  # jax raises several kinds
+    raise UsageError(f"could not join the run at --coordinator_address={coordinator} as "
+                     f"process {process_id} of {num_processes}: {type(e).__name__}: "
+                     f"{str(e)[:300]}") from None
 
 
 def run_or_exit(fn: Callable[[], object]) -> None:

@@ -29,6 +29,7 @@ from cljax.eval import loggers as loggers_lib
 from cljax.eval import report
 from cljax.eval import results as results_lib
 from cljax.train import base_init as base_lib
+from cljax.train import distributed
 from cljax.train import mesh as mesh_lib
 from cljax.train import runner
 
@@ -60,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(every_examples=0, batch_size=250, omega_topk=1,
                                           omega_points="step_ends"))
   c.num_devices = 0
+  # JAX processes the run spans (jax.distributed). experiments/run.py starts them all on this
+  # machine, or, with --coordinator_address and --process_id, joins them one per host.
+  c.num_processes = 1
   c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3))
   c.plots = True
   # Loggers writing while the runs go (cljax.eval.loggers), comma-separated: "tensorboard"
@@ -129,6 +133,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"eval.omega_points must be one of {list(results_lib.OMEGA_POINTS)}, got "
                       f"{config.eval.omega_points!r}")
   _number("num_devices", config.num_devices, 0, hint=" (0: all devices)")
+  _number("num_processes", config.num_processes, 1)
   _number("checkpoint.max_to_keep", config.checkpoint.max_to_keep, 1)
   if config.stream.ordering not in data_lib.ORDERINGS:
     raise ConfigError(f"unknown stream.ordering {config.stream.ordering!r}; valid: "
@@ -251,7 +256,8 @@ def make_stream(config):
 
 # Config keys that do not change what a run computes: left out of the fingerprint, so they may
 # change between a run and its resume (another machine, other reports).
-_NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "checkpoint", "plots", "log",
+_NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "num_processes", "checkpoint",
+                      "plots", "log",
                       "eval.batch_size", "eval.omega_topk", "eval.omega_points")
 
 
@@ -350,7 +356,8 @@ def base_model(config, stream, workdir: str, log=runner.default_log
                ) -> Optional[base_lib.BaseInit]:
   """``cljax.train.base_init.from_config`` with bad settings reported as ``ConfigError``."""
   try:
-    return base_lib.from_config(config, stream, workdir, data_lib.load, log)
+    return base_lib.from_config(config, stream, workdir, data_lib.load, log,
+                                save=distributed.primary())
   except ValueError as e:
     if isinstance(e, data_lib.DataError):
       raise
@@ -399,10 +406,15 @@ def prepare(config, workdir: str, resume: bool, log: Callable[[str], None]) -> t
     log(f"data: num_classes not given: {stream.dataset.num_classes} classes inferred from the "
         f"labels of {stream.dataset.name} (set dataset_kwargs.num_classes to fix it)")
   log(f"stream: {stream.describe()}")
-  try:
-    mesh_lib.data_mesh(int(config.num_devices) or None)
-  except ValueError as e:
-    raise ConfigError(f"num_devices: {e}") from None
+  if int(config.num_processes) > 1 and distributed.count() == 1:  # the launcher's check
+    if int(config.num_devices):
+      raise ConfigError(f"num_devices: a run over {config.num_processes} processes uses all "
+                        f"their devices; leave num_devices at 0 (got {config.num_devices})")
+  else:
+    try:
+      mesh_lib.data_mesh(int(config.num_devices) or None)
+    except ValueError as e:
+      raise ConfigError(f"num_devices: {e}") from None
   record, previous = check_workdir(workdir, config, stream, resume)
   return workdir, stream, record, previous
 
@@ -419,7 +431,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool
   evaluation points while the runs go.
   """
   workdir, stream, record, previous = prepare(config, workdir, resume, log)
-  report.write_json(os.path.join(workdir, "experiment.json"), record)
+  # Several processes: every one checks the workdir before the primary, alone, writes to it.
+  distributed.sync("workdir checked")
+  writes = distributed.primary()
+  if writes:
+    report.write_json(os.path.join(workdir, "experiment.json"), record)
   opts = run_options(config)
   results = {"config": config.to_dict(), "stream": stream.describe(), "runs": dict(previous)}
   path = os.path.join(workdir, "results.json")
@@ -430,16 +446,21 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, resume: bool
                             "examples": len(base.x), "test_accuracy": base.test_accuracy}
   built = {name: build_learner(config, name, stream, base) for name in run_names(config)}
   fp = record["fingerprint"]
-  logger = loggers_lib.make(config.log, workdir)
+  logger = loggers_lib.make(config.log if writes else "", workdir)
   try:
     for name, learner in built.items():
       opts.fingerprint = {**fp, **record["runs"][name]}
       results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
                                                  resume=resume, log=log, logger=logger)
-      _write_results(path, results, config)
+      if writes:
+        _write_results(path, results, config)
   finally:
     logger.close()  # what was logged stays on disk on an error or a signal too
   results["wall_s"] = time.perf_counter() - t0
+  if not writes:
+    results_lib.add_omega(results["runs"], topk=int(config.eval.omega_topk),
+                          points=str(config.eval.omega_points))
+    return results
   _write_results(path, results, config)
   if config.plots:
     report.plots(results["runs"], os.path.join(workdir, "plots"), stream.dataset.class_names)

@@ -18,6 +18,9 @@ def data_mesh(num_devices: Optional[int] = None) -> Mesh:
   """A 1-D mesh over the first ``num_devices`` devices (all by default), axis ``data``."""
   devices = jax.devices()
   n = len(devices) if num_devices in (None, 0) else num_devices
+  if jax.process_count() > 1 and n != len(devices):
+    raise ValueError(f"a run over {jax.process_count()} processes uses all their "
+                     f"{len(devices)} devices; leave num_devices at 0 (asked for {n})")
   if n > len(devices):
     raise ValueError(f"asked for {n} devices but only {len(devices)} exist "
                      f"({devices[0].platform}); on CPU set "
@@ -29,16 +32,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def shard_batch(mesh: Mesh, batch: dict) -> dict:
-  """Puts each array of the batch on the mesh, split over ``data`` along its leading axis."""
+def shard_batch(mesh: Mesh, batch: dict, local: tuple = ()) -> dict:
+  """Puts each array of the batch on the mesh, split over ``data`` along its leading axis (when
+  its size divides the device count, else replicated).
+
+  ``local``: names of arrays that hold only this process's rows of the batch (a multi-process
+  run, ``cljax.train.distributed.local_rows``); the global batch size is then ``len(batch["y"])``.
+  """
   n = mesh.devices.size
+  size = len(batch["y"]) if local else None
 
-  def put(a):
+  def put(k, a):
     a = np.asarray(a)
+    if k in local:
+      return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), a,
+                                                    (size,) + a.shape[1:])
     spec = P("data") if a.ndim >= 1 and a.shape[0] % n == 0 else P()
-    return jax.device_put(a, NamedSharding(mesh, spec))
+    return _put(mesh, a, spec)
 
-  return {k: put(v) for k, v in batch.items()}
+  return {k: put(k, v) for k, v in batch.items()}
 
 
 def replicate(mesh: Mesh, tree):

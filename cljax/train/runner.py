@@ -45,6 +45,7 @@ from cljax.eval import loggers as loggers_lib
 from cljax.eval import metrics as M
 from cljax.eval import results as results_lib
 from cljax.learner import Learner
+from cljax.train import distributed
 from cljax.train import loop as loop_lib
 from cljax.train import mesh as mesh_lib
 from cljax.train.checkpoint import Checkpointer
@@ -192,11 +193,13 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
   precision/recall/F1.
   """
   test = stream.dataset.test
-  logits = []
+  logits, sizes = [], []
   for x, n in streams_lib.iterate_test(test, batch_size):
     xd = mesh_lib.shard_batch(mesh, {"x": x})["x"] if mesh is not None else x
-    logits.append(np.asarray(learner.predict(state, xd))[:n])
-  logits = np.concatenate(logits)
+    logits.append(learner.predict(state, xd))
+    sizes.append(n)
+  # One gather of all the logits (a collective when other processes hold parts of them).
+  logits = np.concatenate([l[:n] for l, n in zip(distributed.to_host(logits), sizes)])
   pred = logits.argmax(1)
   correct = pred == test.y
   seen_tasks = stream.tasks_seen(t)
@@ -215,24 +218,48 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
   return out
 
 
-def _check_chunk(chunk: dict, example_shape: tuple, num_classes: int, where: str) -> None:
-  """The contract's boundary checks (``cljax.learner.check_batch``) on a whole chunk at once."""
-  n, b = chunk["y"].shape
-  flat = {"x": chunk["x"].reshape(n * b, *chunk["x"].shape[2:]), "y": chunk["y"].reshape(-1),
-          "valid": chunk["valid"].reshape(-1), "labeled": chunk["labeled"].reshape(-1)}
+def _check_chunk(chunk: dict, example_shape: tuple, num_classes: int, where: str,
+                 rows: Optional[slice] = None) -> None:
+  """The contract's boundary checks (``cljax.learner.check_batch``) on a whole chunk at once
+  (``rows``: the rows of each batch whose inputs this process loaded)."""
+  cols = slice(None) if rows is None else rows
+  y, valid, labeled = chunk["y"][:, cols], chunk["valid"][:, cols], chunk["labeled"][:, cols]
+  n, b = y.shape
+  flat = {"x": chunk["x"].reshape(n * b, *chunk["x"].shape[2:]), "y": y.reshape(-1),
+          "valid": valid.reshape(-1), "labeled": labeled.reshape(-1)}
   try:
     contract.check_batch(flat, num_classes, (example_shape, np.float32), where)
   except contract.BatchError as e:
     raise DataError(str(e)) from None
 
 
-def _batches_of(mesh, chunk: dict) -> list:
+def _agree_chunk(chunk_error: Optional[DataError], where: str) -> None:
+  """In a multi-process run, every process learns at each chunk whether any process found bad
+  input in it or was asked to stop, so all of them stop at the same point (a collective: a
+  process that went on alone would wait forever for the others)."""
+  stop = _STOP[0] or 0
+  code = distributed.agree((1 << 8) * (chunk_error is not None) + stop)
+  if chunk_error is not None:
+    raise chunk_error
+  if code >> 8:
+    raise RunError(f"another process found bad input at {where} (it printed the error; with "
+                   "--config.num_processes each process's output is in WORKDIR/process_<i>.log)")
+  if code & 0xFF:
+    request_stop(code & 0xFF)
+    raise Interrupted(code & 0xFF)
+
+
+def _batches_of(mesh, chunk: dict, rows: Optional[slice] = None) -> list:
   """The chunk's batches in order: numpy views on one device (jit transfers them with the call,
-  the cheapest way in), sharded over the ``data`` axis on several."""
+  the cheapest way in), sharded over the ``data`` axis on several (``rows``: this process loaded
+  only these rows of each batch's inputs)."""
   x, y, valid, labeled = chunk["x"], chunk["y"], chunk["valid"], chunk["labeled"]
   out = [{"x": x[i], "y": y[i], "valid": valid[i], "labeled": labeled[i]}
          for i in range(y.shape[0])]
-  return out if mesh.devices.size == 1 else [mesh_lib.shard_batch(mesh, b) for b in out]
+  if mesh.devices.size == 1:
+    return out
+  local = ("x",) if rows is not None else ()
+  return [mesh_lib.shard_batch(mesh, b, local) for b in out]
 
 
 def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opts: RunOptions,
@@ -279,7 +306,9 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, lo
 
 def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) -> dict:
   fingerprint = run_fingerprint(run_name, stream, opts)
-  it = streams_lib.chunks(stream, opts.batch_size, max_batches=_CHUNK)
+  multi = distributed.count() > 1
+  rows = distributed.local_rows(mesh, opts.batch_size)  # None: this process loads whole batches
+  it = streams_lib.chunks(stream, opts.batch_size, max_batches=_CHUNK, rows=rows)
   key = _key_for(opts.seed, run_name)
   k_batch, k_step = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
   example_shape = stream.dataset.train.example_shape
@@ -296,7 +325,18 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
   if ck.steps() and not resume:
     raise RunError(f"{ck.directory} already holds checkpoints (steps {ck.steps()}); pass "
                    "--resume to continue that run, or use a new --workdir")
-  restored = ck.restore_latest(state) if resume else None
+  restored = None
+  if resume:
+    # The primary restores first: it alone moves unreadable steps aside, then the others read.
+    if not distributed.primary():
+      distributed.sync(f"{run_name}: restored")
+    restored = ck.restore_latest(state)
+    if distributed.primary():
+      distributed.sync(f"{run_name}: restored")
+    distributed.same_everywhere(-1 if restored is None else restored[0],
+                                f"the step of {run_name} to resume from")
+  else:
+    distributed.sync(f"{run_name}: checkpoints checked")  # before the primary writes any
   if restored is not None:
     step, state, meta = restored
     differ = fingerprint_diff(meta.get("fingerprint", {}), fingerprint)
@@ -320,20 +360,29 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
   for chunk in it:
     t = int(chunk["step"])
     b0 = int(chunk["first_batch"])
-    _check_chunk(chunk, example_shape, num_classes, f"step {t} batches {b0}+")
+    where = f"step {t} batches {b0}+"
+    if multi:
+      try:
+        _check_chunk(chunk, example_shape, num_classes, where, rows)
+        chunk_error = None
+      except DataError as e:
+        chunk_error = e
+      _agree_chunk(chunk_error, where)
+    else:
+      _check_chunk(chunk, example_shape, num_classes, where)
     n = chunk["y"].shape[0]
     keys = _chunk_keys(k_batch, jnp.int32(b0))
     counts = chunk["valid"].sum(1).tolist()
     chunk_infos = []
     update = learner.update
     if next_eval is None:  # the hot path: nothing but the calls
-      for batch, key in zip(_batches_of(mesh, chunk), keys):
+      for batch, key in zip(_batches_of(mesh, chunk, rows), keys):
         state, info = update(state, batch, key)
         chunk_infos.append(info)
       examples_seen += sum(counts)
       step_examples += sum(counts)
     else:
-      for i, batch in enumerate(_batches_of(mesh, chunk)):
+      for i, batch in enumerate(_batches_of(mesh, chunk, rows)):
         state, info = update(state, batch, keys[i])
         chunk_infos.append(info)
         examples_seen += counts[i]
@@ -346,7 +395,7 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
           while next_eval <= examples_seen:
             next_eval += every
     step_totals.append(_chunk_totals(chunk_infos))
-    if _STOP[0] is not None:
+    if _STOP[0] is not None and not multi:  # several processes stop together (_agree_chunk)
       raise Interrupted(_STOP[0])
     if not chunk["ends_step"]:
       continue
@@ -410,4 +459,6 @@ def stream_inputs(stream: streams_lib.Stream) -> dict:
 
 
 def default_log(msg: str) -> None:
-  print(msg, flush=True, file=sys.stdout)
+  """Prints ``msg``; in a multi-process run only the primary process prints."""
+  if distributed.primary():
+    print(msg, flush=True, file=sys.stdout)

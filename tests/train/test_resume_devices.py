@@ -1,5 +1,5 @@
 """Faults injected into the real binary, each resumed and compared with one uninterrupted run;
-1 vs 8 fake CPU devices agree.
+1 vs 8 fake CPU devices agree; checkpoints written on 4 devices resume on 1 and on 8.
 
 Faults (all on ``tests/configs/tiny.py``: digits, finetune then ER, 5 steps each):
 
@@ -124,18 +124,42 @@ def test_disk_full_is_one_line_and_resume_ends_identical(uninterrupted, small_di
   _assert_identical(faults.results(wd), want)
 
 
-def test_one_and_eight_devices_agree(uninterrupted, tmp_path):
-  _, want = uninterrupted
-  out = _run(str(tmp_path), "--config.num_devices=8",
-             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-  assert out.returncode == 0, out.stderr[-3000:]
-  got = faults.results(str(tmp_path))
+def _devices(n: int) -> dict:
+  return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def _assert_close(got, want):
+  assert list(got) == list(want)
   for k in got:
     # Sharded reductions may sum in another order: allow a rounding-level difference in
     # accuracy (one test example in a few hundred).
     np.testing.assert_allclose(np.asarray(got[k]["accuracy_matrix"], float),
                                np.asarray(want[k]["accuracy_matrix"], float), atol=0.01,
                                err_msg=k)
+
+
+def test_one_and_eight_devices_agree(uninterrupted, tmp_path):
+  _, want = uninterrupted
+  out = _run(str(tmp_path), "--config.num_devices=8", env=_devices(8))
+  assert out.returncode == 0, out.stderr[-3000:]
+  _assert_close(faults.results(str(tmp_path)), want)
+
+
+def test_four_device_checkpoints_resume_on_one_and_eight(uninterrupted, tmp_path):
+  # Checkpoints hold whole arrays (gathered to the host), so a step saved on 4 devices is
+  # placed on any mesh when it is restored.
+  _, want = uninterrupted
+  four = str(tmp_path / "four")
+  out = _run(four, "--config.num_devices=4", env=_devices(4))
+  assert out.returncode == 0, out.stderr[-3000:]
+  faults._delete_newest(["finetune", "er"], 2)(four, None)  # keeps step 2 of 2, 3, 4
+  for n in (1, 8):
+    wd = str(tmp_path / f"on{n}")
+    shutil.copytree(four, wd)
+    out = _run(wd, "--resume", f"--config.num_devices={n}", env=_devices(8))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("resumed after step 2") == 2, out.stdout[-2000:]
+    _assert_close(faults.results(wd), want)
 
 
 def test_the_executable_reports_bad_input_in_one_line(tmp_path):
