@@ -1,11 +1,16 @@
-"""Data parallelism inside a learner's own training loop.
+"""Data parallelism inside a learner's own training loop, and replay buffers split over devices.
 
-The runner shards incoming batches over the mesh's ``data`` axis and replicates the learner state
-(``cljax/train/mesh.py``). Learners that train at the end of a step (ER, offline, GDumb, EWC, MAS,
-DietCL, joint) draw their mini-batches *inside* jit from replicated buffers, so nothing tells XLA
-to split that work: every device would compute the whole batch. ``data_rows`` marks a sampled batch
-as split by rows over ``data``; XLA then runs each device's rows and all-reduces the gradients (the
-parameter-server role is a collective over the mesh).
+The runner shards incoming batches over the mesh's ``data`` axis (``cljax/train/mesh.py``).
+Learners that train at the end of a step (ER, offline, GDumb, EWC, MAS, DietCL, joint) draw their
+mini-batches *inside* jit from their buffers, so nothing tells XLA to split that work: every device
+would compute the whole batch. ``data_rows`` marks a sampled batch as split by rows over ``data``;
+XLA then runs each device's rows and all-reduces the gradients (the parameter-server role is a
+collective over the mesh).
+
+Buffers: ``state_specs(state, n)`` gives the placement that splits every replay buffer's items
+over ``data`` (the rest of the state replicated), and the buffer policies read and write their
+items through ``scatter_rows``, ``take_rows`` and ``permute_rows``, which keep them split inside
+jit and give bit for bit the results of one device.
 
 It reads the mesh the runner installs with ``jax.set_mesh`` at trace time, so learner code stays
 mesh-free and single-device use (no mesh, or one device) is unchanged.
@@ -172,8 +177,8 @@ def scatter_rows(a: jax.Array, idx: jax.Array, rows: jax.Array) -> jax.Array:
   per = a.shape[0] // n
 
   def write(a_l, blk, owner):
+    del owner  # the destination is this shard, whichever shard the rows came from
     loc, inside = _local(blk[0], jax.lax.axis_index(AXIS), per)
-    del owner  # the destination is this shard whatever block the rows came from
     return a_l.at[jnp.where(inside, loc, per)].set(blk[1], mode="drop")
 
   ring = _ring_rows(rows, per, n)
