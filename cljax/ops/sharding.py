@@ -196,8 +196,11 @@ def _exact_psum(x: jax.Array) -> jax.Array:
   if x.dtype == jnp.bool_:
     return jax.lax.psum(x.astype(jnp.uint8), AXIS).astype(bool)
   uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
-  return jax.lax.bitcast_convert_type(
-      jax.lax.psum(jax.lax.bitcast_convert_type(x, uint), AXIS), x.dtype)
+  bits = jax.lax.bitcast_convert_type(x, uint)
+  if uint == jnp.uint16:  # NCCL has no 16-bit integer reduction: sum 16-bit patterns in 32 bits
+    return jax.lax.bitcast_convert_type(
+        jax.lax.psum(bits.astype(jnp.uint32), AXIS).astype(jnp.uint16), x.dtype)
+  return jax.lax.bitcast_convert_type(jax.lax.psum(bits, AXIS), x.dtype)
 
 
 def take_rows(a: jax.Array, idx: jax.Array) -> jax.Array:

@@ -82,11 +82,32 @@ CHILD = textwrap.dedent("""
       same(ref, got)
       assert int(ref[0][-1].count) > 0
       print(name, "ok")
+
+    # The helpers alone, against numpy, bit for bit in every item dtype (-0.0 and NaN included:
+    # the sample's psum runs on the bits).
+    rng = np.random.default_rng(0)
+    take = jax.jit(sharding.take_rows)
+    permute = jax.jit(sharding.permute_rows)
+    scatter = jax.jit(sharding.scatter_rows)
+    for dt in (np.float32, jnp.bfloat16, np.uint8, np.int32, np.bool_):
+      a = (rng.normal(size=(16, 3)) * 50).astype(dt)
+      ex = (rng.normal(size=(4, 3)) * 50).astype(dt)
+      if dt == np.float32:
+        a[0, 0], a[1, 1] = -0.0, np.nan
+      idx, perm = np.array([0, 1, 15, 7, 7, 3]), rng.permutation(20)[:16]
+      want = a.copy()
+      want[[3, 9]] = ex[[0, 2]]
+      with jax.set_mesh(mesh):
+        placed = jax.device_put(a, NamedSharding(mesh, P("data")))
+        got = take(placed, idx), permute(placed, ex, perm), scatter(placed, np.array([3, 16, 9]), ex[:3])
+      assert all(g.sharding.spec == P("data") for g in got[1:]), dt
+      for g, w in zip(got, (a[idx], np.concatenate([a, ex])[perm], want)):
+        assert np.asarray(g).tobytes() == w.tobytes(), dt
     print("OK")
 """)
 
 
-@pytest.mark.slow  # a 4-device child process compiling 7 policies (~30 s)
+@pytest.mark.slow  # a 4-device child process compiling 7 policies and the helpers (~50-80 s)
 def test_sharded_policies_keep_and_draw_the_same_items_as_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=ROOT, capture_output=True,
