@@ -99,7 +99,8 @@ CHILD = textwrap.dedent("""
       want[[3, 9]] = ex[[0, 2]]
       with jax.set_mesh(mesh):
         placed = jax.device_put(a, NamedSharding(mesh, P("data")))
-        got = take(placed, idx), permute(placed, ex, perm), scatter(placed, np.array([3, 16, 9]), ex[:3])
+        got = (take(placed, idx), permute(placed, ex, perm),
+               scatter(placed, np.array([3, 16, 9]), ex[:3]))  # slot 16: out of range, dropped
       assert all(g.sharding.spec == P("data") for g in got[1:]), dt
       for g, w in zip(got, (a[idx], np.concatenate([a, ex])[perm], want)):
         assert np.asarray(g).tobytes() == w.tobytes(), dt
