@@ -33,6 +33,12 @@ Promises, for every policy:
   examples for exstream/kmeans centroids), 0 on every row (and y 0) when the buffer is empty.
 * ``contents(state)``: every slot; ``mask`` True on filled slots, ``weight`` 0 and ``y`` -1 on the
   others.
+* Sharding: the slot policies (append, reservoir, class_balanced, greedy, largest_class,
+  task_balanced, ranked) declare their item array in ``SHARDED_ROWS``; placed by
+  ``cljax.ops.sharding.state_specs`` on a mesh (``jax.set_mesh``) whose ``data`` size divides the
+  capacity, insert, sample and contents keep the items split over ``data`` and give bit for bit
+  the single-device results (labels and counters stay replicated, so every decision is taken
+  once). The per-class policies stay replicated.
 
 Policies (:func:`names`): ``append``, ``reservoir``, ``class_balanced``, ``greedy``,
 ``largest_class``, ``task_balanced``, ``queue``, ``kmeans``, ``exstream``, ``clustream``,

@@ -11,6 +11,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cljax.ops import sharding
+
 
 class Sample(NamedTuple):
   """``n`` items drawn from a buffer.
@@ -126,6 +128,10 @@ class SlotState(NamedTuple):
   class_seen: jax.Array
   key: jax.Array
 
+  # The item array: split over the mesh's ``data`` axis by ``cljax.ops.sharding.state_specs``;
+  # the labels and counters stay replicated, so every decision is taken once for all shards.
+  SHARDED_ROWS = ("x",)
+
 
 def init_slots(key, capacity: int, example, num_classes: int) -> SlotState:
   """An empty :class:`SlotState` of ``capacity`` items shaped like ``example``."""
@@ -146,8 +152,9 @@ def clean_labels(y: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   Masked rows may carry any label; 0 keeps every index computed from them in range.
   """
-  mask = jnp.asarray(mask, bool)
-  return jnp.where(mask, jnp.asarray(y, jnp.int32), 0), mask
+  # Whole on every device under a mesh: every decision taken from them is computed replicated.
+  y, mask = sharding.replicate((jnp.asarray(y, jnp.int32), jnp.asarray(mask, bool)))
+  return jnp.where(mask, y, 0), mask
 
 
 def count_offers(state, y: jax.Array, mask: jax.Array):
@@ -169,7 +176,7 @@ def write(state, slot: jax.Array, x: jax.Array, y: jax.Array, do: jax.Array):
   dst = jnp.where(do, slot, cap)  # out of range: dropped by mode="drop"
   cc = state.class_count.at[jnp.where(do & (old >= 0), old, k)].add(-1, mode="drop")
   cc = cc.at[jnp.where(do, y, k)].add(1, mode="drop")
-  return state._replace(x=state.x.at[dst].set(x.astype(state.x.dtype), mode="drop"),
+  return state._replace(x=sharding.scatter_rows(state.x, dst, x),
                         y=state.y.at[dst].set(y, mode="drop"), class_count=cc)
 
 
@@ -260,15 +267,15 @@ def prefix_indices(key: jax.Array, count: jax.Array, n: int, distinct: bool = Fa
   return jnp.where(count > 0, sel, 0).astype(jnp.int32)
 
 
-def _gather(c: Contents, idx: jax.Array, nonempty: jax.Array) -> Sample:
-  return Sample(c.x[idx], jnp.where(nonempty, c.y[idx], 0),
+def _gather(c: Contents, idx: jax.Array, nonempty: jax.Array, rows=lambda x, i: x[i]) -> Sample:
+  return Sample(rows(c.x, idx), jnp.where(nonempty, c.y[idx], 0),
                 jnp.where(nonempty, c.weight[idx], 0.0).astype(jnp.float32))
 
 
 def sample_slots(state, key: jax.Array, n: int, distinct: bool = False) -> Sample:
   """n items of a slot state (filled slots are the prefix); see :func:`prefix_indices`."""
   idx = prefix_indices(key, state.count, n, distinct)
-  return _gather(slot_contents(state), idx, state.count > 0)
+  return _gather(slot_contents(state), idx, state.count > 0, sharding.take_rows)
 
 
 def sample_contents(contents: Contents, key: jax.Array, n: int, distinct: bool = False) -> Sample:

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cljax.ops import sharding
+
 from cljax.ops.buffers._base import (Policy, clean_labels, count_offers, init_slots, raw_key,
                                      sample_slots, slot_contents)
 
@@ -40,6 +42,8 @@ class RankedState(NamedTuple):
   class_seen: jax.Array
   key: jax.Array
   rank: jax.Array
+
+  SHARDED_ROWS = ("x",)  # as SlotState: the items split over ``data``, the rest replicated
 
 
 def init(key, capacity: int, example, num_classes: int) -> RankedState:
@@ -69,10 +73,11 @@ def insert(state: RankedState, x: jax.Array, y: jax.Array, mask: jax.Array) -> R
   kept = keep[order]
   cat = lambda a, b: jnp.concatenate([a, b.astype(a.dtype)])[order]  # noqa: E731
   ys = jnp.where(kept, cat(state.y, y), -1)
-  return state._replace(
-      x=cat(state.x, x), y=ys, rank=jnp.where(kept, cat(state.rank, rank), -1),
+  return sharding.constrain(state._replace(
+      x=sharding.permute_rows(state.x, x, order), y=ys,
+      rank=jnp.where(kept, cat(state.rank, rank), -1),
       count=jnp.sum(kept, dtype=jnp.int32),
-      class_count=jnp.zeros((k,), jnp.int32).at[jnp.where(kept, ys, k)].add(1, mode="drop"))
+      class_count=jnp.zeros((k,), jnp.int32).at[jnp.where(kept, ys, k)].add(1, mode="drop")))
 
 
 POLICY = Policy(NAME, init, insert, sample_slots, slot_contents)

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cljax.ops import sharding
+
 from cljax.ops.buffers._base import (Policy, clean_labels, count_offers, draw_key, init_slots,
                                      sample_slots, slot_contents)
 
@@ -51,6 +53,8 @@ class TaskBalancedState(NamedTuple):
   task_count: jax.Array
   index: jax.Array
   tasks: jax.Array
+
+  SHARDED_ROWS = ("x",)  # as SlotState: the items split over ``data``, the rest replicated
 
 
 def init(key, capacity: int, example, num_classes: int, *,
@@ -121,15 +125,15 @@ def insert(state: TaskBalancedState, x: jax.Array, y: jax.Array, mask: jax.Array
   filled = jnp.arange(cap) < count
   new_y = jnp.where(filled, jnp.concatenate([state.y, y])[src], -1)
   state = count_offers(state, y, mask)
-  return state._replace(
-      x=jnp.concatenate([state.x, x.astype(state.x.dtype)])[src],
+  return sharding.constrain(state._replace(
+      x=sharding.permute_rows(state.x, x, src),
       y=new_y,
       count=count,
       class_count=jnp.zeros((k,), jnp.int32).at[jnp.where(filled, new_y, k)].add(1, mode="drop"),
       task=jnp.where(filled, task[src], -1),
       task_count=jnp.minimum(counts, quota),  # a task keeps exactly its quota when over it
       index=jnp.where(filled, index[src], -1),
-      tasks=state.tasks + 1)
+      tasks=state.tasks + 1))
 
 
 POLICY = Policy(NAME, init, insert, sample_slots, slot_contents)
