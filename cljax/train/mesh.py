@@ -1,7 +1,7 @@
 """One device mesh with a ``data`` axis, from one CPU to many GPUs.
 
 Batches are sharded over ``data`` (when their size divides the device count, else replicated);
-learner state is replicated. jit follows the input shardings, so learners need no mesh code:
+learner state is replicated except replay buffers' items, split over ``data`` (``place_state``). jit follows the input shardings, so learners need no mesh code:
 XLA inserts the all-reduces that turn per-shard sums into global ones.
 """
 
@@ -12,6 +12,8 @@ from typing import Optional
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cljax.ops import sharding
 
 
 def data_mesh(num_devices: Optional[int] = None) -> Mesh:
@@ -55,6 +57,13 @@ def shard_batch(mesh: Mesh, batch: dict, local: tuple = ()) -> dict:
 
 def replicate(mesh: Mesh, tree):
   return place(mesh, tree)
+
+
+def place_state(mesh: Mesh, state):
+  """A learner state (fresh from ``init`` or restored from a checkpoint written on any device
+  count) placed on ``mesh``: replay buffers' item arrays split over ``data`` where their capacity
+  allows (``cljax.ops.sharding.state_specs``), everything else replicated."""
+  return place(mesh, state, sharding.state_specs(state, mesh.devices.size))
 
 
 def _is_key(a) -> bool:

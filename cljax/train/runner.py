@@ -354,7 +354,7 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
     log(f"[{run_name}] resumed after step {step} ({examples_seen} examples seen)")
     if step + 1 >= stream.num_steps:
       return meta["result"]
-  state = mesh_lib.replicate(mesh, state)
+  state = mesh_lib.place_state(mesh, state)
   meta = None
   logged = len(eval_points)  # eval points handed to the logger
   t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""A small, fast experiment for subprocess tests: digits, MLP, finetune and ER, 5 steps."""
+"""A small, fast experiment for subprocess tests: digits, MLP, finetune and ER, 5 steps (ER's
+memory of 160 items splits over 2, 4 or 8 devices)."""
 
 from cljax.train.experiment import base_config
 
@@ -12,7 +13,7 @@ def get_config():
   c.stream.max_examples_per_step = 200
   c.budget.passes_per_step = 25
   c.hparams.finetune = dict(lr=3e-3)
-  c.hparams.er = dict(lr=3e-3, memory_size=150, iters_per_batch=1)
+  c.hparams.er = dict(lr=3e-3, memory_size=160, iters_per_batch=1)
   c.eval.every_examples = 150
   c.plots = False
   return c

@@ -2,7 +2,7 @@
 
 Usage (8 fake devices; they share the machine's cores, so times are not a speed-up measure):
   XLA_FLAGS=--xla_force_host_platform_device_count=8 PYTHONPATH=$PWD \
-    python notes/sharded_buffers_bench.py [--capacity 4096] [--reps 20]
+    python experiments/bench/sharded_buffers.py [--capacity 4096] [--reps 20]
 
 Prints (1) the bytes one device holds of a buffer state placed by ``sharding.state_specs`` on
 1, 2, 4 and 8 devices (from the arrays' addressable shards), and (2) the median time of one
