@@ -68,8 +68,11 @@ def _max_devices(argv) -> int:
 
 
 # Fake CPU devices must be asked for before JAX starts (the flag only touches the host platform,
-# so it is harmless on a GPU machine). An explicit count in XLA_FLAGS is kept as it is.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+# so it is harmless on a GPU machine). An explicit count in XLA_FLAGS is kept as it is. Only when
+# run as a script: an importer (a test) has started JAX already, and its subprocesses must not
+# inherit the flag.
+if (__name__ == "__main__" and
+    "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={_max_devices(sys.argv)}")
 
