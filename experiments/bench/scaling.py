@@ -334,9 +334,10 @@ def compare(ref: dict, got: dict) -> dict:
   """Max |got - ref| over trained leaves and over exact leaves, and the exact leaves that
   differ (their paths). Shapes or leaves that differ count as infinitely far."""
   if ref.keys() != got.keys():
-    return {"params_max_abs": float("inf"), "exact_max_abs": float("inf"),
+    return {"params_max_abs": float("inf"), "params_worst_leaf": None,
+            "exact_max_abs": float("inf"),
             "exact_mismatches": sorted(set(ref) ^ set(got))}
-  tr, ex, bad = 0.0, 0.0, []
+  tr, ex, bad, worst = 0.0, 0.0, [], None
   for k, a in ref.items():
     b = got[k]
     if a.shape != b.shape or a.dtype != b.dtype:
@@ -345,12 +346,14 @@ def compare(ref: dict, got: dict) -> dict:
       continue
     d = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
     if is_trained(k, a):
-      tr = max(tr, d)
+      if d > tr:
+        tr, worst = d, k
     else:
       if d != 0.0 or not np.array_equal(a, b, equal_nan=True):
         bad.append(k)
       ex = max(ex, d)
-  return {"params_max_abs": tr, "exact_max_abs": ex, "exact_mismatches": bad}
+  return {"params_max_abs": tr, "params_worst_leaf": worst, "exact_max_abs": ex,
+          "exact_mismatches": bad}
 
 
 def run_on_mesh(setup: Setup, name: str, n: int, dtype: str, seed: int = 0) -> dict:
@@ -396,7 +399,8 @@ def run_on_mesh(setup: Setup, name: str, n: int, dtype: str, seed: int = 0) -> d
           "update_per_s": upd_rows / upd_s if upd_s > 0 else float("nan"),
           "end_of_step_s": eos_s if budget is not None else None,
           "end_of_step_rows": eos_rows,
-          "end_of_step_per_s": eos_rows / eos_s if budget is not None else None,
+          "end_of_step_per_s": (eos_rows / eos_s if eos_s > 0 else float("nan"))
+                               if budget is not None else None,
           "timed_compiles": compiles.n if steps > 1 else None,
           "state": host_state(state)}
 
@@ -591,7 +595,7 @@ def main(argv=None) -> int:
         r["check_ok"] = ok
         if not ok:
           failed.append(f"{name} on {n} devices: max |dparams| {c['params_max_abs']:.3g} "
-                        f"(atol {a.atol:g}), exact leaves differing: "
+                        f"at {c['params_worst_leaf']} (atol {a.atol:g}), exact leaves differing: "
                         f"{c['exact_mismatches'][:5]}")
       print(f"{name:<7} {n:>2} | {r['update_per_s']:>11,.1f} {up:>8.2f} {up / n:>5.2f} | "
             f"{_fmt(r['end_of_step_per_s'], '>10,.1f')} {_fmt(es, '>8.2f')} "

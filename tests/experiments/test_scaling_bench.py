@@ -33,11 +33,12 @@ def _state(**over):
 
 def test_compare_tolerates_params_but_not_buffers():
   ref = _state()
-  assert scaling.compare(ref, _state()) == {"params_max_abs": 0.0, "exact_max_abs": 0.0,
-                                            "exact_mismatches": []}
+  assert scaling.compare(ref, _state()) == {"params_max_abs": 0.0, "params_worst_leaf": None,
+                                            "exact_max_abs": 0.0, "exact_mismatches": []}
   # a gradient-written leaf off by float rounding: measured, not a mismatch
   got = scaling.compare(ref, _state(**{"params.w": np.array([[1.0, 2.0 + 3e-5]], np.float32)}))
   assert got["exact_mismatches"] == [] and got["params_max_abs"] == pytest.approx(3e-5, rel=1e-2)
+  assert got["params_worst_leaf"] == "['params']['w']"
   # one stored row's float pixel off by the same amount: a buffer mismatch, named by its path
   x = np.arange(6, dtype=np.float32).reshape(3, 2)
   x[2, 1] += 3e-5
