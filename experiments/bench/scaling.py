@@ -518,9 +518,26 @@ def parse(argv) -> argparse.Namespace:
                  help="DietCL's model FLOP utilisation against a timed GEMM")
   p.add_argument("--matmul_n", type=int, default=0, help="GEMM side (0: the size's default)")
   p.add_argument("--repeats", type=int, default=2, help="timed end_of_step calls per phase")
+  p.add_argument("--updates", type=int, default=0,
+                 help="incoming batches per time step (0: the size's)")
+  p.add_argument("--steps", type=int, default=-1,
+                 help="timed time steps after the warm-up one (-1: the size's; 0: the warm-up "
+                      "step only, for the correctness check alone)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="write the results as JSON here")
   return p.parse_args(argv)
+
+
+def size_of(a) -> Size:
+  """``SIZES[--size]`` with the ``--updates`` / ``--steps`` overrides."""
+  size = SIZES[a.size]
+  if a.updates < 0 or a.steps < -1:
+    raise ValueError(f"--updates must be >= 0 and --steps >= -1, got {a.updates}, {a.steps}")
+  if a.updates:
+    size = dataclasses.replace(size, updates=a.updates)
+  if a.steps >= 0:
+    size = dataclasses.replace(size, steps=a.steps)
+  return size
 
 
 def _validate(a) -> tuple:
@@ -539,7 +556,7 @@ def _validate(a) -> tuple:
     raise ValueError(f"asked for {max(devices)} devices but only {have} exist "
                      f"({jax.default_backend()}); on CPU drop the xla_force_host_platform_"
                      f"device_count you set in XLA_FLAGS, or ask for fewer with --devices")
-  size = SIZES[a.size]
+  size = size_of(a)
   for n in devices:
     for what, rows in (("incoming batch", size.batch),
                        ("DietCL batch", size.dietcl["batch_size"]),
@@ -570,7 +587,7 @@ def main(argv=None) -> int:
   if os.environ.get("CLJAX_JAX_CACHE"):
     jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  size = SIZES[a.size]
+  size = size_of(a)
   backend = jax.default_backend()
   dev = jax.devices()[0]
   print(f"scaling benchmark, size {a.size}: {jax.device_count()} {backend} devices "
