@@ -38,7 +38,8 @@ starts) all devices share the same cores, so the CPU timings are no speed-up mea
 the correctness check and the FLOP utilisation below mean something there. All device counts
 run in one process with ``max(--devices)`` devices, meshes over the first n: every count then
 sees the same thread pools, and the states can be compared in memory (notes/scaling.md measures
-the 1-device rate in a 1-device process against an 8-device one).
+the 1-device rate in a 1-device process against an 8-device one: 1.1-1.35x faster alone on
+CPU, so on CPU the 1-device baseline here is understated; on GPUs each device is real).
 
 FLOP utilisation (``--flops``, on by default): DietCL's two phases (joint MAE + supervised, and
 buffer-only supervised), each timed alone on the 1-device mesh (``threshold`` = budget, then 0,
