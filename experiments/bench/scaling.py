@@ -46,7 +46,7 @@ buffer-only supervised), each timed alone on the 1-device mesh (``threshold`` = 
 as ``experiments/bench/dietcl.py`` does). FLOPs per optimizer step are XLA's count for the
 compiled training chunk (``cost_analysis()`` of the ``Loop`` chunk, which is a ``lax.scan``: XLA
 counts a loop body once, so this is one step's FLOPs; checked on a scan of 8 matmuls, which
-reports one matmul), printed next to the analytic count of ``experiments/bench/dietcl.py``
+reports one matmul), printed next to the analytic count of ``experiments/bench/flops.py``
 (``train_flops``). MFU = FLOPs per step x steps / seconds, over the machine's GEMM ceiling: a
 jitted N x N x N matmul in ``--dtype`` timed in the same run (``matmul_rate``).
 
@@ -102,7 +102,7 @@ from cljax.models.pure import Net
 from cljax.ops import pq
 from cljax.train import loop as loop_lib
 from cljax.train import mesh as mesh_lib
-from experiments.bench.dietcl import matmul_rate, train_flops
+from experiments.bench.flops import matmul_rate, train_flops
 from experiments.configs import dietcl as dietcl_config
 from experiments.configs import remind as remind_config
 
@@ -393,7 +393,7 @@ def run_on_mesh(setup: Setup, name: str, n: int, dtype: str, seed: int = 0,
     state = learner.init(jax.random.fold_in(root, 0), {"x": first["x"], "y": first["y"]})
     if perturb:
       state = perturb_params(state, jax.random.fold_in(root, 77))
-    state = mesh_lib.place(mesh, state)
+    state = mesh_lib.place_state(mesh, state)  # as the runner: buffers split over data
     batches = [[mesh_lib.shard_batch(mesh, b) for b in step] for step in host]
     jax.block_until_ready(batches)
     compiles = _Compiles()
@@ -471,7 +471,7 @@ def dietcl_flops(setup: Setup, dtype: str, repeats: int, ceiling: float) -> dict
     with jax.set_mesh(mesh):
       first = setup.batches("dietcl", 0)
       state = learner.init(jax.random.key(0), {"x": first[0]["x"], "y": first[0]["y"]})
-      state = mesh_lib.place(mesh, state)
+      state = mesh_lib.place_state(mesh, state)  # as the runner: buffers split over data
       for i, b in enumerate(first):
         state, _ = learner.update(state, mesh_lib.shard_batch(mesh, b), jax.random.key(i))
       jax.block_until_ready(state)

@@ -64,20 +64,22 @@ def test_tiny_on_two_fake_devices_equals_one(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT,
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   r = subprocess.run([sys.executable, "experiments/bench/scaling.py", "--size=tiny",
-                      "--devices=1,2", f"--out={out}"], cwd=ROOT, env=env, capture_output=True,
+                      "--devices=1,2", "--learners=er,dietcl", f"--out={out}"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=900, check=False)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   assert "not a speed-up measurement" in r.stdout
   res = json.loads(out.read_text())
   rows = {(x["learner"], x["devices"]): x for x in res["rows"]}
-  assert set(rows) == {(n, d) for n in ("er", "remind", "dietcl") for d in (1, 2)}
-  for name in ("er", "remind", "dietcl"):
+  # REMIND's states on several devices are pinned by tests/ops/test_sharding.py (its ResNet
+  # programs would double this test's cold time).
+  assert set(rows) == {(n, d) for n in ("er", "dietcl") for d in (1, 2)}
+  for name in ("er", "dietcl"):
     two = rows[(name, 2)]
     assert two["check_ok"] and two["exact_mismatches"] == [] and two["exact_max_abs"] == 0.0
     assert two["params_max_abs"] <= res["atol"]
     for n in (1, 2):  # every compile happened in the warm-up step
       assert rows[(name, n)]["timed_compiles"] == 0
-  # XLA's FLOPs of one compiled step against the analytic matmul count (bench/dietcl.py):
+  # XLA's FLOPs of one compiled step against the analytic matmul count (bench/flops.py):
   # XLA adds the element-wise work (LayerNorm, softmax, GELU, AdamW, augmentation), never less.
   for phase in ("joint", "buffer_only"):
     f = res["dietcl_flops"][phase]
