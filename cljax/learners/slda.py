@@ -38,7 +38,6 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from cljax import learner as contract
 from cljax.learner import Learner
@@ -57,14 +56,6 @@ def _features(x: jax.Array, backbone: Optional[Callable]) -> jax.Array:
       raise ValueError(f"slda: backbone must return [B, d] features, got shape {f.shape}")
     return f.astype(jnp.float32)
   return x.reshape(x.shape[0], -1).astype(jnp.float32)
-
-
-def _whole(tree):
-  """``tree``'s arrays replicated on every device of the mesh set by ``jax.set_mesh`` (as they
-  are without one)."""
-  if sharding.data_size() <= 1:
-    return tree
-  return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, P()), tree)
 
 
 def _feature_dim(x, backbone: Optional[Callable]) -> int:
@@ -175,7 +166,7 @@ def slda(*, num_classes: int,
     # The statistics of the whole batch are applied on every device alike, from its gathered
     # features (B x d floats): sums split over the devices would round differently with each
     # device count, and a run on N devices or processes equals the one-device run exactly.
-    feats, y, mask = _whole((feats, batch["y"], mask))
+    feats, y, mask = sharding.replicate((feats, batch["y"], mask))
     state = ops.update_batch(state, feats, y, mask, rule=update_rule, plastic=plastic)
     if refresh_on_update:
       state = ops.refresh(state, shrinkage, solver)

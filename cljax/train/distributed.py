@@ -25,6 +25,8 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int) -> None:
@@ -50,7 +52,6 @@ def primary() -> bool:
 def sync(name: str) -> None:
   """Waits until every process reaches this point (a no-op in a single-process run)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
 
 
@@ -58,7 +59,6 @@ def agree(value: int) -> int:
   """The largest of the processes' ``value``s, in every process (collective when N > 1)."""
   if jax.process_count() == 1:
     return int(value)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
@@ -66,13 +66,13 @@ def same_everywhere(value: int, what: str) -> None:
   """RuntimeError unless every process holds the same ``value`` (e.g. the restored step)."""
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   got = np.asarray(multihost_utils.process_allgather(np.int64(value)))
   if np.any(got != got[0]):
     raise RuntimeError(f"the processes disagree on {what}: {got.tolist()}")
 
 
-def _is_key(a) -> bool:
+def is_key(a) -> bool:
+  """True for an array of typed PRNG keys (saved and moved by their key data)."""
   return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
 
@@ -83,10 +83,9 @@ def to_host(tree: Any) -> Any:
   buffer cannot change it (on CPU ``np.asarray`` may be a view)."""
 
   def host(a):
-    if _is_key(a):
+    if is_key(a):
       return jax.random.wrap_key_data(host(jax.random.key_data(a)), impl=jax.random.key_impl(a))
     if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       return np.array(multihost_utils.process_allgather(a, tiled=True), copy=True)
     return np.array(a, copy=True)
 
@@ -100,7 +99,6 @@ def local_rows(mesh, batch_size: int) -> Optional[slice]:
   n = mesh.devices.size
   if jax.process_count() == 1 or batch_size % n:
     return None
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
   index = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch_size,))
   starts = sorted(s[0].start or 0 for s in index.values())
   stops = sorted(s[0].stop if s[0].stop is not None else batch_size for s in index.values())

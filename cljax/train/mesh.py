@@ -1,8 +1,9 @@
 """One device mesh with a ``data`` axis, from one CPU to many GPUs.
 
 Batches are sharded over ``data`` (when their size divides the device count, else replicated);
-learner state is replicated except replay buffers' items, split over ``data`` (``place_state``). jit follows the input shardings, so learners need no mesh code:
-XLA inserts the all-reduces that turn per-shard sums into global ones.
+learner state is replicated except replay buffers' items, split over ``data`` (``place_state``).
+jit follows the input shardings, so learners need no mesh code: XLA inserts the all-reduces that
+turn per-shard sums into global ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cljax.ops import sharding
+from cljax.train import distributed
 
 
 def data_mesh(num_devices: Optional[int] = None) -> Mesh:
@@ -66,10 +68,6 @@ def place_state(mesh: Mesh, state):
   return place(mesh, state, sharding.state_specs(state, mesh.devices.size))
 
 
-def _is_key(a) -> bool:
-  return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
-
-
 def place(mesh: Mesh, tree, specs=None):
   """Puts a pytree (host arrays or arrays on one device) on ``mesh``, leaf by leaf.
 
@@ -88,7 +86,7 @@ def _put(mesh: Mesh, a, spec):
   sharding = NamedSharding(mesh, spec)
   if jax.process_count() == 1:
     return jax.device_put(a, sharding)
-  if _is_key(a):
+  if distributed.is_key(a):
     data = _put(mesh, jax.random.key_data(a), spec)
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
   host = np.asarray(a)
