@@ -14,17 +14,34 @@ Like optax's ``GradientTransformation``, every method is the same four functions
   dict with ``x`` [B, ...] and ``y`` [B] int labels in ``[0, num_classes)``; optionally ``valid``
   [B] bool (False on padding rows, which are ignored) and ``labeled`` [B] bool (False where the
   label is withheld), both all True when absent.
-* ``end_of_step(state, key, budget=None) -> (state, info)``: called once when a time step (a task,
-  a chunk of the stream) ends. ``budget`` is the forward-backward passes it may still spend in this
-  step, ``None`` for the learner's own default. Learners with nothing to do return the state.
+* ``end_of_step(state, key, budget=None, progress=None) -> (state, info)``: called once when a
+  time step (a task, a chunk of the stream) ends. ``budget`` is the forward-backward passes it may
+  still spend in this step, ``None`` for the learner's own default. ``progress`` is an optional
+  host callback ``progress(done, total, metric_sums)`` (``cljax.progress.Reporter``) that a
+  learner hands to the ``Loop`` it trains with, so long training shows rate and ETA. Learners with
+  nothing to do return the state. Unlike ``update`` it runs on the host and may read state values
+  there (counters deciding how many passes to spend), so it is not itself jitted; the work it
+  spends runs in jitted, fixed-shape chunks.
 * ``predict(state, x) -> logits`` [B, num_classes] float32.
 * ``info`` is an ``Info``: ``passes`` spent (forward-backward passes of the learner's training batch
   size; the runner charges them to the step's budget), ``loss`` (NaN when nothing was trained) and
-  ``extra``, a dict of method-specific figures. All are arrays (``update`` is jitted).
+  ``extra``, a dict of method-specific figures ([] arrays; the runner records their step means in
+  results.json and the loggers as ``extra/<name>``). All are arrays (``update`` is jitted).
 
-State is a pytree of arrays only (parameters, optimizer state, buffers, statistics, counters) with
-fixed shapes, so a growing stream never recompiles, and the whole state can be jitted, donated,
-sharded and checkpointed as one object.
+State is a typed pytree of arrays only (a NamedTuple per learner with documented fields:
+parameters, optimizer state, buffers, statistics, counters) with fixed shapes, so a growing stream
+never recompiles, and the whole state can be jitted, donated, sharded and checkpointed as one
+object.
+
+What the runner relies on beyond the four functions:
+
+* ``Learner.budgeted`` (below): whether a step's spending is checked against the budget.
+* Replay buffers inside a state are ``cljax.ops.buffers`` policy states; a state type that
+  declares ``SHARDED_ROWS`` (the names of its item arrays) has those arrays split over the mesh's
+  ``data`` axis (``cljax.ops.sharding.state_specs``, placed by ``cljax.train.mesh.place_state``);
+  everything else is replicated.
+* ``Learner.hparams``: the effective hyper-parameters, recorded by the registry from the factory's
+  bound signature (defaults applied), written to results.json and the workdir record.
 
 ``cljax.learners.get`` returns these functions wrapped by ``checked``: every batch is checked at the
 Python boundary (missing keys, shapes and dtype against ``init``'s example batch, NaN/Inf, labels
@@ -82,9 +99,9 @@ class Learner(NamedTuple):
   budgeted: bool = True
 
 
-def identity_end_of_step(state, key, budget=None):
+def identity_end_of_step(state, key, budget=None, progress=None):
   """``end_of_step`` of a learner with nothing to do at the end of a time step."""
-  del key, budget
+  del key, budget, progress
   return state, info()
 
 
@@ -211,8 +228,9 @@ def checked(learner: Learner, num_classes: int) -> Learner:
                     f"{learner.name}.update")
     return learner.update(state, b, key)
 
-  def end_of_step(state, key, budget=None):
-    return learner.end_of_step(state, key, check_budget(budget, f"{learner.name}.end_of_step"))
+  def end_of_step(state, key, budget=None, progress=None):
+    return learner.end_of_step(state, key, check_budget(budget, f"{learner.name}.end_of_step"),
+                               progress=progress)
 
   def predict(state, x):
     xs = _shape(x)

@@ -21,12 +21,12 @@ _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "
 
 
 def _entry(config, workdir):
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   experiment.run_base_init(config, workdir, log=lambda m: print(m, flush=True))
 
 
 def main(argv) -> int:
-  from cljax.train import cli  # pylint: disable=import-outside-toplevel
+  from cljax.app import cli  # pylint: disable=import-outside-toplevel
   return cli.main(argv, _DEFAULT, _entry, doc=__doc__, resume_flag=False)
 
 

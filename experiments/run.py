@@ -28,17 +28,17 @@ _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "
 
 
 def _entry(config, workdir, resume):
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   experiment.run_experiment(config, workdir, resume=resume)
 
 
 def _check(config, workdir, resume):
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   experiment.prepare(config, workdir, resume, log=lambda msg: None)
 
 
 def main(argv) -> int:
-  from cljax.train import cli  # pylint: disable=import-outside-toplevel
+  from cljax.app import cli  # pylint: disable=import-outside-toplevel
   return cli.main(argv, _DEFAULT, _entry, doc=__doc__, check=_check)
 
 

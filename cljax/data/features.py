@@ -40,7 +40,7 @@ import numpy as np
 
 from cljax.data import sources
 from cljax.data.sources import ArraySource, DataError, Dataset
-from cljax.train.loop import Progress
+from cljax.progress import Progress
 
 VERSION = 1  # bump when the layout or the meaning of a key changes
 
@@ -187,20 +187,13 @@ def extract(bb: Backbone, src: ArraySource, cache_dir: Optional[str] = None,
   return feats
 
 
-def dataset(source: str = "fashion_mnist", source_kwargs: Optional[dict] = None,
-            network: str = "efficientnet_lite0", layer: str = "pooled",
-            resolution: int = 64, weights: Optional[str] = None,
-            cache_dir: Optional[str] = None, batch_size: int = 128,
+def dataset(ds: Dataset, bb: Backbone, cache_dir: Optional[str] = None, batch_size: int = 128,
             log: Optional[Callable[[str], None]] = print) -> Dataset:
-  """Data set ``source`` (a ``cljax.data`` name, loaded with ``source_kwargs``) with its inputs
-  replaced by their features through pretrained ``network`` (``backbone``: ``layer``,
-  ``resolution``, ``weights`` file for resnet18); labels, class names and splits unchanged.
+  """``ds`` with its inputs replaced by their features through backbone ``bb`` (extracted once
+  and cached, ``extract``); labels, class names and splits unchanged.
 
-  This is the ``features`` loader: ``cljax.data.load("features", source=..., layer=...)`` or, in
-  a config, ``dataset="features"`` with these keyword arguments in ``dataset_kwargs``.
+  By name: ``cljax.data.load("features", source=..., layer=...)`` (``cljax.data.catalog``).
   """
-  ds = sources.load(source, **dict(source_kwargs or {}))
-  bb = backbone(network, layer, resolution, weights)
   splits = []
   for src in (ds.train, ds.test):
     feats = extract(bb, src, cache_dir, batch_size, log=log)

@@ -40,7 +40,7 @@ COLUMNS = (
 def record(acc_rows: list, task_step: list, steps: list, eval_points: list, final: dict,
            wall: float) -> dict:
   """The result record of a run (module docstring); ``final`` is the last step's full
-  evaluation (``cljax.train.runner.evaluate(..., full=True)``)."""
+  evaluation (``cljax.app.runner.evaluate(..., full=True)``)."""
   acc = np.asarray([[np.nan if v is None else v for v in row] for row in acc_rows], float)
   n = steps[-1]["examples_seen"] if steps else 0
   return {

@@ -169,7 +169,7 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     return {**state, "teacher": {"params": state["params"], "proj": state["ssl"]["proj"]},
             "has_teacher": jnp.ones((), bool), "cur": append_store.clear(state["cur"])}
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """SSL (+ distillation) then fine-tuning, 4:1; spends at most ``budget`` passes."""
     k_ssl, k_ft = jax.random.split(key)
     distil = bool(state["has_teacher"])
@@ -183,8 +183,10 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
       n_ft = 0
     data = {k: state[k] for k in ("cur", "mem", "seen", "teacher")}
     trained = (state["params"], state["ssl"])
-    (trained, _), s1 = ssl_loops[distil]((trained, opt_init(trained)), data, k_ssl, n_ssl)
-    (params, _), s2 = ft_loop((trained[0], opt_init(trained[0])), data, k_ft, n_ft)
+    (trained, _), s1 = ssl_loops[distil]((trained, opt_init(trained)), data, k_ssl, n_ssl,
+                                                    progress=progress)
+    (params, _), s2 = ft_loop((trained[0], opt_init(trained[0])), data, k_ft, n_ft,
+                                progress=progress)
     state = finish({**state, "params": params, "ssl": trained[1]})
     return state, contract.info(
         n_ssl * cost + n_ft, jnp.float32(jnp.nan) if s2 is None else s2[0] / n_ft,

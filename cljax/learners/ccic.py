@@ -42,6 +42,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from cljax.ops import augment
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
@@ -54,7 +55,6 @@ from cljax.ops import ssl
 from cljax.ops.buffers import append as append_store
 from cljax.ops.herding import normalise
 from cljax.ops.losses import cross_entropy, mask_logits
-from cljax.train import base_init
 from cljax.train.loop import Loop, apply_updates
 
 
@@ -156,7 +156,7 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     ys = jnp.concatenate([cur.y, mem.y])
     wsup = jnp.concatenate([cur.weight, mem.weight])
     xu = jnp.tile(unl.x, (k_aug,) + (1,) * (unl.x.ndim - 1))  # k_aug copies, then augmented
-    xu = base_init.augment_batch(ks[3], xu, "crop", padding=2)
+    xu = augment.augment_batch(ks[3], xu, "crop", padding=2)
     wu = jnp.tile(unl.weight, (k_aug,))
     seen = data["seen"]
     # Pseudo-labels: the mean softmax over the k_aug weak views, sharpened; no gradient.
@@ -208,7 +208,7 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
             "cur_l": append_store.clear(state["cur_l"]),
             "cur_u": append_store.clear(state["cur_u"])}
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """SGD steps within ``budget`` (``step_cost`` each), then the memory's features for kNN."""
     negatives = int(state["step"]) > 0
     cost = step_cost(batch_size, k_aug, negatives)
@@ -220,7 +220,8 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
       reserve = _distill.forward_passes(n_mem, batch_size)
       steps = int(math.floor((budget - reserve) / cost + 1e-9))
     steps = max(steps, 0) if int(state["mem"].count) else 0
-    (params, opt), sums = loops[negatives]((state["params"], state["opt"]), state, key, steps)
+    (params, opt), sums = loops[negatives]((state["params"], state["opt"]), state, key, steps,
+                                              progress=progress)
     state = {**state, "params": params, "opt": opt}
     emb, fwd = features_of(params, state["mem"].x, n_mem)
     state = finish(state, emb)

@@ -61,6 +61,7 @@ from typing import NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from cljax.train import pretrain
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
@@ -168,7 +169,7 @@ class Recipe(NamedTuple):
 
 def vit_net(learner: str, model: str, num_classes: int, model_kwargs: Optional[dict]) -> Net:
   """The learner's ViT (+ MAE decoder): ``Net.named(model, ...)``, so params from
-  ``Net.named(model, ...)`` elsewhere (e.g. ``cljax.train.base_init.train_mae``) fit as
+  ``Net.named(model, ...)`` elsewhere (e.g. ``cljax.train.pretrain.train_mae``) fit as
   ``init_params``."""
   if model not in VIT_MODELS:
     raise ValueError(f"learner {learner!r} needs a ViT with an MAE decoder; model {model!r} is "
@@ -207,13 +208,13 @@ def sample_rows(policy, store, key: jax.Array, n: int):
 
 
 def run_phase(loop: Loop, opt_init, params, state, key, passes: int, lr_peak: float, scales,
-              min_lr: float = 0.0):
+              min_lr: float = 0.0, progress=None):
   """One training phase of ``passes`` steps of ``loop`` (built on ``phase_step``) with a fresh
   optimizer (``opt_init``; re-created per stage, as DietCL's reference code), lr from
   ``lr_peak`` down to ``min_lr`` (``reference_lr``). Returns (params, metric sums [1 + parts] or
   None when passes is 0)."""
   data = (state, jnp.float32(lr_peak), scales, jnp.float32(min_lr))
-  (params, _), sums = loop((params, opt_init(params)), data, key, passes)
+  (params, _), sums = loop((params, opt_init(params)), data, key, passes, progress=progress)
   return params, sums
 
 
@@ -372,7 +373,7 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   scales_of = jax.jit(lambda p: vit_layer_scales(p, layer_decay))
   opt_init = jax.jit(tx.init)
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Spends exactly ``budget`` passes (None: the default epochs): joint, then buffer-only."""
     k_joint, k_buf = jax.random.split(key)
     if budget is None:
@@ -382,9 +383,9 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     state = prepare(state)
     params, scales = state["params"], scales_of(state["params"])
     params, s_joint = run_phase(joint_loop, opt_init, params, state, k_joint, joint, peak_lr,
-                                scales, floor_lr)
+                                scales, floor_lr, progress)
     params, s_buf = run_phase(buffer_loop, opt_init, params, state, k_buf, buf,
-                              peak_lr * buffer_lr_scale, scales, floor_lr)
+                              peak_lr * buffer_lr_scale, scales, floor_lr, progress)
     state = finish({**state, "params": params})
     zero = jnp.zeros((4,))
     s_joint = zero if s_joint is None else s_joint

@@ -192,7 +192,7 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
   opt_init = jax.jit(lambda slow, fast: tx.init((slow["params"], fast)))
   finish = jax.jit(lambda s: {**s, "cur": append_store.clear(s["cur"]), "step": s["step"] + 1})
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Variable sampling of SSL-only and SSL + supervised iterations within ``budget``."""
     k_kind, k_loop = jax.random.split(key)
     if budget is None:
@@ -206,7 +206,7 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
             "replay": state["step"] > 0}  # from the second step: memory images in SSL batches
     carry = (state["slow"], state["fast"], opt_slow_init(state["slow"]),
              opt_init(state["slow"], state["fast"]))
-    (slow, fast, _, _), sums = loop(carry, data, k_loop, n)
+    (slow, fast, _, _), sums = loop(carry, data, k_loop, n, progress=progress)
     state = finish({**state, "slow": slow, "fast": fast})
     n_lab = int(kinds.sum())
     nan = jnp.float32(jnp.nan)

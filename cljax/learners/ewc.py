@@ -128,7 +128,7 @@ def penalty_learner(name: str, importance: Importance, *, num_classes: int,
 
   clear = jax.jit(lambda state: {**state, "cur": append_store.clear(state["cur"])})
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Trains, then estimates the importance; together they spend exactly ``budget`` passes."""
     n = int(state["cur"].count)
     imp_passes = min(importance_passes, math.ceil(n / batch_size))
@@ -137,7 +137,8 @@ def penalty_learner(name: str, importance: Importance, *, num_classes: int,
       train = budget - imp_passes
     else:
       train = contract.default_passes(epochs_per_step, n, batch_size)
-    (params, opt), sums = loop((state["params"], state["opt"]), state, key, train)
+    (params, opt), sums = loop((state["params"], state["opt"]), state, key, train,
+                             progress=progress)
     state = {**state, "params": params, "opt": opt}
     acc = None
     for b in range(imp_passes):

@@ -88,11 +88,11 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
   loop = Loop(_step, chunk=chunk, unroll=True)
   reset = jax.jit(lambda p: (p, tx.init(p)))
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Retrains from the initialization on memory for exactly ``budget`` passes (None: default)."""
     passes = budget if budget is not None else contract.default_passes(
         epochs_per_step, int(state["mem"].count), batch_size)
-    carry, sums = loop(reset(state["init_params"]), state, key, passes)
+    carry, sums = loop(reset(state["init_params"]), state, key, passes, progress=progress)
     loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
     return {**state, "params": carry[0], "opt": carry[1]}, contract.info(passes, loss)
 

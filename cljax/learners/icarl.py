@@ -144,7 +144,7 @@ def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
     return {**state, "means": means, "has_mean": has, "teacher": state["params"],
             "old": state["seen"], "cur": append_store.clear(state["cur"])}
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Distillation targets, SGD, herding, class means; spends at most ``budget`` passes (the
     forwards for herding and the means are reserved first)."""
     n_cur, n_mem = int(state["cur"].count), int(state["mem"].count)
@@ -161,7 +161,8 @@ def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
       soft_mem, f2 = logits_of(state["teacher"], state["mem"].x, n_mem)
       state = {**state, "soft": jnp.concatenate([soft_cur, soft_mem])}
       fwd += f1 + f2
-    (params, opt), sums = loop((state["params"], state["opt"]), state, key, passes)
+    (params, opt), sums = loop((state["params"], state["opt"]), state, key, passes,
+                             progress=progress)
     state = {**state, "params": params, "opt": opt}
     feats, f3 = features_of(params, state["cur"].x, n_cur)
     state = herd(state, feats)

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from cljax.train import pretrain
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
@@ -75,7 +76,7 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
       mae_crop_scale, flip: the regularisation, as ``dietcl``'s (``dietcl.Recipe``).
     epochs_per_step: a step's budget when ``end_of_step`` gets none: epochs over that step's rows.
     chunk: optimizer steps per jitted call (a ``lax.scan``).
-    init_params: restart point of every step (e.g. ``cljax.train.base_init.train_mae`` params).
+    init_params: restart point of every step (e.g. ``cljax.train.pretrain.train_mae`` params).
   """
   if stream_size is None:
     raise ValueError("learner 'joint' keeps every example of the stream: give stream_size "
@@ -135,7 +136,7 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
   scales_of = jax.jit(lambda p: dietcl.vit_layer_scales(p, layer_decay))
   ones_of = jax.jit(lambda p: jax.tree.map(jnp.ones_like, dietcl.vit_layer_scales(p, 1.0)))
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Restarts from the initialization and spends the cumulative budget (module docstring)."""
     k_ssl, k_ft = jax.random.split(key)
     if budget is None:
@@ -145,9 +146,10 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     n_ft = total - n_ssl
     start = state["init_params"]
     params, s_ssl = dietcl.run_phase(ssl_loop, opt_init, start, state, k_ssl, n_ssl, peak_lr,
-                                     ones_of(start), floor_lr)  # MAE: no layer decay
+                                     ones_of(start), floor_lr, progress)  # MAE: no layer decay
     params, s_ft = dietcl.run_phase(ft_loop, opt_init, params, state, k_ft, n_ft,
-                                    peak_lr * finetune_lr_scale, scales_of(params), floor_lr)
+                                    peak_lr * finetune_lr_scale, scales_of(params), floor_lr,
+                                    progress)
     state = {**state, "params": params, "step_rows": jnp.zeros((), jnp.int32),
              "total_budget": jnp.int32(total)}
     mean = lambda s, n: s[0] / n if s is not None else jnp.float32(jnp.nan)  # noqa: E731

@@ -161,7 +161,7 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
   opt_init = jax.jit(tx.init)
   clear = jax.jit(lambda s: {**s, "cur": append_store.clear(s["cur"])})
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """SGD on prompts, keys and head; spends at most ``budget`` passes (each step 4/3)."""
     n_rows = int(state[rows_key].count)
     if budget is None:
@@ -169,7 +169,8 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
     else:
       steps = int(math.floor(budget / step_cost + 1e-9))
     steps = steps if n_rows else 0
-    (train, _), sums = loop((state["train"], opt_init(state["train"])), state, key, steps)
+    (train, _), sums = loop((state["train"], opt_init(state["train"])), state, key, steps,
+                             progress=progress)
     state = {**state, "train": train}
     if not replay:
       state = clear(state)

@@ -100,7 +100,7 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: 
     return {**state, "teacher": state["params"], "old": state["seen"],
             "cur": append_store.clear(state["cur"])}
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Teacher logits on the step's rows, then SGD; spends at most ``budget`` passes."""
     n = int(state["cur"].count)
     fwd = 0.0
@@ -116,7 +116,8 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: 
       state = {**state, "soft": soft}
     else:
       fwd = 0.0
-    (params, opt), sums = loop((state["params"], state["opt"]), state, key, passes)
+    (params, opt), sums = loop((state["params"], state["opt"]), state, key, passes,
+                             progress=progress)
     state = finish({**state, "params": params, "opt": opt})
     loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
     return state, contract.info(passes + fwd, loss, teacher_passes=jnp.float32(fwd))

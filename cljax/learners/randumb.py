@@ -172,7 +172,7 @@ def randumb(*, num_classes: int, embedding: str = "random_fourier", embed_dim: i
 
   refresh = jax.jit(lambda state: {**state, "lda": lda.refresh(state["lda"], "oas")})
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Refreshes the cached head (no training: 0 passes, whatever the budget)."""
     del key, budget
     return refresh(state), contract.info()

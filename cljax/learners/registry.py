@@ -26,7 +26,7 @@ INPUTS = {
     "stream_size": "examples in the whole stream (sizes a keep-everything store)",
     "init_params": "parameters of the base-initialised network (a warm start)",
     "backbone": "frozen features of the base-initialised network: a pure x -> [B, d] function",
-    "base": "the whole base initialisation (cljax.train.base_init.BaseInit: network and base set)",
+    "base": "the whole base initialisation (cljax.train.pretrain.BaseInit: network and base set)",
 }
 
 
@@ -116,5 +116,20 @@ def get(name: str, *, num_classes: int, checked: bool = True, **hparams) -> Lear
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
   check_hparams(name, hparams)
-  learner = entry(name).factory(num_classes=num_classes, **hparams)
+  e = entry(name)
+  learner = e.factory(num_classes=num_classes, **hparams)
+  learner = learner._replace(name=name, hparams=effective_hparams(e.factory, num_classes, hparams))
   return contract.checked(learner, num_classes) if checked else learner
+
+
+# Inputs that are arrays or functions, not settings: never part of the recorded hyper-parameters.
+_NOT_RECORDED = ("init_params", "backbone", "base")
+
+
+def effective_hparams(factory: Callable, num_classes: int, hparams: dict) -> dict:
+  """The hyper-parameters ``factory(num_classes=..., **hparams)`` runs with: its bound signature
+  with the defaults applied (``num_classes`` and the plain-valued inputs included; parameters,
+  backbones and base sets left out). Written once, in the signature; recorded in results.json."""
+  bound = inspect.signature(factory).bind(num_classes=num_classes, **hparams)
+  bound.apply_defaults()
+  return {k: v for k, v in bound.arguments.items() if k not in _NOT_RECORDED}

@@ -126,7 +126,7 @@ def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] 
   Args:
     base: has ``net`` (a ``cljax.models.pure.Net`` of a ``resnet.ResNet18``) and ``params``
       (incl. batch statistics), ``x`` [N, H, W, C] float32 base inputs and ``y`` [N] labels
-      (``cljax.train.base_init.BaseInit``).
+      (``cljax.train.pretrain.BaseInit``).
     split: last block of G (``resnet.split_model``); "none" (or None): ``base.net`` is F itself
       (any model) and ``base.x`` are already G's maps [N, h, w, D], e.g. cached features of a
       frozen pretrained G (``experiments/configs/remind_pretrained.py``); G is then the identity
@@ -240,7 +240,7 @@ def remind(*, num_classes: int,
       (``resnet.conv_matmul_kernel_grad``: same values up to rounding, ~10x faster there on CPU,
       ~2x slower at top level). Default: on for the CPU backend. Unrolled steps use plain
       convolutions.
-    base: a base initialisation (``cljax.train.base_init.BaseInit``: a base-trained resnet18
+    base: a base initialisation (``cljax.train.pretrain.BaseInit``: a base-trained resnet18
       and its base set; the experiment runner passes it). REMIND's base init is then done here
       (``from_base``): G/F split at ``split``, G (eval mode) becomes ``g_fn`` so batches carry
       raw images, F the trained head, a codebook of ``num_subvectors`` x ``num_centroids``

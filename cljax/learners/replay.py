@@ -282,7 +282,7 @@ def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
       state = {**state, "cur": append_store.clear(state["cur"])}
     return {**state, "step_rows": jnp.zeros((), jnp.int32)}
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Spends ``budget`` passes (None: the default epochs), then ends the step."""
     if keep_step:
       dropped = int(state["cur"].seen) - int(state["cur"].count)
@@ -298,7 +298,8 @@ def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
       passes = default
     else:
       passes = int(iterations)
-    (params, opt), sums = loop((state["params"], state["opt"]), state, key, int(passes))
+    (params, opt), sums = loop((state["params"], state["opt"]), state, key, int(passes),
+                             progress=progress)
     state = _finish({**state, "params": params, "opt": opt})
     loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
     return state, contract.info(passes, loss)

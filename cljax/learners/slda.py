@@ -12,7 +12,7 @@ Base initialisation as the reference runs it (tyler-hayes/Deep_SLDA ``experiment
 an OAS-shrunk covariance, ``SLDA_Model.py`` lines 116-137; the later increments are streamed one
 example at a time through ``fit``, ``experiment.py`` lines 130-145 and ``SLDA_Model.py`` lines
 41-70): pass ``base`` (a
-``cljax.train.base_init.BaseInit``, which experiments hand every learner that declares it) and
+``cljax.train.pretrain.BaseInit``, which experiments hand every learner that declares it) and
 ``init`` fits its labelled base set through the backbone. Experiments also stream the base set
 as the stream's first time step; with ``skip_base_step`` (default) the state ignores updates until
 the first ``end_of_step``, so the base set is counted once, as in the reference.
@@ -194,7 +194,7 @@ def slda(*, num_classes: int,
   refresh = jax.jit(lambda state: ops.refresh(state, shrinkage, solver)._replace(
       skip=jnp.zeros((), jnp.bool_)))
 
-  def end_of_step(state, key, budget=None):
+  def end_of_step(state, key, budget=None, progress=None):
     """Refreshes the cached head and ends a base step's skipping (0 passes, whatever the
     budget)."""
     del key, budget

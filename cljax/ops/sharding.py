@@ -256,3 +256,8 @@ def permute_rows(a: jax.Array, extra: jax.Array, idx: jax.Array) -> jax.Array:
   ring = _ring_rows(extra, per, n)
   return jax.shard_map(local, in_specs=(P(AXIS), P(AXIS) if ring else P(), P()),
                        out_specs=P(AXIS))(a, extra, idx)
+
+
+def is_key(a) -> bool:
+  """True for an array of typed PRNG keys (saved and moved by their key data)."""
+  return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)

@@ -26,10 +26,7 @@ Data read per step from the host (a shuffled epoch order, mini-batches of a base
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -71,15 +68,13 @@ class Loop:
                progress: Optional[Callable[[int, int, Any], None]] = None):
     """Runs ``passes`` steps; returns (carry, metric sums [M], or None when passes is 0).
 
-    ``progress(done, passes, sums)`` is called on the host after every chunk (for logs). Without
-    one, a loop inside ``reporting(...)`` (the runner wraps every ``end_of_step`` in it) logs
-    rate and ETA once it has run for a while (``_Reporter``).
+    ``progress(done, passes, sums)`` is called on the host after every chunk (for logs:
+    ``cljax.progress.Progress`` or ``Reporter``); learners pass on the ``progress`` their
+    ``end_of_step`` was given.
     """
     passes = int(passes)
     sums = None
     stop = jnp.int32(passes)
-    if progress is None and _REPORTING.get() is not None and passes > self.chunk:
-      progress = _Reporter(*_REPORTING.get())
     for start in range(0, passes, self.chunk):
       rows = None if per_step is None else per_step(start)
       carry, m = self.run_chunk(carry, data, key, jnp.int32(start), stop, rows)
@@ -87,53 +82,6 @@ class Loop:
       if progress is not None:
         progress(min(start + self.chunk, passes), passes, sums)
     return carry, sums
-
-
-_REPORTING: contextvars.ContextVar = contextvars.ContextVar("cljax_loop_reporting", default=None)
-
-
-@contextlib.contextmanager
-def reporting(log: Callable[[str], None], prefix: str, after_s: float = 10.0,
-              every_s: float = 10.0) -> Iterator[None]:
-  """Every ``Loop`` run inside this context without its own ``progress`` logs ``prefix pass
-  i/n | R passes/s | ETA s`` once it has run ``after_s`` seconds, then every ``every_s``: long
-  training inside a learner's ``end_of_step`` (offline retraining on everything seen, a large
-  budget) shows progress without the learner knowing about logs."""
-  token = _REPORTING.set((log, prefix, float(after_s), float(every_s)))
-  try:
-    yield
-  finally:
-    _REPORTING.reset(token)
-
-
-class _Reporter:
-  """Time-based ``progress`` for ``Loop``. Chunks are dispatched asynchronously, so the clock
-  only means something after a sync: it waits on the latest chunk about every second (the
-  first two chunks time one chunk), a stall of one chunk per second at most."""
-
-  def __init__(self, log, prefix: str, after_s: float, every_s: float):
-    self.log, self.prefix, self.after, self.every = log, prefix, after_s, every_s
-    self.t0 = time.perf_counter()
-    self.last_print = self.t0
-    self.chunks = 0
-    self.sync_every = 1
-    self.printed = False
-
-  def __call__(self, done: int, total: int, sums) -> None:
-    self.chunks += 1
-    if done < total and self.chunks % self.sync_every:
-      return
-    jax.block_until_ready(sums)
-    now = time.perf_counter()
-    el = now - self.t0
-    self.sync_every = max(1, int(self.chunks / max(el, 1e-6)))  # about one sync per second
-    if done < total and (el < self.after or now - self.last_print < self.every):
-      return
-    if done == total and not self.printed:  # short loops stay silent
-      return
-    self.last_print, self.printed = now, True
-    self.log(f"{self.prefix} pass {done}/{total} | {done / el:,.1f} passes/s | "
-             f"ETA {el / done * (total - done):.0f}s")
 
 
 def apply_updates(tx: optax.GradientTransformation, params, opt, grads, lr=None,
@@ -178,26 +126,3 @@ def classifier_step(net, tx: optax.GradientTransformation, params, opt, x: jax.A
   (loss, moved), grads = jax.value_and_grad(f, has_aux=True)(params)
   new, opt = apply_updates(tx, params, opt, grads, lr, edit)
   return net.with_stats(new, moved, x.shape[1:], jnp.sum(w) > 0), opt, loss
-
-
-class Progress:
-  """``progress`` callback for ``Loop``: about ``lines`` log lines with rate and ETA."""
-
-  def __init__(self, log: Callable[[str], None], prefix: str, rows_per_step: int,
-               lines: int = 20, metric: str = "loss"):
-    self.log, self.prefix, self.rows, self.lines, self.metric = log, prefix, rows_per_step, \
-        lines, metric
-    self.t0 = time.perf_counter()
-    self.last = 0
-
-  def __call__(self, done: int, total: int, sums) -> None:
-    every = max(1, total // self.lines)
-    if done < total and done - self.last < every:
-      return
-    self.last = done
-    el = time.perf_counter() - self.t0
-    rate = done * self.rows / el if el > 0 else float("nan")
-    eta = el / done * (total - done) if done else float("nan")
-    # sums None: a loop without a metric (e.g. feature extraction) logs rate and ETA only
-    metric = "" if sums is None else f"{self.metric} {float(sums[0]) / done:.4f} | "
-    self.log(f"{self.prefix} step {done}/{total} | {metric}{rate:,.0f} ex/s | ETA {eta:.0f}s")

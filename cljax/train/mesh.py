@@ -15,7 +15,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cljax.ops import sharding
-from cljax.train import distributed
 
 
 def data_mesh(num_devices: Optional[int] = None) -> Mesh:
@@ -41,7 +40,7 @@ def shard_batch(mesh: Mesh, batch: dict, local: tuple = ()) -> dict:
   its size divides the device count, else replicated).
 
   ``local``: names of arrays that hold only this process's rows of the batch (a multi-process
-  run, ``cljax.train.distributed.local_rows``); the global batch size is then ``len(batch["y"])``.
+  run, ``cljax.app.distributed.local_rows``); the global batch size is then ``len(batch["y"])``.
   """
   n = mesh.devices.size
   size = len(batch["y"]) if local else None
@@ -86,7 +85,7 @@ def _put(mesh: Mesh, a, spec):
   sharding = NamedSharding(mesh, spec)
   if jax.process_count() == 1:
     return jax.device_put(a, sharding)
-  if distributed.is_key(a):
+  if sharding.is_key(a):
     data = _put(mesh, jax.random.key_data(a), spec)
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
   host = np.asarray(a)

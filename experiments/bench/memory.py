@@ -32,7 +32,7 @@ import numpy as np
 
 from cljax import data, learners
 from cljax.data.streams import Stream
-from cljax.train import runner
+from cljax.app import runner
 
 _CYCLES = flags.DEFINE_integer("cycles", 4, "Shuffled passes over the training images.")
 _STEPS = flags.DEFINE_integer("steps", 24, "Time steps (a checkpoint and an evaluation each).")
@@ -98,7 +98,7 @@ def measure(name: str, stream: Stream, budget: int) -> dict:
 
 def main(argv):
   del argv
-  from cljax.train import cli  # pylint: disable=import-outside-toplevel
+  from cljax.app import cli  # pylint: disable=import-outside-toplevel
   cli.setup()
   stream = _stream(_CYCLES.value, _STEPS.value)
   print(f"{stream.describe()}; RSS with the data loaded {rss_mib():.0f} MiB", flush=True)

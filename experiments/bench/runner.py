@@ -1,4 +1,4 @@
-r"""Runner overhead: a run through ``cljax.train.runner`` against a bare loop of the same calls.
+r"""Runner overhead: a run through ``cljax.app.runner`` against a bare loop of the same calls.
 
     .venv/bin/python experiments/bench/runner.py --out=/tmp/runner_bench.json
     .venv/bin/python experiments/bench/runner.py --learners=slda --batch_sizes=1 --step_examples=500
@@ -50,7 +50,7 @@ import numpy as np
 from cljax import data, learners
 from cljax.data.sources import ArraySource, Dataset
 from cljax.models import resnet
-from cljax.train import runner
+from cljax.app import runner
 
 _LEARNERS = flags.DEFINE_list("learners", ["slda", "er", "remind"], "Learners to time.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32"], "Incoming batch sizes.")
@@ -161,7 +161,7 @@ def measure(kind: str, bs: int, n: int, steps: int, repeats: int) -> dict:
 
 def main(argv):
   del argv
-  from cljax.train import cli  # pylint: disable=import-outside-toplevel
+  from cljax.app import cli  # pylint: disable=import-outside-toplevel
   cli.setup()  # quiet orbax's per-save logging, as the binaries do
   rows = []
   for kind in _LEARNERS.value:

@@ -21,8 +21,9 @@ All learners also stream step 0 (the base set): REMIND's buffer receives the bas
   python experiments/run.py --config=experiments/configs/remind.py:fashion_mnist --workdir=W2
 """
 
+from cljax.train import pretrain
 from cljax.ops import pq
-from cljax.train.experiment import base_config
+from cljax.app.experiment import base_config
 
 RAW_IMAGE_BYTES = 28 * 28  # one uint8 MNIST image
 MEMORY_BYTES = 200 * RAW_IMAGE_BYTES  # 156,800 B for each replay method

@@ -105,7 +105,7 @@ def run_sweep(workdir: str, budgets, rates, learners: str, mae: bool = True,
               overrides: Optional[Callable] = None, base_checkpoint: str = "", seeds=(0,),
               log=print) -> dict:
   """Runs the grid (module docstring); returns {"cells": [...], "summary": [...], "config"}."""
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
   cells, base_ckpt, t0 = [], base_checkpoint, time.perf_counter()
   grid = [(int(b), float(r), int(s)) for r in rates for b in budgets for s in seeds]

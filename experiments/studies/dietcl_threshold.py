@@ -15,7 +15,7 @@ ordinary runner:
   held-out rows leave the step entirely (neither label nor image reaches training) and become the
   test set of a validation stream (``validation_stream``), so the score is on unseen examples of
   the training distribution, never on the test set;
-* ``dietcl`` runs that stream once per candidate B̄ (``cljax.train.runner.run_learner``), with the
+* ``dietcl`` runs that stream once per candidate B̄ (``cljax.app.runner.run_learner``), with the
   config's budget, base initialisation, seed and every other hyper-parameter;
 * the score of a candidate is its accuracy after the last of those steps on the held-out rows of
   all classes seen (it rewards learning the new classes and keeping the old ones); the best
@@ -109,7 +109,7 @@ def select_threshold(config, candidates: Sequence[int], workdir: str, *, num_ste
   ``accuracy`` is the mean over draws of the accuracy after the last step, ``step_accuracy`` that
   mean after every step, ``draws`` the per-draw accuracies after the last step.
   """
-  from cljax.train import experiment, runner  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment, runner  # pylint: disable=import-outside-toplevel
   cands = [int(c) for c in candidates]
   if not cands or min(cands) < 0:
     raise ValueError(f"candidates must be a non-empty list of thresholds >= 0, got {candidates}")
@@ -152,7 +152,7 @@ def select_threshold(config, candidates: Sequence[int], workdir: str, *, num_ste
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from cljax.train import cli  # pylint: disable=import-outside-toplevel
+  from cljax.app import cli  # pylint: disable=import-outside-toplevel
   cli.setup()
   workdir = FLAGS.workdir
 

@@ -5,7 +5,7 @@ r"""Käding et al. (ACCV-W 2016) incremental fine-tuning: the three studies on r
       --lambdas=0,1 --dataset=fashion_mnist
 
 Scenario 2 of the paper (new classes arrive): a network is base-initialised on ``base_classes``
-random classes (``cljax.train.base_init.train_classifier``; the head rows of the other classes are
+random classes (``cljax.train.pretrain.train_classifier``; the head rows of the other classes are
 then reset to fresh random rows, since in the paper those output neurons do not exist yet), then
 the remaining classes arrive one at a time, each in update sets of ``update_size`` examples.
 After every update set the learner (``finetune_kading``: SGD lr 1e-3, momentum 0.9, weight decay
@@ -176,7 +176,6 @@ def run_study(cfg: dict, log: Callable[[str], None] = print) -> dict:
   from cljax import data  # pylint: disable=import-outside-toplevel
   from cljax import learners as L  # pylint: disable=import-outside-toplevel
   from cljax.models.pure import Net  # pylint: disable=import-outside-toplevel
-  from cljax.train import base_init  # pylint: disable=import-outside-toplevel
 
   kw = {"max_train": cfg["max_train"]} if cfg["dataset"] == "fashion_mnist" and \
       cfg["max_train"] else {}
@@ -207,11 +206,11 @@ def run_study(cfg: dict, log: Callable[[str], None] = print) -> dict:
     base_idx = clean.steps[0]
     x_base, y_base = train_x[base_idx], clean.labels[0]
     key = jax.random.key(seed)
-    pm = base_init.train_classifier(cfg["model"], x_base, y_base, k_classes,
+    pm = pretrain.train_classifier(cfg["model"], x_base, y_base, k_classes,
                                     key=jax.random.fold_in(key, 1), epochs=cfg["base_epochs"])
     fresh = Net.named(cfg["model"], k_classes).init(jax.random.fold_in(key, 2), x_base.shape[1:])
     base_params = _fresh_head(pm.params, fresh, clean.tasks[0])
-    base_acc = base_init.accuracy(pm, test_x[np.isin(test_y, clean.tasks[0])],
+    base_acc = pretrain.accuracy(pm, test_x[np.isin(test_y, clean.tasks[0])],
                                   test_y[np.isin(test_y, clean.tasks[0])])
     log(f"[study] draw {r + 1}/{cfg['repeats']} (seed {seed}): base classes "
         f"{clean.tasks[0].tolist()}, base test accuracy {base_acc:.3f}, new classes in order "

@@ -81,8 +81,8 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cljax.models.pure import Net  # pylint: disable=import-outside-toplevel
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
-  from cljax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   from experiments.configs import randumb as cfg  # pylint: disable=import-outside-toplevel
   from experiments.studies import seeds as seeds_lib  # pylint: disable=import-outside-toplevel
   rows = []

@@ -12,7 +12,7 @@ initialisation and every learner's keys (``config.seed``). With ``--share_base``
 base initialisation (DIR/seed<S>/base_init) is loaded by the later seeds, so they differ only in
 the stream and the learners' draws (one MAE-pretrained ViT for all seeds, as a pretrained model
 would be). Each seed is one
-``cljax.train.experiment.run_experiment`` in DIR/seed<S>/ (its own results.json, plots and base
+``cljax.app.experiment.run_experiment`` in DIR/seed<S>/ (its own results.json, plots and base
 initialisation). Writes DIR/seeds.json (``{"cells": [{seed, learner, final_accuracy,
 average_accuracy, forgetting, omega, passes_per_step, examples_per_s, wall_s}], "summary": [{learner, n, final_mean, final_std,
 ...}]}``), DIR/seeds.png (final and average accuracy per learner, ±1 std) and prints the table.
@@ -120,7 +120,7 @@ def run_seeds(config, seeds: Sequence[int], workdir: str, share_base: bool = Fal
               overrides: Optional[Callable] = None, log: Callable = print) -> dict:
   """Runs ``config`` once per seed (module docstring), ``overrides(config)`` applied to each
   copy; returns {"cells", "summary", "seeds", "config", "wall_s"}."""
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
   cells, base, t0 = [], "", time.perf_counter()
   for i, s in enumerate(seeds):
@@ -148,7 +148,7 @@ def run_seeds(config, seeds: Sequence[int], workdir: str, share_base: bool = Fal
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from cljax.train import cli  # pylint: disable=import-outside-toplevel
+  from cljax.app import cli  # pylint: disable=import-outside-toplevel
   cli.setup()
   workdir = flags.FLAGS.workdir
   out = run_seeds(_CONFIG.value, [int(s) for s in flags.FLAGS.seeds], workdir,

@@ -10,7 +10,7 @@ The paper's claims checked here:
 * after a base initialisation, a *fixed* covariance is close to a streamed (plastic) one.
 
 Protocol, per seed (the seed draws the classes, the order and the network's initialisation): a CNN
-is trained on ``base_classes`` random classes (``cljax.train.base_init.train_classifier``, as
+is trained on ``base_classes`` random classes (``cljax.train.pretrain.train_classifier``, as
 ``experiments/configs/slda.py``); Deep SLDA is built on its frozen features with that base set
 as ``base`` (``init`` fits class means and an OAS covariance, the reference's ``fit_base``,
 tyler-hayes/Deep_SLDA ``experiment.py`` lines 103-129), then the other classes' training
@@ -64,7 +64,6 @@ def run_seed(ds, seed: int, base_classes: int, steps: int, model: str, epochs: f
   """All variants and orderings for one seed; returns their cells."""
   import jax  # pylint: disable=import-outside-toplevel
   from cljax import learners  # pylint: disable=import-outside-toplevel
-  from cljax.train import base_init  # pylint: disable=import-outside-toplevel
   x, y = ds.train.batch(np.arange(len(ds.train))), np.asarray(ds.train.y, np.int32)
   xt, yt = ds.test.batch(np.arange(len(ds.test))), np.asarray(ds.test.y, np.int32)
   rng = np.random.default_rng(seed)
@@ -72,9 +71,9 @@ def run_seed(ds, seed: int, base_classes: int, steps: int, model: str, epochs: f
   base_cls, new_cls = np.sort(classes[:base_classes]), classes[base_classes:]
   in_base = np.isin(y, base_cls)
   t0 = time.perf_counter()
-  m = base_init.train_classifier(model, x[in_base], y[in_base], ds.num_classes,
+  m = pretrain.train_classifier(model, x[in_base], y[in_base], ds.num_classes,
                                  key=jax.random.key(seed), epochs=epochs)
-  base = base_init.BaseInit(m, x[in_base], y[in_base], base_cls.tolist(), "supervised", "",
+  base = pretrain.BaseInit(m, x[in_base], y[in_base], base_cls.tolist(), "supervised", "",
                             None)
   log(f"[slda] seed {seed}: base classes {base_cls.tolist()}, {model} trained in "
       f"{time.perf_counter() - t0:.0f}s")
@@ -125,7 +124,7 @@ def run_study(cfg: dict, log=print) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from cljax.train import cli  # pylint: disable=import-outside-toplevel
+  from cljax.app import cli  # pylint: disable=import-outside-toplevel
   cli.setup()
   f = flags.FLAGS
   cfg = dict(dataset=f.dataset, max_train=f.max_train, model=f.model, base_classes=f.base_classes,

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cljax.train import experiment
+from cljax.app import experiment
 from experiments.configs import dietcl as cfg_mod
 
 SMALL_VIT = {"patch": 7, "depth": 1, "dim": 16, "dec_dim": 16}  # compile time rules these tests

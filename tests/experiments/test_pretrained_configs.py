@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cljax.train import experiment
+from cljax.app import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

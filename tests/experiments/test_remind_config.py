@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cljax.ops import pq
-from cljax.train import experiment
-from cljax.train.checkpoint import Checkpointer
+from cljax.app import experiment
+from cljax.app.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -10,12 +10,12 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from cljax.train import pretrain
 from cljax import learners
 from cljax.learners import remind as remind_mod
 from cljax.models import resnet
 from cljax.models.pure import Net
 from cljax.ops import pq
-from cljax.train import base_init
 
 GAMMA = 0.01 ** (1 / 13)
 
@@ -347,8 +347,8 @@ def _base(name, x, y, **model_kwargs):
   """A ``BaseInit`` of an untrained network ``name`` (what the experiment hands REMIND)."""
   net = Net.named(name, 3, **model_kwargs)
   params = jax.jit(net.init, static_argnums=1)(jax.random.key(0), x.shape[1:])  # one program
-  model = base_init.Model(name, model_kwargs, net, params)
-  return base_init.BaseInit(model, x, y, sorted(set(y.tolist()) - {-1}), "supervised", "", None)
+  model = pretrain.Model(name, model_kwargs, net, params)
+  return pretrain.BaseInit(model, x, y, sorted(set(y.tolist()) - {-1}), "supervised", "", None)
 
 
 def test_remind_from_base_checks_its_inputs():

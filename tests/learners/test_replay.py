@@ -302,7 +302,7 @@ def test_kading_defaults_and_validation():
 def test_kading_through_the_runner_with_base_init(tmp_path):
   # the experiment passes init_params (base_init), stream_size and max_step_size; the learner
   # keeps every earlier step and trains 1 epoch over all data seen per step, whatever the budget
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   c = experiment.base_config()
   c.dataset, c.model, c.learners, c.plots = "digits", "mlp", "finetune_kading", False
   c.stream.batch_size, c.stream.classes_per_step = 64, 2

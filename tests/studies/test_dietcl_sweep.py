@@ -21,7 +21,7 @@ def test_cell_config_sets_the_grid_and_shares_the_mae_checkpoint():
   assert c.base_init.kind == "supervised" and c.seed == 3  # scratch: no base init
   # The ablations: the config's dietcl with one of the paper's Table 2 components removed.
   c = sweep.cell_config(80, 0.05, ",".join(sweep.ABLATIONS), True, "")
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   experiment.validate_config(c)
   assert c.hparams.dietcl_no_masked_ce.lm_mask == "none"
   assert c.hparams.dietcl_no_reconstruction.reconstruction is False

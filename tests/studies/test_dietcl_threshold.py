@@ -4,8 +4,8 @@ steps, through the ordinary runner."""
 import numpy as np
 import pytest
 
-from cljax.train import experiment
-from cljax.train import runner
+from cljax.app import experiment
+from cljax.app import runner
 from experiments.configs import dietcl as dietcl_config
 from experiments.studies import dietcl_threshold as study
 

@@ -7,7 +7,7 @@ import pytest
 
 from experiments.configs import randumb as randumb_cfg
 from experiments.studies import seeds as seeds_lib
-from cljax.train import experiment
+from cljax.app import experiment
 
 
 def test_randumb_configs_are_valid():

@@ -8,7 +8,8 @@ import pytest
 
 from cljax import optim
 from cljax.models.pure import Net
-from cljax.train.loop import Loop, apply_updates, classifier_step, reporting
+from cljax.progress import Reporter
+from cljax.train.loop import Loop, apply_updates, classifier_step
 
 
 def _step(carry, data, key, i, stop):
@@ -53,21 +54,21 @@ def test_per_step_rows_and_progress():
   assert calls == [(3, 8), (6, 8), (8, 8)]
 
 
-def test_reporting_logs_long_loops_only_inside_its_context():
+def test_reporter_logs_long_loops_only():
   loop = Loop(_step, chunk=4)
   key, data = jax.random.key(0), jnp.arange(3.0)
   lines = []
-  carry, _ = loop(jnp.zeros(3), data, key, 20)  # no context: silent
-  with reporting(lines.append, "[er] step 3", after_s=0.0, every_s=0.0):
-    inside, _ = loop(jnp.zeros(3), data, key, 20)
-    loop(jnp.zeros(3), data, key, 4)  # one chunk: too short to report
-  loop(jnp.zeros(3), data, key, 20)  # the context is gone again
+  carry, _ = loop(jnp.zeros(3), data, key, 20)  # no progress: silent
+  report = Reporter(lines.append, "[er] step 3", after_s=0.0, every_s=0.0)
+  inside, _ = loop(jnp.zeros(3), data, key, 20, progress=report)
+  n_long = len(lines)
+  loop(jnp.zeros(3), data, key, 4, progress=report)  # one chunk: too short to report
   np.testing.assert_array_equal(np.asarray(inside), np.asarray(carry))  # logging changes nothing
   assert lines and all(l.startswith("[er] step 3 pass ") and "passes/s | ETA" in l for l in lines)
   assert lines[-1].startswith("[er] step 3 pass 20/20 ") and len(lines) <= 5, lines
-  quiet = []
-  with reporting(quiet.append, "[x]"):  # default: only loops running longer than 10 s
-    loop(jnp.zeros(3), data, key, 20)
+  assert len(lines) == n_long
+  quiet = []  # default: only loops running longer than 10 s
+  loop(jnp.zeros(3), data, key, 20, progress=Reporter(quiet.append, "[x]"))
   assert not quiet
 
 

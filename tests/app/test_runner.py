@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cljax.train import experiment
+from cljax.app import experiment
 
 # `--dist loadfile` (scripts/test.sh) runs this whole file on one worker: the fixture runs once.
 
@@ -158,7 +158,7 @@ def test_learner_hparams_are_checked_before_any_training(tmp_path):
 def test_checkpoint_holds_the_metadata_as_it_was_at_save(tmp_path):
   # The writer thread serialises later: the saved metadata must not see later appends.
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from cljax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  from cljax.app.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   meta = {"points": [1]}
   with Checkpointer(str(tmp_path)) as ck:
     ck.save(0, {"a": jnp.ones(3)}, meta)
@@ -178,7 +178,7 @@ def test_interrupt_lets_the_checkpoint_in_flight_finish_and_resume_ends_identica
   # An exception raised by a signal handler can also be dropped (inside a garbage-collector
   # callback) or come out of library code as another exception: the runner still stops.
   import signal  # pylint: disable=import-outside-toplevel
-  from cljax.train import runner  # pylint: disable=import-outside-toplevel
+  from cljax.app import runner  # pylint: disable=import-outside-toplevel
 
   def log(msg):
     if msg.startswith("[er] step 3/") and runner.stop_requested() is None:

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.train import checkpoint
-from cljax.train.checkpoint import Checkpointer, CheckpointError
+from cljax.app import checkpoint
+from cljax.app.checkpoint import Checkpointer, CheckpointError
 
 
 def _state(i):

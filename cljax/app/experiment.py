@@ -21,6 +21,8 @@ from typing import Callable, Optional
 import ml_collections
 from ml_collections import config_dict
 
+from cljax.ops import augment
+from cljax.train import pretrain
 from cljax import data as data_lib
 from cljax import learners as learners_lib
 from cljax import models as models_lib
@@ -28,10 +30,10 @@ from cljax import optim
 from cljax.eval import loggers as loggers_lib
 from cljax.eval import report
 from cljax.eval import results as results_lib
-from cljax.train import base_init as base_lib
-from cljax.train import distributed
+from cljax.app import base_init as base_lib
+from cljax.app import distributed
 from cljax.train import mesh as mesh_lib
-from cljax.train import runner
+from cljax.app import runner
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -73,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   # is set. Learners then get its parameters (init_params), its frozen features (backbone) or
   # the whole of it (base: model, parameters, base set; REMIND). Saved to WORKDIR/base_init.
   #   kind: "supervised" (classification on the base set) or "mae" (masked autoencoding of
-  #     unlabeled images, cljax.train.base_init.train_mae; ViT models).
+  #     unlabeled images, cljax.train.pretrain.train_mae; ViT models).
   #   classes: the stream's step 0 holds the first `classes` classes, the base set.
   #   checkpoint: "" trains (or loads WORKDIR/base_init); else a base_init folder written by
   #     experiments/pretrain.py, loaded instead of training.
@@ -178,9 +180,9 @@ def _number(key: str, value, lo, hi=None, kind=int, what: str = "", *, open_low:
 
 
 def _validate_base_init(b) -> None:
-  for key, value, valid in (("kind", b.kind, base_lib.KINDS),
+  for key, value, valid in (("kind", b.kind, pretrain.KINDS),
                             ("optimizer", b.optimizer, optim.OPTIMIZERS),
-                            ("augment", b.augment, base_lib.AUGMENTS)):
+                            ("augment", b.augment, augment.AUGMENTS)):
     if value not in valid:
       raise ConfigError(f"unknown base_init.{key} {value!r}; valid: {list(valid)}")
   if b.dataset and b.dataset not in data_lib.names() and not str(b.dataset).startswith("tfds:"):
@@ -213,7 +215,7 @@ def _hparams_of(config, run_name: str) -> dict:
 
 
 def build_learner(config, run_name: str, stream,
-                  base: Optional[base_lib.BaseInit] = None) -> learners_lib.registry.Learner:
+                  base: Optional[pretrain.BaseInit] = None) -> learners_lib.registry.Learner:
   """The bare learner (``checked=False``: the runner checks batches) of run ``run_name``.
 
   Hyper-parameters come from ``config.hparams.<run_name>``; the inputs the learner declares in
@@ -353,8 +355,8 @@ def check_workdir(workdir: str, config, stream, resume: bool,
 
 
 def base_model(config, stream, workdir: str, log=runner.default_log
-               ) -> Optional[base_lib.BaseInit]:
-  """``cljax.train.base_init.from_config`` with bad settings reported as ``ConfigError``."""
+               ) -> Optional[pretrain.BaseInit]:
+  """``cljax.app.base_init.from_config`` with bad settings reported as ``ConfigError``."""
   try:
     return base_lib.from_config(config, stream, workdir, data_lib.load, log,
                                 save=distributed.primary())
@@ -365,7 +367,7 @@ def base_model(config, stream, workdir: str, log=runner.default_log
 
 
 def run_base_init(config, workdir: str, log: Callable[[str], None] = runner.default_log
-                  ) -> base_lib.BaseInit:
+                  ) -> pretrain.BaseInit:
   """``experiments/pretrain.py``: validates ``config``, builds its stream and runs (or loads)
   its base initialisation into WORKDIR/base_init, where ``run_experiment`` looks for it.
 

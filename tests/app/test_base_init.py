@@ -1,4 +1,4 @@
-"""Base initialisation (cljax/train/base_init.py): supervised training with batch norm kept and
+"""Base initialisation (cljax/app/base_init.py): supervised training with batch norm kept and
 used, the lr schedule, augmentation, MAE pre-training, checkpoints, and the pretrain binary."""
 
 import os
@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 import cljax.learners as L
+from cljax.ops import augment
+from cljax.train import pretrain
 from cljax import data
 from cljax import models
 from cljax import optim
 from cljax.models.pure import Net
-from cljax.train import base_init
-from cljax.train import experiment
+from cljax.app import base_init
+from cljax.app import experiment
 from cljax.train.loop import classifier_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +33,7 @@ def test_resnet_base_init_keeps_and_uses_batch_norm_statistics(tmp_path):
   y = rng.integers(0, 3, 64).astype(np.int32)
   x = (rng.normal(size=(64, 12, 12, 1)) + 2.0 + y[:, None, None, None]).astype(np.float32)
   kw = dict(width=1 / 16, stem="small")
-  pm = base_init.train_classifier("resnet18", x, y, 3, key=jax.random.key(0), epochs=2.0,
+  pm = pretrain.train_classifier("resnet18", x, y, 3, key=jax.random.key(0), epochs=2.0,
                                   batch_size=16, optimizer="sgd", lr=0.05, weight_decay=1e-4,
                                   lr_milestones=(0.5,), model_kwargs=kw)
   assert (pm.name, pm.kwargs) == ("resnet18", kw)
@@ -117,18 +119,18 @@ def test_lr_schedule_values():
 
 def test_epoch_order_is_shuffled_epochs_padded_to_chunks():
   k = jax.random.key(0)
-  o = base_init.epoch_order(k, 10, 4, 5, 3, drop_last=True)
+  o = pretrain.epoch_order(k, 10, 4, 5, 3, drop_last=True)
   assert o.shape == (6, 4) and o.dtype == np.int32  # 5 steps padded to 2 chunks of 3
   np.testing.assert_array_equal(o[5], 0)  # the padding step (masked by the loop)
   for e in (o[0:2], o[2:4]):  # 2 full batches per epoch, the partial last one dropped
     assert len(set(e.ravel().tolist())) == 8
-  np.testing.assert_array_equal(o, base_init.epoch_order(k, 10, 4, 5, 3, drop_last=True))
-  o = base_init.epoch_order(k, 10, 4, 3, 1, drop_last=False)  # 3 batches = one whole epoch
+  np.testing.assert_array_equal(o, pretrain.epoch_order(k, 10, 4, 5, 3, drop_last=True))
+  o = pretrain.epoch_order(k, 10, 4, 3, 1, drop_last=False)  # 3 batches = one whole epoch
   assert o.shape == (3, 4) and set(o.ravel().tolist()) == set(range(10))
 
 
 def test_augmentation_shapes_determinism_and_crops():
-  aug = base_init.augment_batch
+  aug = augment.augment_batch
   x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 7, 5, 2)), jnp.float32)
   k = jax.random.key(3)
   assert aug(k, x, "none") is x
@@ -160,7 +162,7 @@ def mae_trained():
   ds = data.load("digits")
   x = ds.train.batch(np.arange(len(ds.train)))
   lines = []
-  m = base_init.train_mae("vit_micro", x, 10, key=jax.random.key(0), epochs=1.5, batch_size=64,
+  m = pretrain.train_mae("vit_micro", x, 10, key=jax.random.key(0), epochs=1.5, batch_size=64,
                           lr=3e-3, mask_ratio=0.75, model_kwargs={"patch": 4}, log=lines.append)
   return ds, x, m, lines
 
@@ -170,13 +172,13 @@ def test_train_mae_lowers_the_loss_and_logs(mae_trained):
   ds, x, m, lines = mae_trained
   # The untrained network train_mae started from: the first of its three keys.
   net = Net.named("vit_micro", 10, patch=4)
-  init = base_init.Model("vit_micro", {"patch": 4}, net,
+  init = pretrain.Model("vit_micro", {"patch": 4}, net,
                          net.init(jax.random.split(jax.random.key(0), 3)[0], x.shape[1:]))
   assert (m.name, m.kwargs) == ("vit_micro", {"patch": 4})
   assert jax.tree.structure(m.params) == jax.tree.structure(init.params)
   xt = ds.test.batch(np.arange(len(ds.test)))
-  before = base_init.mae_eval_loss(init, xt, jax.random.key(9))
-  after = base_init.mae_eval_loss(m, xt, jax.random.key(9))
+  before = pretrain.mae_eval_loss(init, xt, jax.random.key(9))
+  after = pretrain.mae_eval_loss(m, xt, jax.random.key(9))
   print(f"digits test MAE loss: init {before:.4f} -> trained {after:.4f}")
   assert after < 0.8 * before, (before, after)
   assert lines and "ex/s" in lines[-1] and "ETA" in lines[-1]
@@ -190,7 +192,7 @@ TINY_VIT = {"depth": 1, "dim": 16, "dec_dim": 16}
 def tiny_mae():
   """A one-block 16-wide ViT-micro MAE-trained for 2 steps (the fast tier's MAE model)."""
   x = data.load("digits").train.batch(np.arange(64))
-  m = base_init.train_mae("vit_micro", x, 10, key=jax.random.key(0), epochs=1.0, batch_size=32,
+  m = pretrain.train_mae("vit_micro", x, 10, key=jax.random.key(0), epochs=1.0, batch_size=32,
                           model_kwargs=TINY_VIT, chunk=2)
   return x, m
 
@@ -198,9 +200,9 @@ def tiny_mae():
 def test_train_mae_rejects_bad_inputs():
   x = np.zeros((4, 8, 8, 1), np.float32)
   with pytest.raises(ValueError, match="no MAE decoder"):
-    base_init.train_mae("mlp", x, 10, key=jax.random.key(0), epochs=1.0)
+    pretrain.train_mae("mlp", x, 10, key=jax.random.key(0), epochs=1.0)
   with pytest.raises(ValueError, match="images"):
-    base_init.train_mae("vit_micro", x[:, :, :, 0], 10, key=jax.random.key(0))
+    pretrain.train_mae("vit_micro", x[:, :, :, 0], 10, key=jax.random.key(0))
 
 
 def test_tiny_train_mae_trains_its_start(tiny_mae):
@@ -210,7 +212,7 @@ def test_tiny_train_mae_trains_its_start(tiny_mae):
                                                       x.shape[1:])
   assert jax.tree.structure(m.params) == jax.tree.structure(start)
   assert not np.allclose(m.params["patch_embed"]["kernel"], start["patch_embed"]["kernel"])
-  assert np.isfinite(base_init.mae_eval_loss(m, x, jax.random.key(9)))
+  assert np.isfinite(pretrain.mae_eval_loss(m, x, jax.random.key(9)))
 
 
 def test_mae_params_load_everywhere_and_round_trip(tiny_mae, tmp_path):
@@ -290,7 +292,7 @@ def test_mae_base_init_calls_train_mae_on_unlabeled_images(tmp_path, monkeypatch
                 model_kwargs, log):
     calls.update(model=model, shape=x.shape, k=num_classes, mask_ratio=mask_ratio)
     net = Net.named(model, num_classes, **model_kwargs)
-    return base_init.Model(model, model_kwargs, net, net.init(key, x.shape[1:]))
+    return pretrain.Model(model, model_kwargs, net, net.init(key, x.shape[1:]))
 
   monkeypatch.setattr(base_init, "train_mae", train_mae)
   c = _config(kind="mae", classes=0, mask_ratio=0.6)

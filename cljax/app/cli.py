@@ -109,7 +109,7 @@ def parse(argv: list, default_config: str, resume_flag: bool = True,
           processes: bool = False) -> tuple:
   """(config, workdir, resume, (coordinator_address, process_id)) from the command line;
   UsageError with one line otherwise. ``processes``: the binary takes ``--coordinator_address``
-  and ``--process_id`` (a multi-process run, ``cljax.train.distributed``)."""
+  and ``--process_id`` (a multi-process run, ``cljax.app.distributed``)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   argv, extra = _split_overrides(list(argv))
@@ -164,12 +164,12 @@ def interrupts():
   """SIGTERM and SIGINT ask the runner to stop (``runner.request_stop``) and raise
   ``runner.Interrupted`` in the main thread, once: a second signal is ignored while the
   checkpoint in flight finishes."""
-  from cljax.train import runner  # pylint: disable=import-outside-toplevel
+  from cljax.app import runner  # pylint: disable=import-outside-toplevel
   if threading.current_thread() is not threading.main_thread():
     yield
     return
 
-  from cljax.train import distributed  # pylint: disable=import-outside-toplevel
+  from cljax.app import distributed  # pylint: disable=import-outside-toplevel
   # Several processes must stop at the same point (a process that stops alone leaves the others
   # waiting in a collective): the runner agrees on the request at its next chunk of batches.
   raise_at_once = distributed.count() == 1
@@ -194,8 +194,8 @@ def _user_errors() -> tuple:
   # pylint: disable=import-outside-toplevel
   from cljax.data.sources import DataError
   from cljax.learner import BatchError
-  from cljax.train import experiment, runner
-  from cljax.train.checkpoint import CheckpointError
+  from cljax.app import experiment, runner
+  from cljax.app.checkpoint import CheckpointError
   return (UsageError, experiment.ConfigError, DataError, BatchError, runner.RunError,
           CheckpointError)
 
@@ -218,7 +218,7 @@ def guarded(fn: Callable[[], object]) -> int:
   """Runs ``fn`` with the signal handlers on; returns the exit status (0, 2 for a user error,
   128 + the signal number when stopped by SIGTERM / SIGINT) after printing one line for an error
   or a stop. Other exceptions (bugs) propagate with their traceback."""
-  from cljax.train import runner  # pylint: disable=import-outside-toplevel
+  from cljax.app import runner  # pylint: disable=import-outside-toplevel
   try:
     with interrupts():
       fn()
@@ -274,7 +274,7 @@ def main(argv: list, default_config: str, entry: Callable, doc: str = "",
     status = guarded(lambda: check(config, workdir, resume))
     if status:
       return status
-    from cljax.train import distributed  # pylint: disable=import-outside-toplevel
+    from cljax.app import distributed  # pylint: disable=import-outside-toplevel
     return distributed.launch_local(argv, num_processes, os.path.abspath(workdir))
   if coordinator is not None:
     try:
@@ -299,7 +299,7 @@ def _join(coordinator: str, num_processes: int, process_id: int) -> None:
   if not 0 <= process_id < num_processes:
     raise UsageError(f"--process_id={process_id} is outside [0, {num_processes}) "
                      f"(--config.num_processes={num_processes})")
-  from cljax.train import distributed  # pylint: disable=import-outside-toplevel
+  from cljax.app import distributed  # pylint: disable=import-outside-toplevel
   distributed.die_with_launcher()
   try:
     distributed.initialize(coordinator, num_processes, process_id)

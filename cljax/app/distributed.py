@@ -28,6 +28,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cljax.ops import sharding
+
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int) -> None:
   """Joins the run as process ``process_id`` of ``num_processes``; call before any JAX work."""
@@ -71,11 +73,6 @@ def same_everywhere(value: int, what: str) -> None:
     raise RuntimeError(f"the processes disagree on {what}: {got.tolist()}")
 
 
-def is_key(a) -> bool:
-  """True for an array of typed PRNG keys (saved and moved by their key data)."""
-  return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
-
-
 def to_host(tree: Any) -> Any:
   """A numpy copy of every array of ``tree`` (typed keys stay keys, rebuilt from a copy of their
   key data). Arrays that other processes hold parts of are all-gathered: every process must
@@ -83,7 +80,7 @@ def to_host(tree: Any) -> Any:
   buffer cannot change it (on CPU ``np.asarray`` may be a view)."""
 
   def host(a):
-    if is_key(a):
+    if sharding.is_key(a):
       return jax.random.wrap_key_data(host(jax.random.key_data(a)), impl=jax.random.key_impl(a))
     if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
       return np.array(multihost_utils.process_allgather(a, tiled=True), copy=True)

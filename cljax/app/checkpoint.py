@@ -36,7 +36,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cljax.train import distributed
+from cljax.app import distributed
+from cljax.ops import sharding
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def digest(state: Any, meta_json: str) -> str:
   order; typed keys by their key data) and the metadata string ``meta_json``."""
   h = hashlib.sha256()
   for path, a in jax.tree_util.tree_flatten_with_path(state)[0]:
-    a = np.ascontiguousarray(jax.random.key_data(a) if distributed.is_key(a) else np.asarray(a))
+    a = np.ascontiguousarray(jax.random.key_data(a) if sharding.is_key(a) else np.asarray(a))
     h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}\n".encode())
     h.update(a.data if a.size else b"")
   h.update(meta_json.encode())
@@ -172,7 +173,7 @@ class Checkpointer:
     """CheckpointWriteError before the write when the disk cannot hold the step: orbax's own
     failure midway leaves tensorstore writes in flight that print tracebacks from their
     threads. The need is the arrays' bytes plus the metadata, 10 % and 1 MiB of slack."""
-    need = sum(int(np.asarray(jax.random.key_data(a) if distributed.is_key(a) else a).nbytes)
+    need = sum(int(np.asarray(jax.random.key_data(a) if sharding.is_key(a) else a).nbytes)
                for a in jax.tree.leaves(host)) + len(meta_json)
     need = int(need * 1.1) + (1 << 20)
     free = shutil.disk_usage(self.directory).free

@@ -45,10 +45,10 @@ from cljax.eval import loggers as loggers_lib
 from cljax.eval import metrics as M
 from cljax.eval import results as results_lib
 from cljax.learner import Learner
-from cljax.train import distributed
-from cljax.train import loop as loop_lib
+from cljax import progress as progress_lib
+from cljax.app import distributed
 from cljax.train import mesh as mesh_lib
-from cljax.train.checkpoint import Checkpointer
+from cljax.app.checkpoint import Checkpointer
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ class RunError(RuntimeError):
 
 
 class Interrupted(BaseException):
-  """A stop asked for by a signal (the binaries' SIGTERM/SIGINT handler, ``cljax.train.cli``).
+  """A stop asked for by a signal (the binaries' SIGTERM/SIGINT handler, ``cljax.app.cli``).
 
   ``run_learner`` lets the checkpoint in flight finish, then raises it with ``run_name``,
   ``saved_step`` (the newest step on disk, None if none), ``num_steps`` and ``directory`` set.
@@ -406,8 +406,9 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
     used = float(used)
     remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
     # Long training inside end_of_step (offline retraining, large budgets) logs rate and ETA.
-    with loop_lib.reporting(log, f"[{run_name}] step {t} end_of_step"):
-      state, info = learner.end_of_step(state, jax.random.fold_in(k_step, t), remaining)
+    state, info = learner.end_of_step(
+        state, jax.random.fold_in(k_step, t), remaining,
+        progress=progress_lib.Reporter(log, f"[{run_name}] step {t} end_of_step"))
     step_budget = used + float(info.passes)
     if np.isfinite(float(info.loss)):
       loss_sum, loss_n = loss_sum + float(info.loss), loss_n + 1

@@ -183,7 +183,7 @@ def test_config_overrides_reach_the_config(capsys, tmp_path, files, monkeypatch)
   def fake_run(config, workdir, resume=False, log=None):
     seen.update(config=config, workdir=workdir, resume=resume)
 
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(experiment, "run_experiment", fake_run)
   status, err, _ = run(capsys, str(tmp_path), "--config.dataset=npz",
                        f"--config.dataset_kwargs.path={files['good']}",
@@ -200,7 +200,7 @@ def test_config_overrides_reach_the_config(capsys, tmp_path, files, monkeypatch)
 
 
 def test_inferred_class_count_is_printed(tmp_path, files):
-  from cljax.train import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   c = experiment.base_config()
   c.dataset, c.dataset_kwargs.path = "npz", files["good"]
   logs = []
