@@ -71,22 +71,27 @@ def check_sizes(**sizes) -> None:
       raise ValueError(f"{k} must be >= 1, got {v}")
 
 
-def store_labelled(state: dict, batch: dict, key: str = "cur") -> dict:
-  """``state`` with the batch's labelled rows appended to store ``key`` and their classes added
-  to ``seen`` (batch: x [B, ...], y [B], optional valid / labeled [B])."""
+def store_labelled(seen: jax.Array, store, batch: dict) -> tuple:
+  """(seen, store) after the batch's labelled rows are appended to ``store`` (an ``append``
+  buffer state) and their classes marked in ``seen`` [K] bool (batch: x [B, ...], y [B],
+  optional valid / labeled [B])."""
   _, lab = contract.masks(batch)
   y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
-  return {**state, "seen": seen_classes(state["seen"], y, lab),
-          key: buffers.get("append").insert(state[key], jnp.asarray(batch["x"], jnp.float32),
-                                             y, lab)}
+  return (seen_classes(seen, y, lab),
+          buffers.get("append").insert(store, jnp.asarray(batch["x"], jnp.float32), y, lab))
 
 
 @jax.jit
-def store_update(state: dict, batch: dict, key: jax.Array) -> tuple:
+def store_update(state, batch: dict, key: jax.Array) -> tuple:
   """``update`` of the learners that train only at the step's end (LwF, iCaRL): stores the
-  batch's labelled rows (``store_labelled``); no training (0 passes)."""
+  batch's labelled rows (``store_labelled``) in ``state.cur``, their classes in ``state.seen``;
+  no training (0 passes). ``state``: a typed state with fields ``seen`` and ``cur``."""
   del key
-  return store_labelled(state, batch), contract.info()
+  if isinstance(state, dict):  # until every caller's state is typed
+    seen, cur = store_labelled(state["seen"], state["cur"], batch)
+    return {**state, "seen": seen, "cur": cur}, contract.info()
+  seen, cur = store_labelled(state.seen, state.cur, batch)
+  return state._replace(seen=seen, cur=cur), contract.info()
 
 
 def train_passes(budget: Optional[int], fixed: float, rows: int, epochs: float,

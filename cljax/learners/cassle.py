@@ -54,7 +54,8 @@ def store_all(state: dict, batch: dict) -> dict:
   """The batch's valid rows into the step store ``cur`` (labels unused: SSL) and its labelled
   rows into the memory ``mem``, their classes into ``seen``."""
   valid, _ = contract.masks(batch)
-  state = _distill.store_labelled(state, batch, "mem")
+  seen, mem = _distill.store_labelled(state["seen"], state["mem"], batch)
+  state = {**state, "seen": seen, "mem": mem}
   x = jnp.asarray(batch["x"], jnp.float32)
   return {**state, "cur": buffers.get("append").insert(state["cur"], x,
                                                        jnp.zeros_like(batch["y"]), valid)}

@@ -138,7 +138,8 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
   def update(state, batch, key):
     """Stores the batch's labelled rows (0 passes)."""
     del key
-    return _distill.store_labelled(state, batch, rows_key), contract.info()
+    seen, rows = _distill.store_labelled(state["seen"], state[rows_key], batch)
+    return {**state, "seen": seen, rows_key: rows}, contract.info()
 
   def _step(carry, data, key, i, stop):
     del i, stop
