@@ -15,7 +15,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cljax.train import pretrain
 from cljax.models.pure import Net
 from cljax.train.pretrain import BaseInit, Model, accuracy, train_classifier, train_mae
 

@@ -28,7 +28,6 @@ The normal run path writes the A(t) curve (plots/) and the final / average accur
 
 import os
 
-from cljax.train import pretrain
 from cljax.app.experiment import base_config
 
 LEARNERS = "dietcl,dietcl_ref,er,gdumb,ewc,mas,joint,l2p,cassle,dualnet,ccic"

@@ -21,7 +21,6 @@ All learners also stream step 0 (the base set): REMIND's buffer receives the bas
   python experiments/run.py --config=experiments/configs/remind.py:fashion_mnist --workdir=W2
 """
 
-from cljax.train import pretrain
 from cljax.ops import pq
 from cljax.app.experiment import base_config
 
