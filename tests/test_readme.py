@@ -1,0 +1,54 @@
+"""The README's Python examples, run exactly as written (with the data they leave to the reader)."""
+
+import pathlib
+import re
+
+import numpy as np
+import sklearn.datasets
+import sklearn.neighbors
+
+import cljax.learners
+
+README = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+def _block(marker: str) -> str:
+  found = [b for b in BLOCKS if marker in b]
+  assert len(found) == 1, f"README has {len(found)} python blocks with {marker!r}"
+  return found[0]
+
+
+def _digits():
+  x, y = sklearn.datasets.load_digits(return_X_y=True)
+  return (x / 16.0).astype(np.float32), y.astype(np.int32)
+
+
+def test_own_loop_example_runs_as_written():
+  import jax  # pylint: disable=import-outside-toplevel
+  x, y = _digits()
+  steps = [(x[np.isin(y, c)][:200], y[np.isin(y, c)][:200]) for c in ([0, 1], [2, 3])]
+  env = {
+      "x0": x[:32], "y0": y[:32], "time_steps": steps, "key": jax.random.key(1),
+      "batches": lambda xs, ys: [(xs[i:i + 32], ys[i:i + 32]) for i in range(0, 192, 32)],
+      "x_test": x[:64],
+  }
+  exec(_block('cljax.learners.get("er"'), env)  # pylint: disable=exec-used
+  assert env["logits"].shape == (64, 10)
+  assert float(env["info"].passes) > 0  # end_of_step spent its default budget
+
+
+def test_writing_a_learner_example_registers_and_equals_nearest_centroid():
+  env = {}
+  if "nearest_mean" not in cljax.learners.names():
+    exec(_block('@register("nearest_mean")'), env)  # pylint: disable=exec-used
+  import jax  # pylint: disable=import-outside-toplevel
+  learner = cljax.learners.get("nearest_mean", num_classes=10)
+  assert learner.hparams == {"num_classes": 10}
+  x, y = _digits()
+  state = learner.init(jax.random.key(0), {"x": x[:8], "y": y[:8]})
+  for s in range(0, 1400, 100):
+    state, _ = learner.update(state, {"x": x[s:s + 100], "y": y[s:s + 100]}, jax.random.key(s))
+  pred = np.asarray(learner.predict(state, x[1400:])).argmax(1)
+  ref = sklearn.neighbors.NearestCentroid().fit(x[:1400], y[:1400]).predict(x[1400:])
+  assert (pred == ref).mean() == 1.0
