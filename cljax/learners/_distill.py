@@ -1,5 +1,6 @@
 """Pieces shared by the learners that distil an old network or read features of stored rows
-(LwF, iCaRL, L2P's query, CaSSLe's frozen encoder, DualNet, CCIC). Private to cljax/learners.
+(LwF, iCaRL, L2P's query, CaSSLe's frozen encoder, DualNet, CCIC), or that only store a step's
+rows until its end (``store_update``: also EWC and MAS). Private to cljax/learners.
 
 Budget accounting. A pass is one forward-backward of ``batch_size`` rows. A forward pass alone
 (a frozen teacher's logits, features for herding or class means, L2P's query) is charged
@@ -83,13 +84,11 @@ def store_labelled(seen: jax.Array, store, batch: dict) -> tuple:
 
 @jax.jit
 def store_update(state, batch: dict, key: jax.Array) -> tuple:
-  """``update`` of the learners that train only at the step's end (LwF, iCaRL): stores the
-  batch's labelled rows (``store_labelled``) in ``state.cur``, their classes in ``state.seen``;
-  no training (0 passes). ``state``: a typed state with fields ``seen`` and ``cur``."""
+  """``update`` of the learners that train only at the step's end (LwF, iCaRL, EWC, MAS): stores
+  the batch's labelled rows (``store_labelled``) in ``state.cur``, their classes in
+  ``state.seen``; no training (0 passes). ``state``: a NamedTuple with fields ``seen`` [K] bool
+  and ``cur`` (an ``append`` buffer state)."""
   del key
-  if isinstance(state, dict):  # until every caller's state is typed
-    seen, cur = store_labelled(state["seen"], state["cur"], batch)
-    return {**state, "seen": seen, "cur": cur}, contract.info()
   seen, cur = store_labelled(state.seen, state.cur, batch)
   return state._replace(seen=seen, cur=cur), contract.info()
 

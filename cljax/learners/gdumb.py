@@ -13,10 +13,11 @@ present in memory, in training and in prediction.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from cljax import learner as contract
 from cljax import optim
@@ -27,6 +28,51 @@ from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import sharding
 from cljax.train.loop import Loop, classifier_step
+
+
+class State(NamedTuple):
+  """The state of GDumb.
+
+  params: the network's parameters (a pure dict of ``cljax.models.pure.Net``), retrained from
+    ``init_params`` at every step's end.
+  opt: the optimizer state of ``params`` (fresh at every step's end).
+  init_params: the initialization every step restarts from.
+  mem: the ``greedy`` class-balanced memory of ``memory_size`` rows; the classes it holds are
+    the ones trained on and predicted.
+  """
+
+  params: Any
+  opt: Any
+  init_params: Any
+  mem: Any
+
+
+def in_memory(state: State) -> jax.Array:
+  """[K] bool, the classes with an example in memory."""
+  return state.mem.class_count > 0
+
+
+@jax.jit
+def update(state: State, batch, key: jax.Array) -> tuple:
+  """``update``: offers the batch's labelled rows to the memory (no training, 0 passes)."""
+  del key
+  _, lab = contract.masks(batch)
+  y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
+  mem = buffers.get("greedy").insert(state.mem, jnp.asarray(batch["x"], jnp.float32), y, lab)
+  return state._replace(mem=mem), contract.info()
+
+
+def train_step(net: Net, tx: optax.GradientTransformation, batch_size: int, carry: tuple,
+               data: State, key: jax.Array) -> tuple:
+  """The ``Loop`` step: SGD on ``batch_size`` rows of the memory, logits masked to its classes."""
+  params, opt = carry
+  sample = buffers.get("greedy").sample(data.mem, key, batch_size)
+  x, y, w = sharding.data_rows((sample.x, sample.y, sample.weight))
+  seen = in_memory(data)
+  params, opt, loss = classifier_step(
+      net, tx, params, opt, x, w,
+      lambda p, logits: cross_entropy(mask_logits(logits, seen), y, w))
+  return (params, opt), loss[None]
 
 
 @register("gdumb", inputs=("model", "model_kwargs", "batch_size", "init_params"))
@@ -59,50 +105,25 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
     x = jnp.asarray(example_batch["x"])
     k_net, k_mem = jax.random.split(key)
     params = net.init(k_net, x.shape[1:], init_params)
-    return {"params": params, "opt": tx.init(params), "init_params": params,
-            "mem": memory.init(k_mem, memory_size, jax.ShapeDtypeStruct(x.shape[1:], jnp.float32),
-                               num_classes)}
+    return State(params=params, opt=tx.init(params), init_params=params,
+                 mem=memory.init(k_mem, memory_size,
+                                 jax.ShapeDtypeStruct(x.shape[1:], jnp.float32), num_classes))
 
-  @jax.jit
-  def update(state, batch, key):
-    del key
-    _, lab = contract.masks(batch)
-    y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
-    mem = memory.insert(state["mem"], jnp.asarray(batch["x"], jnp.float32), y, lab)
-    return {**state, "mem": mem}, contract.info()
-
-  def in_memory(state):
-    return state["mem"].class_count > 0
-
-  def _step(carry, data, key, i, stop):
-    del i, stop
-    params, opt = carry
-    sample = memory.sample(data["mem"], key, batch_size)
-    x, y, w = sharding.data_rows((sample.x, sample.y, sample.weight))
-    seen = in_memory(data)
-    params, opt, loss = classifier_step(
-        net, tx, params, opt, x, w,
-        lambda p, logits: cross_entropy(mask_logits(logits, seen), y, w))
-    return (params, opt), loss[None]
-
-  loop = Loop(_step, chunk=chunk, unroll=True)
+  loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, carry, data, key),
+              chunk=chunk, unroll=True)
   reset = jax.jit(lambda p: (p, tx.init(p)))
 
   def end_of_step(state, key, budget=None, progress=None):
     """Retrains from the initialization on memory for exactly ``budget`` passes (None: default)."""
     passes = budget if budget is not None else contract.default_passes(
-        epochs_per_step, int(state["mem"].count), batch_size)
-    carry, sums = loop(reset(state["init_params"]), state, key, passes, progress=progress)
+        epochs_per_step, int(state.mem.count), batch_size)
+    carry, sums = loop(reset(state.init_params), state, key, passes, progress=progress)
     loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
-    return {**state, "params": carry[0], "opt": carry[1]}, contract.info(passes, loss)
+    return state._replace(params=carry[0], opt=carry[1]), contract.info(passes, loss)
 
   @jax.jit
   def predict(state, x):
-    return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), in_memory(state))
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), in_memory(state))
 
-  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs, optimizer=optimizer,
-            lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
-            memory_size=memory_size, epochs_per_step=epochs_per_step, chunk=chunk,
-            warm_start=init_params is not None)
   return Learner(name="gdumb", init=init, update=update, end_of_step=end_of_step,
-                 predict=predict, hparams=hp)
+                 predict=predict)

@@ -20,10 +20,11 @@ rest of the budget on SGD steps of ``batch_size`` rows drawn uniformly from the 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from cljax import learner as contract
 from cljax import optim
@@ -39,6 +40,52 @@ from cljax.ops.losses import cross_entropy, mask_logits
 from cljax.train.loop import Loop, classifier_step
 
 NET_INPUTS = ("model", "model_kwargs", "batch_size", "init_params", "max_step_size")
+
+
+class State(NamedTuple):
+  """The state of LwF (K = ``num_classes``).
+
+  params: the network's parameters (a pure dict of ``cljax.models.pure.Net``), the student.
+  opt: the optimizer state of ``params`` (carried over steps).
+  teacher: the parameters at the end of the previous step (frozen; ``params`` at first).
+  seen: [K] bool, classes with a labelled example so far (trained on and predicted).
+  old: [K] bool, the classes the teacher knew (``seen`` at the previous step's end): the
+    distillation term's classes.
+  cur: the current step's labelled rows, an ``append`` store of ``max_step_size`` rows.
+  soft: [max_step_size, K] float32, the teacher's logits on the rows of ``cur`` (this step's).
+  """
+
+  params: Any
+  opt: Any
+  teacher: Any
+  seen: jax.Array
+  old: jax.Array
+  cur: Any
+  soft: jax.Array
+
+
+def train_step(net: Net, tx: optax.GradientTransformation, batch_size: int, lam: float,
+               temperature: float, carry: tuple, data: State, key: jax.Array) -> tuple:
+  """The ``Loop`` step: SGD on ``batch_size`` rows drawn uniformly from the step's rows, CE over
+  the seen classes + λ · distillation towards the teacher's logits."""
+  params, opt = carry
+  cur = data.cur
+  idx, w = _distill.draw_rows(key, cur.count, batch_size)
+  x, y, soft, w = sharding.data_rows((cur.x[idx], cur.y[idx], data.soft[idx], w))
+
+  def loss(p, logits):
+    del p
+    return (cross_entropy(mask_logits(logits, data.seen), y, w)
+            + lam * kd_loss(logits, soft, data.old, w, temperature))
+
+  params, opt, l = classifier_step(net, tx, params, opt, x, w, loss)
+  return (params, opt), l[None]
+
+
+@jax.jit
+def finish(state: State) -> State:
+  """The trained network becomes the teacher of the next step; the step store is cleared."""
+  return state._replace(teacher=state.params, old=state.seen, cur=append_store.clear(state.cur))
 
 
 @register("lwf", inputs=NET_INPUTS)
@@ -69,42 +116,23 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: 
     x = jnp.asarray(example_batch["x"])
     k_net, k_cur = jax.random.split(key)
     params = net.init(k_net, x.shape[1:], init_params)
-    return {"params": params, "opt": tx.init(params), "teacher": params,
-            "seen": jnp.zeros((num_classes,), bool), "old": jnp.zeros((num_classes,), bool),
-            "cur": store.init(k_cur, max_step_size,
-                              jax.ShapeDtypeStruct(x.shape[1:], jnp.float32), num_classes),
-            "soft": jnp.zeros((max_step_size, num_classes), jnp.float32)}
+    return State(params=params, opt=tx.init(params), teacher=params,
+                 seen=jnp.zeros((num_classes,), bool), old=jnp.zeros((num_classes,), bool),
+                 cur=store.init(k_cur, max_step_size,
+                                jax.ShapeDtypeStruct(x.shape[1:], jnp.float32), num_classes),
+                 soft=jnp.zeros((max_step_size, num_classes), jnp.float32))
 
   update = _distill.store_update
 
-  def _step(carry, data, key, i, stop):
-    del i, stop
-    params, opt = carry
-    cur = data["cur"]
-    idx, w = _distill.draw_rows(key, cur.count, batch_size)
-    x, y, soft, w = sharding.data_rows((cur.x[idx], cur.y[idx], data["soft"][idx], w))
-
-    def loss(p, logits):
-      del p
-      return (cross_entropy(mask_logits(logits, data["seen"]), y, w)
-              + lam * kd_loss(logits, soft, data["old"], w, temperature))
-
-    params, opt, l = classifier_step(net, tx, params, opt, x, w, loss)
-    return (params, opt), l[None]
-
-  loop = Loop(_step, chunk=chunk, unroll=True)
-
-  @jax.jit
-  def finish(state):
-    """The trained network becomes the teacher of the next step; the step store is cleared."""
-    return {**state, "teacher": state["params"], "old": state["seen"],
-            "cur": append_store.clear(state["cur"])}
+  loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, lam, temperature,
+                                                           carry, data, key),
+              chunk=chunk, unroll=True)
 
   def end_of_step(state, key, budget=None, progress=None):
     """Teacher logits on the step's rows, then SGD; spends at most ``budget`` passes."""
-    n = int(state["cur"].count)
+    n = int(state.cur.count)
     fwd = 0.0
-    distil = bool(jnp.any(state["old"])) and n > 0
+    distil = bool(jnp.any(state.old)) and n > 0
     if distil:
       fwd = _distill.forward_passes(n, batch_size)
       if budget is not None and fwd > budget:  # cannot afford the teacher: no training at all
@@ -112,22 +140,17 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: 
         budget = 0
     passes = _distill.train_passes(budget, fwd, n, epochs_per_step, batch_size)
     if distil and passes:
-      soft, _ = teacher_logits(state["teacher"], state["cur"].x, n)
-      state = {**state, "soft": soft}
+      soft, _ = teacher_logits(state.teacher, state.cur.x, n)
+      state = state._replace(soft=soft)
     else:
       fwd = 0.0
-    (params, opt), sums = loop((state["params"], state["opt"]), state, key, passes,
-                             progress=progress)
-    state = finish({**state, "params": params, "opt": opt})
+    (params, opt), sums = loop((state.params, state.opt), state, key, passes, progress=progress)
+    state = finish(state._replace(params=params, opt=opt))
     loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
     return state, contract.info(passes + fwd, loss, teacher_passes=jnp.float32(fwd))
 
   @jax.jit
   def predict(state, x):
-    return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), state["seen"])
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
 
-  hp = dict(num_classes=num_classes, lam=lam, temperature=temperature, model=model,
-            model_kwargs=model_kwargs, optimizer=optimizer, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, batch_size=batch_size, epochs_per_step=epochs_per_step,
-            max_step_size=max_step_size, chunk=chunk, warm_start=init_params is not None)
-  return Learner("lwf", init, update, end_of_step, predict, hp)
+  return Learner("lwf", init, update, end_of_step, predict)

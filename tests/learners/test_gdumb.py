@@ -21,13 +21,13 @@ def test_budget_exact_retrains_from_init_and_learns(digits):
   learner = L.get("gdumb", num_classes=10, batch_size=32, memory_size=300, lr=2e-3)
   state, spent = run_tasks(learner, x, y, TASKS, 60)
   assert spent == [60.0] * 5
-  assert np.all(np.asarray(state["mem"].class_count) == 30)  # 300 slots over 10 classes
+  assert np.all(np.asarray(state.mem.class_count) == 30)  # 300 slots over 10 classes
   # Trained only on a balanced memory: no task is forgotten (class-incremental digits).
   assert min(task_accuracies(learner, state, x, y, TASKS)) > 0.7
   # A zero budget leaves the freshly re-initialised parameters.
   st0, spent0 = run_tasks(learner, x, y, TASKS[:1], 0)
   assert spent0 == [0.0]
-  for a, b in zip(jax.tree.leaves(st0["params"]), jax.tree.leaves(st0["init_params"])):
+  for a, b in zip(jax.tree.leaves(st0.params), jax.tree.leaves(st0.init_params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

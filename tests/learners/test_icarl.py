@@ -35,13 +35,13 @@ def test_exemplars_are_herded_and_nme_predicts(digits, trained):
   (x, y), (xt, yt) = digits
   learner, state, spent = trained
   assert all(38 < s <= 40 for s in spent), spent  # forwards charged at 1/3 pass per batch
-  mem = state["mem"]
+  mem = state.mem
   np.testing.assert_array_equal(np.asarray(mem.class_count)[:6], [MEM // 6] * 6)
   # The last step's exemplars: herding (Algorithm 4, by hand) on the final network's features
   # of the step's rows, in the order run_tasks fed them.
   net = Net.named("mlp", 10)
   idx = np.random.default_rng(2).permutation(np.flatnonzero(np.isin(y, TASKS[2])))
-  feats = np.asarray(net.features(state["params"], jnp.asarray(x[idx])), np.float64)
+  feats = np.asarray(net.features(state.params, jnp.asarray(x[idx])), np.float64)
   want = herding_reference(feats, y[idx], np.ones(len(idx), bool), MEM // 6)
   held_x = np.asarray(mem.x)[:int(mem.count)]
   held_y = np.asarray(mem.y)[:int(mem.count)]
@@ -49,9 +49,9 @@ def test_exemplars_are_herded_and_nme_predicts(digits, trained):
     np.testing.assert_array_equal(held_x[held_y == c], x[idx][want[c]])
   # NME (Algorithm 1) by hand: normalised features, re-normalised exemplar means, nearest one.
   norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-  fm = norm(np.asarray(net.features(state["params"], jnp.asarray(held_x)), np.float64))
+  fm = norm(np.asarray(net.features(state.params, jnp.asarray(held_x)), np.float64))
   means = norm(np.stack([fm[held_y == c].mean(0) for c in range(6)]))
-  ft = norm(np.asarray(net.features(state["params"], jnp.asarray(xt)), np.float64))
+  ft = norm(np.asarray(net.features(state.params, jnp.asarray(xt)), np.float64))
   want_pred = ((ft[:, None] - means[None]) ** 2).sum(-1).argmin(1)
   got = np.asarray(learner.predict(state, xt)).argmax(1)
   assert (got == want_pred).mean() > 0.995

@@ -31,7 +31,7 @@ def test_second_step_loss_is_ce_plus_distillation_by_hand(digits):
                   max_step_size=200)
   state, spent = run_tasks(learner, x, y, TASKS[:1], 10, bs=bs)
   assert spent == [10.0]  # no teacher at the first step: every pass trains
-  teacher = state["params"]
+  teacher = state.params
   idx = np.random.default_rng(1).permutation(np.flatnonzero(np.isin(y, TASKS[1])))[:150]
   for s in range(0, 150, bs):
     state, _ = learner.update(state, {"x": x[idx[s:s + bs]], "y": y[idx[s:s + bs]]},
@@ -40,7 +40,7 @@ def test_second_step_loss_is_ce_plus_distillation_by_hand(digits):
   leaves, tree = jax.tree.flatten(teacher)
   noise = [0.05 * jax.random.normal(jax.random.key(i), a.shape) for i, a in enumerate(leaves)]
   student = jax.tree.unflatten(tree, [a + e for a, e in zip(leaves, noise)])
-  state = {**state, "params": student}
+  state = state._replace(params=student)
   key = jax.random.key(5)
   fwd = np.ceil(150 / bs) / 3  # the teacher's forward over the step's rows
   state, info = learner.end_of_step(state, key, int(np.ceil(fwd)) + 1)
@@ -49,8 +49,8 @@ def test_second_step_loss_is_ce_plus_distillation_by_hand(digits):
   # step's 150 stored rows (the key of step 0 of the loop): Li and Hoiem's Eq. (2) + CE.
   rows = np.asarray(jax.random.randint(jax.random.fold_in(key, 0), (bs,), 0, 150))
   xb, yb = x[idx][rows], y[idx][rows]
-  logits = lambda p: np.asarray(learner.predict({**state, "params": p}, xb), np.float64)  # noqa: E731
-  z, zt = logits(student), logits(teacher)
+  z, zt = (np.asarray(learner.predict(state._replace(params=p), xb), np.float64)
+            for p in (student, teacher))
   seen = np.isin(np.arange(10), TASKS[0] + TASKS[1])
   old = np.isin(np.arange(10), TASKS[0])
   ce = -np.log(_softmax(z[:, seen])[np.arange(bs), np.searchsorted(np.flatnonzero(seen), yb)])

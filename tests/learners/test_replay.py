@@ -37,7 +37,7 @@ def test_er_beats_finetune_on_mnist5k_and_spends_exactly_the_budget(mnist):
   assert acc_ft < 0.3, acc_ft
   assert acc_er > acc_ft + 0.4, (acc_er, acc_ft)
   assert ft_spent == er_spent == [60.0] * 5  # exactly the budget, never more
-  assert int(st_er["mem"].count) == 300
+  assert int(st_er.mem.count) == 300
 
 
 def test_online_passes_are_charged_by_rows(digits):
@@ -63,15 +63,15 @@ def test_er_memory_fills_on_arrival_and_replays_during_the_step(digits):
   batches = list(data.array_batches(x[:96], y[:96], 32))
   state = learner.init(jax.random.key(0), batches[0])
   state, _ = learner.update(state, batches[0], jax.random.key(1))
-  assert int(state["mem"].count) == 32 and int(state["mem"].seen) == 32
+  assert int(state.mem.count) == 32 and int(state.mem.seen) == 32
   state, _ = learner.update(state, batches[1], jax.random.key(2))
-  assert int(state["mem"].count) == 40 and int(state["mem"].seen) == 64  # a reservoir
+  assert int(state.mem.count) == 40 and int(state.mem.seen) == 64  # a reservoir
   # the memory holds offered rows only: every stored (x, y) pair is one of the stream's
-  held = np.asarray(state["mem"].x).reshape(40, -1)
+  held = np.asarray(state.mem.x).reshape(40, -1)
   stream = x[:64].reshape(64, -1)
   match = (held[:, None, :] == stream[None]).all(-1)
   assert match.any(1).all()
-  np.testing.assert_array_equal(np.asarray(state["mem"].y), y[:64][match.argmax(1)])
+  np.testing.assert_array_equal(np.asarray(state.mem.y), y[:64][match.argmax(1)])
 
 
 def test_er_update_alone_learns_new_classes_as_they_arrive(digits):
@@ -116,7 +116,7 @@ def test_offline_retrains_from_initialization_whatever_the_budget(mnist):
   # 3 epochs over all data so far (800, 1600, ... examples), whatever the budget
   assert spent == [48.0, 96.0, 144.0, 192.0, 240.0]
   assert np.mean(task_accuracies(learner, state, xt, yt, TASKS)) > 0.85
-  assert int(state["mem"].count) == 4000
+  assert int(state.mem.count) == 4000
 
 
 def test_balanced_sampling_draws_half_from_the_step(digits):
@@ -199,30 +199,62 @@ def _one_batch(x, y, idx):
   return {"x": x[idx], "y": y[idx]}
 
 
+def _filed(learner, state, x, y):
+  """``state`` after a first time step of x, y that a ``pretrained_first_step`` learner files as
+  earlier data without training (what a base-initialised network was trained on)."""
+  state, _ = learner.update(state, {"x": x, "y": y}, jax.random.key(100))
+  state, info = learner.end_of_step(state, jax.random.key(101), 5)
+  assert float(info.passes) == 0.0 and np.isnan(float(info.loss))
+  return state
+
+
+def test_pretrained_first_step_files_the_base_set_without_training(digits):
+  x, y = digits
+  learner = _kading(old_fraction=0.5, iterations=10, pretrained_first_step=True)
+  i0 = np.flatnonzero(np.isin(y, [0, 1]))[:90]
+  state = learner.init(jax.random.key(0), {"x": x[:100], "y": y[:100]})
+  params0 = jax.tree.map(np.asarray, state.params)
+  state = _filed(learner, state, x[i0], y[i0])
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params0)):
+    np.testing.assert_array_equal(np.asarray(a), b)  # not trained
+  np.testing.assert_array_equal(np.flatnonzero(np.asarray(state.seen)), [0, 1])
+  # the base set is earlier data, in order; the step store is empty for the next step
+  assert int(state.mem.count) == 90 and int(state.cur.count) == 0
+  np.testing.assert_array_equal(np.asarray(state.mem.x)[:90], x[i0])
+  # the next steps train as usual
+  state, _ = learner.update(state, _one_batch(x, y, np.flatnonzero(y == 2)[:50]),
+                            jax.random.key(1))
+  state, info = learner.end_of_step(state, jax.random.key(2))
+  assert float(info.passes) == 10
+  with pytest.raises(ValueError, match="iters_per_batch=0"):
+    L.get("finetune", num_classes=10, pretrained_first_step=True)
+
+
 @pytest.mark.parametrize("lam, want", [(0.0, 1), (1.0, 0)])
 def test_lambda_trains_on_the_chosen_source(digits, lam, want):
   # old data: class 0 only; update set: class 1 only. λ = 1 then sees only 0-labels, λ = 0 only
   # 1-labels, so the trained network predicts that one class for every input.
   x, y = digits
-  learner = _kading(old_fraction=lam, iterations=60)
+  learner = _kading(old_fraction=lam, iterations=60, pretrained_first_step=True)
   i0, i1 = np.flatnonzero(y == 0)[:80], np.flatnonzero(y == 1)[:80]
   state = learner.init(jax.random.key(0), {"x": x[:100], "y": y[:100]})
-  state = replay.add_past_data(state, x[i0], y[i0])
+  state = _filed(learner, state, x[i0], y[i0])
   state, _ = learner.update(state, _one_batch(x, y, i1), jax.random.key(1))
   state, info = learner.end_of_step(state, jax.random.key(2))
   assert float(info.passes) == 60
   pred = np.asarray(learner.predict(state, x[np.r_[i0, i1]])).argmax(1)
   assert (pred == want).all(), np.bincount(pred)
-  assert int(state["mem"].count) == 160  # the update set became old data
+  assert int(state.mem.count) == 160  # the update set became old data
 
 
 @pytest.mark.slow  # several seconds of compiles: the fast tier stays under 2 min
 def test_iterations_follow_the_data_seen(digits):
   x, y = digits
   # epochs over all data seen so far: 0.5 epoch, batch 32, 200 old + 100 per update
-  learner = _kading(iterations="epochs", epochs_per_step=0.5)
+  learner = _kading(iterations="epochs", epochs_per_step=0.5, max_step_size=200,
+                    pretrained_first_step=True)
   state = learner.init(jax.random.key(0), {"x": x[:100], "y": y[:100]})
-  state = replay.add_past_data(state, x[:200], y[:200])
+  state = _filed(learner, state, x[:200], y[:200])
   passes = []
   for t in range(3):
     b = _one_batch(x, y, np.arange(200 + 100 * t, 300 + 100 * t))
@@ -255,8 +287,8 @@ def test_growing_head_keeps_unseen_rows_and_shapes(digits, compiles):
   x, y = digits
   learner = _kading(old_fraction=0.5, iterations=20)
   state = learner.init(jax.random.key(0), {"x": x[:100], "y": y[:100]})
-  head0 = jax.tree.map(np.asarray, state["params"]["head"])
-  shapes0 = jax.tree.map(lambda a: a.shape, state["params"])
+  head0 = jax.tree.map(np.asarray, state.params["head"])
+  shapes0 = jax.tree.map(lambda a: a.shape, state.params)
   lowered = []
   for t, classes in enumerate([[0, 1], [2], [3]]):
     idx = np.flatnonzero(np.isin(y, classes))[:100]
@@ -266,8 +298,8 @@ def test_growing_head_keeps_unseen_rows_and_shapes(digits, compiles):
       pred = np.asarray(learner.predict(state, x[:300])).argmax(1)
     lowered.append(n[0])
     seen = sorted({c for cs in [[0, 1], [2], [3]][:t + 1] for c in cs})
-    np.testing.assert_array_equal(np.flatnonzero(np.asarray(state["seen"])), seen)
-    head = jax.tree.map(np.asarray, state["params"]["head"])
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(state.seen)), seen)
+    head = jax.tree.map(np.asarray, state.params["head"])
     unseen = [c for c in range(10) if c not in seen]
     # rows of classes not seen yet are exactly the initial rows (no gradient, no weight decay)
     np.testing.assert_array_equal(head["kernel"][:, unseen], head0["kernel"][:, unseen])
@@ -276,18 +308,26 @@ def test_growing_head_keeps_unseen_rows_and_shapes(digits, compiles):
     new = classes[-1]
     assert not np.array_equal(head["kernel"][:, new], head0["kernel"][:, new])
     assert set(pred) <= set(seen)  # predictions only among seen classes
-    assert jax.tree.map(lambda a: a.shape, state["params"]) == shapes0
+    assert jax.tree.map(lambda a: a.shape, state.params) == shapes0
   assert lowered[1:] == [0, 0], lowered  # classes arrive without recompiling
 
 
 def test_kading_defaults_and_validation():
-  learner = L.get("finetune_kading", num_classes=10, stream_size=100)
+  learner = L.get("finetune_kading", num_classes=10, stream_size=100, max_step_size=20)
   hp = learner.hparams
   assert (hp["optimizer"], hp["lr"], hp["momentum"], hp["weight_decay"], hp["batch_size"]) == \
       ("sgd", 1e-3, 0.9, 5e-4, 64)
   assert (hp["iterations"], hp["old_fraction"], hp["grow_head"]) == ("epochs", 0.75, True)
-  assert hp["memory"] == "past" and hp["iters_per_batch"] == 0
-  assert L.get("finetune", num_classes=10).hparams["memory"] == "none"
+  assert hp["iters_per_batch"] == 0
+  assert (hp["stream_size"], hp["mask_unseen"]) == (100, True)  # every setting is recorded
+  # Käding's memory keeps all earlier data: a store of the whole stream beside the step's;
+  # naive fine-tuning keeps the step's rows only
+  ex = {"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int32)}
+  state = learner.init(jax.random.key(0), ex)
+  assert (state.mem.y.shape, state.cur.y.shape) == ((100,), (20,))
+  assert float(state.old_fraction) == 0.75
+  state = L.get("finetune", num_classes=10, max_step_size=20).init(jax.random.key(0), ex)
+  assert state.mem is None and state.cur.y.shape == (20,)
   with pytest.raises(ValueError, match="old_fraction must be in"):
     L.get("finetune", num_classes=10, stream_size=10, old_fraction=1.5)
   with pytest.raises(ValueError, match="stream_size"):

@@ -31,3 +31,12 @@ def test_study_end_to_end_reduced(tmp_path, capsys):
     assert os.path.getsize(tmp_path / f"{name}.png") > 1000
   out = capsys.readouterr().out
   assert "final acc" in out and "[study]" in out and "ETA" in out
+
+
+def test_base_capacity_and_padding():
+  # the step store holds the largest possible base set (the 2 largest classes: 3 + 2 rows)
+  assert study.base_capacity(np.array([0, 0, 0, 1, 1, 2]), 2, 4) == 5
+  assert study.base_capacity(np.array([0, 0, 0, 1, 1, 2]), 1, 4) == 4  # or an update set
+  b = study._padded(np.arange(6, dtype=np.float32).reshape(3, 2), np.array([4, 5, 6]), 5)
+  assert b["x"].shape == (5, 2) and b["y"].tolist() == [4, 5, 6, 0, 0]
+  assert b["valid"].tolist() == [True] * 3 + [False] * 2 and b["labeled"].all()
