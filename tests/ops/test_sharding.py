@@ -119,7 +119,7 @@ CHILD = textwrap.dedent("""
         state, batch = mesh_lib.replicate(mesh, state), mesh_lib.shard_batch(mesh, batch)
       state, _ = er.update(state, batch, jax.random.key(1))
       state, info = er.end_of_step(state, jax.random.key(2), 20)
-      return jax.device_get(state["params"]), float(info.passes)
+      return jax.device_get(state.params), float(info.passes)
 
     p1, n1 = run(None)
     mesh = mesh_lib.data_mesh(4)
@@ -223,21 +223,21 @@ LEARNER_CHILD = textwrap.dedent("""
           specs = jax.tree.leaves(sharding.state_specs(state, 4))
           assert [a.sharding.spec for a in jax.tree.leaves(state)] == specs
           for k in stores:
-            cap = state[k].x.shape[0]
-            assert state[k].x.addressable_shards[0].data.shape[0] == cap // 4, k
+            cap = getattr(state, k).x.shape[0]
+            assert getattr(state, k).x.addressable_shards[0].data.shape[0] == cap // 4, k
       return jax.device_get(state)
 
     one = run(None)
     mesh = mesh_lib.data_mesh(4)
     with jax.set_mesh(mesh):
       four = run(mesh)
-    memory = one[stores[-1]]
+    memory = getattr(one, stores[-1])
     assert 0 < int(memory.count) < int(memory.seen)  # it overflowed: evictions were decided
     for k in stores:  # the same items kept, bit for bit
-      for u, v in zip(one[k], four[k]):
+      for u, v in zip(getattr(one, k), getattr(four, k)):
         np.testing.assert_array_equal(u, v)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol / 10),
-                 one["params"], four["params"])
+                 one.params, four.params)
     print("OK")
 """)
 
