@@ -33,9 +33,10 @@ new rows' lrs (exactly the reference's rule when b = 1).
 Batches: ``x`` is G's output [B, H, W, D] float32, or raw inputs when ``g_fn`` (x -> features,
 traced inside jit) is given; ``y`` [B] int32; only rows with ``valid`` and ``labeled`` are trained
 on and inserted (REMIND is supervised). ``update`` runs B / b steps in order (B must be a multiple
-of b): unrolled, or in a lax.scan (``loop``; on CPU, convolution gradients are far slower inside a
-loop body, so small B unrolls). A step without any usable row leaves F, its optimizer state and the
-buffer unchanged. ``predict`` encodes and decodes x, then runs F in eval mode.
+of b) as one chunk of the training ``cljax.train.loop.Loop``: unrolled, or in a lax.scan (``loop``;
+on CPU, convolution gradients are far slower inside a loop body, so small B unrolls). A step
+without any usable row leaves F, its optimizer state and the buffer unchanged. ``predict`` encodes
+and decodes x, then runs F in eval mode.
 
 Replay before the buffer is full enough: while 0 < count < 2r, the rows beyond ``count`` are drawn
 with replacement (the buffer's ``sample(..., distinct=True)``) and all are used; while the buffer
