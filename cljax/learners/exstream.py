@@ -35,13 +35,14 @@ stored.
 
 ``passes`` counts SGD mini-batch steps (forward-backward passes of one training batch).
 Rows with ``valid`` False are ignored; rows with ``labeled`` False are neither trained on nor
-inserted (ExStream needs a label to choose the class buffer).
+inserted (ExStream needs a label to choose the class buffer). The learner state is a
+:class:`State`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +58,211 @@ from cljax.ops import buffers
 _REPLAYS = ("full_epoch", "sampled", "none")
 _HEADS = ("mlp", "linear")
 BUFFERS = ("exstream", "reservoir", "queue", "kmeans", "clustream", "hpstream")
+
+
+class State(NamedTuple):
+  """ExStream's learner state: K classes, c items per class, d feature dimensions.
+
+  params: the head's ``nnx.Param`` state (an ``nnx.State``).
+  batch_stats: the head's ``nnx.BatchStat`` state (empty for the MLP and linear heads here).
+  opt: the optax state of the head's optimiser (Adam for ``mlp``, SGD with momentum for
+    ``linear``).
+  buffer: the ``buffer`` policy's state (``cljax.ops.buffers``) over K*c items of [d] float32
+    features (L2-normalised unless ``l2_normalize`` is False).
+  seen: [] int32 valid, labelled examples offered so far.
+  """
+
+  params: Any
+  batch_stats: Any
+  opt: Any
+  buffer: Any
+  seen: jax.Array
+
+
+def features(x: jax.Array, *, backbone: Optional[Callable], l2_normalize: bool) -> jax.Array:
+  """[B, d] float32 features of inputs x [B, ...]: flattened, through the frozen ``backbone`` if
+  any (under ``stop_gradient``), L2-normalised if ``l2_normalize``."""
+  f = x if backbone is None else jax.lax.stop_gradient(backbone(x))
+  f = f.reshape(f.shape[0], -1).astype(jnp.float32)
+  return heads.l2_normalize(f) if l2_normalize else f
+
+
+def make_head(d: int, rngs: nnx.Rngs, *, head: str, num_classes: int, hidden: Sequence[int],
+              dropout: float) -> nnx.Module:
+  """The classifier head on [B, d] features: the reference MLP or a linear layer."""
+  if head == "mlp":
+    return heads.ExStreamMLP(d, num_classes, hidden=tuple(hidden), dropout=dropout,
+                             l2_normalize=False, rngs=rngs)
+  return heads.LinearHead(d, num_classes, l2_normalize=False, rngs=rngs)
+
+
+def optimizer(head: str, lr: Optional[float],
+              weight_decay: Optional[float]) -> optax.GradientTransformation:
+  """The head's optimiser: Adam (lr 2e-3, decay 0) for ``mlp``, SGD with momentum 0.9 (lr 0.01,
+  decay 1e-4) for ``linear``; None takes those defaults. The decay is PyTorch's: added to the
+  gradient before the optimiser's own transform."""
+  if head == "mlp":
+    tx = optax.adam(2e-3 if lr is None else lr)
+    weight_decay = 0.0 if weight_decay is None else weight_decay
+  else:
+    tx = optax.sgd(0.01 if lr is None else lr, momentum=0.9)
+    weight_decay = 1e-4 if weight_decay is None else weight_decay
+  return optax.chain(optax.add_decayed_weights(weight_decay), tx) if weight_decay else tx
+
+
+def head_graphdef(d: int, *, make_head: Callable) -> nnx.GraphDef:
+  """The head's static structure for d features, built abstractly (tracing allocates nothing)."""
+  return nnx.split(nnx.eval_shape(lambda: make_head(d, nnx.Rngs(0))), nnx.Param,
+                   nnx.BatchStat)[0]
+
+
+def init_state(key: jax.Array, x: jax.Array, *, features: Callable, make_head: Callable, tx,
+               buf: buffers.Policy, slots: int, num_classes: int) -> State:
+  """A fresh :class:`State` for inputs like x [B, ...]; ``key`` seeds the head and the buffer."""
+  f = features(x)
+  d = f.shape[-1]
+  k_model, k_buf = jax.random.split(key)
+  _, params, stats = nnx.split(make_head(d, nnx.Rngs(k_model)), nnx.Param, nnx.BatchStat)
+  return State(params=params, batch_stats=stats, opt=tx.init(params),
+               buffer=buf.init(k_buf, slots, jax.ShapeDtypeStruct((d,), jnp.float32),
+                               num_classes),
+               seen=jnp.zeros((), jnp.int32))
+
+
+def sgd_step(gd: nnx.GraphDef, params, stats, opt, x, y, w, m, key, *, tx,
+             weighted_loss: bool) -> tuple:
+  """One step on rows ``x`` [n, d], ``y`` [n], weights ``w`` [n], mask ``m`` [n]; ``key`` draws
+  the dropout. Returns (params, batch_stats, opt, loss)."""
+
+  def loss_fn(p):
+    model = nnx.merge(gd, p, stats, copy=True)
+    logits = model(x, train=True, mask=m, dropout_key=key)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    wt = m.astype(jnp.float32) * (w if weighted_loss else 1.0)
+    loss = jnp.sum(ce * wt) / jnp.maximum(jnp.sum(wt), 1e-12)
+    return loss, nnx.state(model, nnx.BatchStat)
+
+  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt = tx.update(grads, opt, params)
+  return optax.apply_updates(params, updates), new_stats, opt, loss
+
+
+def filled_first(bm: jax.Array, key: jax.Array) -> jax.Array:
+  """A random order of the K*c slots with the filled ones (``bm`` [K*c] bool, in random order)
+  first."""
+  # One sort of random 31-bit keys (empty slots keyed above every filled one); ties between
+  # filled slots have probability ~(K*c)^2 / 2^32, and a permutation would cost several sorts.
+  bits = jax.lax.shift_right_logical(jax.random.bits(key, bm.shape, jnp.uint32), jnp.uint32(1))
+  return jnp.argsort(jnp.where(bm, bits, jnp.uint32(0xFFFFFFFF))).astype(jnp.int32)
+
+
+def epoch(gd, model_state: tuple, buffer_state, key, do, *, buf: buffers.Policy,
+          batch_size: int, sgd: Callable) -> tuple:
+  """One reference epoch over the buffer if ``do`` (module docstring); ``sgd`` is
+  :func:`sgd_step` with its settings bound. Returns (model_state, passes, loss_sum)."""
+  bx, by, bw, bm = buf.contents(buffer_state)
+  # A buffer smaller than a mini-batch never fills one: a static batch of K*c rows gives the
+  # same result (rows past N are masked either way) for less compute.
+  bs = min(batch_size, bm.shape[0])
+  n = jnp.sum(bm).astype(jnp.int32)
+  k_perm, k_drop = jax.random.split(key)
+  order = jnp.concatenate([filled_first(bm, k_perm), jnp.zeros((bs,), jnp.int32)])
+  n_batches = jnp.where(do & (n > 1), (n + bs - 1) // bs, 0)
+
+  def body(t, carry):
+    params, stats, opt, loss_sum = carry
+    start = jnp.minimum(t * bs, jnp.maximum(n - bs, 0))
+    idx = jax.lax.dynamic_slice(order, (start,), (bs,))
+    rows = start + jnp.arange(bs) < n
+    params, stats, opt, loss = sgd(gd, params, stats, opt, bx[idx], by[idx], bw[idx], rows,
+                                   jax.random.fold_in(k_drop, t))
+    return params, stats, opt, loss_sum + loss
+
+  params, stats, opt, loss_sum = jax.lax.fori_loop(0, n_batches, body,
+                                                   (*model_state, jnp.float32(0)))
+  return (params, stats, opt), n_batches, loss_sum
+
+
+# Training of one update, per replay mode: (gd, model_state, buffer_state, f [B, d], y [B],
+# act [B], key) -> (model_state, buffer_state, passes, loss_sum).
+
+
+def train_epoch_per_example(gd, model_state, buffer_state, f, y, act, key, *,
+                            buf: buffers.Policy, epoch: Callable) -> tuple:
+  """``full_epoch`` (the reference): insert each row, then an epoch over the buffer."""
+
+  def row(carry, inp):
+    model_state, buffer_state = carry
+    x_r, y_r, a_r, k_r = inp
+    buffer_state = buf.insert(buffer_state, x_r[None], y_r[None], a_r[None])
+    model_state, nb, ls = epoch(gd, model_state, buffer_state, k_r, a_r)
+    return (model_state, buffer_state), (nb, ls)
+
+  keys = jax.random.split(key, y.shape[0])
+  (model_state, buffer_state), (nbs, losses) = jax.lax.scan(
+      row, (model_state, buffer_state), (f, y, act, keys))
+  return model_state, buffer_state, jnp.sum(nbs), jnp.sum(losses)
+
+
+def train_epoch_per_batch(gd, model_state, buffer_state, f, y, act, key, *, buf: buffers.Policy,
+                          epoch: Callable) -> tuple:
+  """``full_epoch`` with ``epoch_per="batch"``: insert the batch, then one epoch."""
+  buffer_state = buf.insert(buffer_state, f, y, act)
+  model_state, passes, loss_sum = epoch(gd, model_state, buffer_state, key, jnp.any(act))
+  return model_state, buffer_state, passes, loss_sum
+
+
+def train_one_step(gd, model_state, buffer_state, f, y, act, key, *, buf: buffers.Policy,
+                   sgd: Callable, replay_size: int, insert: bool) -> tuple:
+  """One step on the batch plus ``replay_size`` distinct buffer items, then the batch inserted
+  if ``insert``: ``sampled`` (r and insert) or ``none`` (0 and no insert: fine-tuning)."""
+  r = replay_size
+  k_sel, k_drop = jax.random.split(key)
+  if r > 0:
+    # r distinct items drawn uniformly from the filled slots; rows past the filled count
+    # (a buffer holding fewer than r items) are masked, so no item is replayed twice.
+    rep = buf.sample(buffer_state, k_sel, r, distinct=True)
+    n = jnp.sum(buf.contents(buffer_state).mask)
+    x_tr = jnp.concatenate([f, rep.x])
+    y_tr = jnp.concatenate([y, rep.y])
+    w_tr = jnp.concatenate([jnp.ones(y.shape, jnp.float32), rep.weight])
+    m_tr = jnp.concatenate([act, jnp.arange(r) < n])
+  else:
+    x_tr, y_tr, w_tr, m_tr = f, y, jnp.ones(y.shape, jnp.float32), act
+  do = jnp.any(m_tr)
+
+  def step(ms):
+    params, stats, opt, loss = sgd(gd, *ms, x_tr, y_tr, w_tr, m_tr, k_drop)
+    return (params, stats, opt), loss
+
+  model_state, loss_sum = jax.lax.cond(do, step, lambda ms: (ms, jnp.float32(0)), model_state)
+  if insert:
+    buffer_state = buf.insert(buffer_state, f, y, act)
+  return model_state, buffer_state, do.astype(jnp.int32), loss_sum
+
+
+def update(state: State, batch, key, *, features: Callable, graphdef: Callable,
+           buf: buffers.Policy, train: Callable) -> tuple:
+  """ExStream's ``update``: features, then ``train`` (one of the ``train_*`` functions above,
+  settings bound) on the valid, labelled rows."""
+  f = features(batch["x"])
+  _, act = contract.masks(batch)
+  y = jnp.where(act, batch["y"].astype(jnp.int32), 0)
+  (params, stats, opt), buffer_state, passes, loss_sum = train(
+      graphdef(f.shape[-1]), (state.params, state.batch_stats, state.opt), state.buffer, f, y,
+      act, key)
+  bm = buf.contents(buffer_state).mask
+  new_state = State(params=params, batch_stats=stats, opt=opt, buffer=buffer_state,
+                    seen=state.seen + jnp.sum(act).astype(jnp.int32))
+  loss = jnp.where(passes > 0, loss_sum / jnp.maximum(passes, 1).astype(jnp.float32), jnp.nan)
+  return new_state, contract.info(passes, loss, buffer_items=jnp.sum(bm).astype(jnp.int32))
+
+
+def predict(state: State, x, *, features: Callable, graphdef: Callable) -> jax.Array:
+  """Logits [B, K] of the head in eval mode."""
+  f = features(x)
+  model = nnx.merge(graphdef(f.shape[-1]), state.params, state.batch_stats)
+  return model(f, train=False)
 
 
 @register("exstream", inputs=("backbone",))
@@ -110,176 +316,33 @@ def exstream(*, num_classes: int,
     raise ValueError(f"unknown head {head!r}; valid: {list(_HEADS)}")
   if epoch_per not in ("example", "batch"):
     raise ValueError(f"epoch_per must be 'example' or 'batch', got {epoch_per!r}")
-  k = num_classes
   buf = buffers.get(buffer)
-  if head == "mlp":
-    lr = 2e-3 if lr is None else lr
-    weight_decay = 0.0 if weight_decay is None else weight_decay
-    tx = optax.adam(lr)
+  tx = optimizer(head, lr, weight_decay)
+  feats_of = functools.partial(features, backbone=backbone, l2_normalize=l2_normalize)
+  make = functools.partial(make_head, head=head, num_classes=num_classes, hidden=hidden,
+                           dropout=dropout)
+  graphdef = functools.lru_cache(maxsize=None)(functools.partial(head_graphdef, make_head=make))
+  sgd = functools.partial(sgd_step, tx=tx, weighted_loss=weighted_loss)
+  if replay == "full_epoch":
+    train = functools.partial(
+        train_epoch_per_example if epoch_per == "example" else train_epoch_per_batch, buf=buf,
+        epoch=functools.partial(epoch, buf=buf, batch_size=batch_size, sgd=sgd))
   else:
-    lr = 0.01 if lr is None else lr
-    weight_decay = 1e-4 if weight_decay is None else weight_decay
-    tx = optax.sgd(lr, momentum=0.9)
-  if weight_decay:
-    # PyTorch's weight_decay: added to the gradient before the optimiser's own transform.
-    tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
-
-  def features(x):
-    f = x if backbone is None else jax.lax.stop_gradient(backbone(x))
-    f = f.reshape(f.shape[0], -1).astype(jnp.float32)
-    return heads.l2_normalize(f) if l2_normalize else f
-
-  def make_head(d, rngs):
-    if head == "mlp":
-      return heads.ExStreamMLP(d, k, hidden=tuple(hidden), dropout=dropout, l2_normalize=False,
-                               rngs=rngs)
-    return heads.LinearHead(d, k, l2_normalize=False, rngs=rngs)
-
-  @functools.lru_cache(maxsize=None)
-  def graphdef(d):
-    # Static structure only; built abstractly so tracing allocates nothing.
-    return nnx.split(nnx.eval_shape(lambda: make_head(d, nnx.Rngs(0))), nnx.Param,
-                     nnx.BatchStat)[0]
-
-  @jax.jit
-  def init_from_x(key, x):
-    # One compiled function: building the head op by op outside jit costs seconds of dispatch.
-    f = features(x)
-    d = f.shape[-1]
-    k_model, k_buf = jax.random.split(key)
-    _, params, stats = nnx.split(make_head(d, nnx.Rngs(k_model)), nnx.Param, nnx.BatchStat)
-    return {
-        "params": params,
-        "batch_stats": stats,
-        "opt": tx.init(params),
-        "buffer": buf.init(k_buf, k * capacity, jax.ShapeDtypeStruct((d,), jnp.float32), k),
-        "seen": jnp.zeros((), jnp.int32),
-    }
+    train = functools.partial(train_one_step, buf=buf, sgd=sgd,
+                              replay_size=replay_size if replay == "sampled" else 0,
+                              insert=replay == "sampled")
+  # One compiled function: building the head op by op outside jit costs seconds of dispatch.
+  init_jit = jax.jit(functools.partial(init_state, features=feats_of, make_head=make, tx=tx,
+                                       buf=buf, slots=num_classes * capacity,
+                                       num_classes=num_classes))
 
   def init(key, example_batch):
     """State for inputs shaped like ``example_batch["x"]`` [B, ...]; ``key`` seeds the head."""
-    return init_from_x(key, jnp.asarray(example_batch["x"]))
+    return init_jit(key, jnp.asarray(example_batch["x"]))
 
-  def sgd_step(gd, params, stats, opt, x, y, w, m, key):
-    """One step on rows ``x`` [n, d], ``y`` [n], weights ``w`` [n], mask ``m`` [n]."""
-
-    def loss_fn(p):
-      model = nnx.merge(gd, p, stats, copy=True)
-      logits = model(x, train=True, mask=m, dropout_key=key)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      wt = m.astype(jnp.float32) * (w if weighted_loss else 1.0)
-      loss = jnp.sum(ce * wt) / jnp.maximum(jnp.sum(wt), 1e-12)
-      return loss, nnx.state(model, nnx.BatchStat)
-
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), new_stats, opt, loss
-
-  def filled_first(bm, key):
-    """A random order of the K*c slots with the filled ones (in random order) first."""
-    # One sort of random 31-bit keys (empty slots keyed above every filled one); ties between
-    # filled slots have probability ~(K*c)^2 / 2^32, and a permutation would cost several sorts.
-    bits = jax.lax.shift_right_logical(jax.random.bits(key, bm.shape, jnp.uint32), jnp.uint32(1))
-    return jnp.argsort(jnp.where(bm, bits, jnp.uint32(0xFFFFFFFF))).astype(jnp.int32)
-
-  def epoch(gd, model_state, buffer_state, key, do):
-    """One reference epoch over the buffer if ``do``; returns (model_state, passes, loss_sum)."""
-    bx, by, bw, bm = buf.contents(buffer_state)
-    # A buffer smaller than a mini-batch never fills one: a static batch of K*c rows gives the
-    # same result (rows past N are masked either way) for less compute.
-    bs = min(batch_size, bm.shape[0])
-    n = jnp.sum(bm).astype(jnp.int32)
-    k_perm, k_drop = jax.random.split(key)
-    order = jnp.concatenate([filled_first(bm, k_perm), jnp.zeros((bs,), jnp.int32)])
-    n_batches = jnp.where(do & (n > 1), (n + bs - 1) // bs, 0)
-
-    def body(t, carry):
-      params, stats, opt, loss_sum = carry
-      start = jnp.minimum(t * bs, jnp.maximum(n - bs, 0))
-      idx = jax.lax.dynamic_slice(order, (start,), (bs,))
-      rows = start + jnp.arange(bs) < n
-      params, stats, opt, loss = sgd_step(gd, params, stats, opt, bx[idx], by[idx], bw[idx], rows,
-                                          jax.random.fold_in(k_drop, t))
-      return params, stats, opt, loss_sum + loss
-
-    params, stats, opt, loss_sum = jax.lax.fori_loop(0, n_batches, body,
-                                                     (*model_state, jnp.float32(0)))
-    return (params, stats, opt), n_batches, loss_sum
-
-  def update(state, batch, key):
-    f = features(batch["x"])
-    gd = graphdef(f.shape[-1])
-    _, act = contract.masks(batch)
-    y = jnp.where(act, batch["y"].astype(jnp.int32), 0)
-    model_state = (state["params"], state["batch_stats"], state["opt"])
-    buffer_state = state["buffer"]
-
-    if replay == "full_epoch" and epoch_per == "example":
-
-      def row(carry, inp):
-        model_state, buffer_state = carry
-        x_r, y_r, a_r, k_r = inp
-        buffer_state = buf.insert(buffer_state, x_r[None], y_r[None], a_r[None])
-        model_state, nb, ls = epoch(gd, model_state, buffer_state, k_r, a_r)
-        return (model_state, buffer_state), (nb, ls)
-
-      keys = jax.random.split(key, y.shape[0])
-      (model_state, buffer_state), (nbs, losses) = jax.lax.scan(
-          row, (model_state, buffer_state), (f, y, act, keys))
-      passes, loss_sum = jnp.sum(nbs), jnp.sum(losses)
-    elif replay == "full_epoch":
-      buffer_state = buf.insert(buffer_state, f, y, act)
-      model_state, passes, loss_sum = epoch(gd, model_state, buffer_state, key, jnp.any(act))
-    else:
-      r = replay_size if replay == "sampled" else 0
-      k_sel, k_drop = jax.random.split(key)
-      if r > 0:
-        # r distinct items drawn uniformly from the filled slots; rows past the filled count
-        # (a buffer holding fewer than r items) are masked, so no item is replayed twice.
-        rep = buf.sample(buffer_state, k_sel, r, distinct=True)
-        n = jnp.sum(buf.contents(buffer_state).mask)
-        x_tr = jnp.concatenate([f, rep.x])
-        y_tr = jnp.concatenate([y, rep.y])
-        w_tr = jnp.concatenate([jnp.ones(y.shape, jnp.float32), rep.weight])
-        m_tr = jnp.concatenate([act, jnp.arange(r) < n])
-      else:
-        x_tr, y_tr, w_tr, m_tr = f, y, jnp.ones(y.shape, jnp.float32), act
-      do = jnp.any(m_tr)
-
-      def step(ms):
-        params, stats, opt, loss = sgd_step(gd, *ms, x_tr, y_tr, w_tr, m_tr, k_drop)
-        return (params, stats, opt), loss
-
-      model_state, loss_sum = jax.lax.cond(do, step, lambda ms: (ms, jnp.float32(0)),
-                                           model_state)
-      passes = do.astype(jnp.int32)
-      if replay == "sampled":
-        buffer_state = buf.insert(buffer_state, f, y, act)
-
-    params, stats, opt = model_state
-    bm = buf.contents(buffer_state).mask
-    new_state = {
-        "params": params,
-        "batch_stats": stats,
-        "opt": opt,
-        "buffer": buffer_state,
-        "seen": state["seen"] + jnp.sum(act).astype(jnp.int32),
-    }
-    loss = jnp.where(passes > 0, loss_sum / jnp.maximum(passes, 1).astype(jnp.float32), jnp.nan)
-    return new_state, contract.info(passes, loss, buffer_items=jnp.sum(bm).astype(jnp.int32))
-
-  def predict(state, x):
-    f = features(x)
-    model = nnx.merge(graphdef(f.shape[-1]), state["params"], state["batch_stats"])
-    return model(f, train=False)
-
-  hparams = dict(num_classes=num_classes, capacity=capacity, buffer=buffer, replay=replay,
-                 head=head, batch_size=batch_size, replay_size=replay_size, epoch_per=epoch_per,
-                 lr=lr, weight_decay=weight_decay, weighted_loss=weighted_loss,
-                 hidden=tuple(hidden), dropout=dropout, l2_normalize=l2_normalize, donate=donate,
-                 backbone=None if backbone is None else getattr(backbone, "__name__",
-                                                                 repr(backbone)))
-  return Learner(name="exstream", init=init,
-                 update=jax.jit(update, donate_argnums=(0,) if donate else ()),
-                 end_of_step=contract.identity_end_of_step, predict=jax.jit(predict),
-                 hparams=hparams)
+  return Learner(
+      name="exstream", init=init,
+      update=jax.jit(functools.partial(update, features=feats_of, graphdef=graphdef, buf=buf,
+                                       train=train), donate_argnums=(0,) if donate else ()),
+      end_of_step=contract.identity_end_of_step,
+      predict=jax.jit(functools.partial(predict, features=feats_of, graphdef=graphdef)))

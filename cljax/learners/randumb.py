@@ -35,12 +35,14 @@ the reference estimator on the same embedding.
 Paper settings: D up to 25,000 (``embed_dim``; the default), raw pixels (optionally flip
 augmentation), one pass. D x D statistics make the update 2·D² FLOPs per example and the state
 4·D² bytes (2.5 GB at 25,000): run small D on a CPU.
+
+The learner state is a :class:`State`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +56,35 @@ from cljax.models.pure import Net
 from cljax.ops import slda as lda
 
 EMBEDDINGS = ("random_fourier", "random_relu")
+
+
+class Warmup(NamedTuple):
+  """The stream's first rows, kept raw until γ = "scale" is fixed from them (n_w = ``gamma_rows``).
+
+  x: [n_w, ...] float32 inputs (the backbone's features when there is one), in stream order.
+  y: [n_w] int32 their labels.
+  n: [] int32 rows buffered so far (at most n_w; n_w once γ is fixed).
+  """
+
+  x: jax.Array
+  y: jax.Array
+  n: jax.Array
+
+
+class State(NamedTuple):
+  """RanDumb's learner state (K classes, D random features).
+
+  embed: the embedding network's parameters (``cljax.models.pure.Net`` pure dict of
+    ``random_fourier``/``random_relu``: the fixed random matrices, and the Fourier features' γ
+    under ``"gamma"``, [] float32; its unused linear head too).
+  lda: the head's statistics, ``cljax.ops.slda.SLDAState`` (means [K, D], pooled scatter
+    [D, D], counts, cached W and b).
+  warm: the warm-up buffer (:class:`Warmup`) with ``gamma="scale"`` Fourier features, else None.
+  """
+
+  embed: dict
+  lda: lda.SLDAState
+  warm: Optional[Warmup] = None
 
 
 def scale_gamma(x) -> float:
@@ -73,6 +104,96 @@ def scale_gamma_masked(x: jax.Array, valid: jax.Array) -> jax.Array:
   mean = jnp.sum(x * w) / n
   var = jnp.sum(jnp.square(x - mean) * w) / n
   return jnp.where(var > 0, 1.0 / (x.shape[1] * jnp.where(var > 0, var, 1.0)), 1.0)
+
+
+def inputs(x: jax.Array, backbone: Optional[Callable]) -> jax.Array:
+  """x [B, ...] as float32, or the backbone's features of it."""
+  x = jnp.asarray(x, jnp.float32)
+  return x if backbone is None else backbone(x).astype(jnp.float32)
+
+
+def init_state(key: jax.Array, example_batch, *, net: Net, backbone: Optional[Callable],
+               num_classes: int, embed_dim: int, gamma: Union[str, float],
+               warm_rows: int) -> State:
+  """A fresh :class:`State`; ``warm_rows`` > 0 gives it a warm-up buffer of that many rows."""
+  x = inputs(example_batch["x"], backbone)
+  params = net.init(key, x.shape[1:])  # its linear head stays unused: LDA classifies
+  if "gamma" in params:  # random_fourier
+    g = scale_gamma(x) if gamma == "scale" else float(gamma)  # provisional while warming up
+    params["gamma"] = jnp.asarray(g, jnp.float32)
+  warm = None
+  if warm_rows:
+    warm = Warmup(x=jnp.zeros((warm_rows,) + x.shape[1:], jnp.float32),
+                  y=jnp.zeros((warm_rows,), jnp.int32), n=jnp.zeros((), jnp.int32))
+  return State(embed=params, lda=lda.init_state(num_classes, embed_dim), warm=warm)
+
+
+def from_buffer(state: State, *, net: Net) -> tuple:
+  """(embedding params, head stats) of the warm-up rows buffered so far: γ from them, their
+  statistics streamed from empty."""
+  w = state.warm
+  valid = jnp.arange(w.y.shape[0]) < w.n
+  params = {**state.embed, "gamma": scale_gamma_masked(w.x, valid)}
+  # The rows are stored after the backbone: embedded as they are.
+  stats = lda.update_batch(lda.init_state(*state.lda.means.shape), net.features(params, w.x),
+                           w.y, valid, rule="pooled")
+  return params, stats
+
+
+def settled(state: State, *, net: Net) -> tuple:
+  """(embedding params, head stats) to predict with: the state's once γ is fixed, otherwise
+  those of the warm-up buffer."""
+  if state.warm is None:
+    return state.embed, state.lda
+  return lax.cond(state.warm.n >= state.warm.y.shape[0], lambda s: (s.embed, s.lda),
+                  functools.partial(from_buffer, net=net), state)
+
+
+def update(state: State, batch, key, *, net: Net, backbone: Optional[Callable]) -> tuple:
+  """RanDumb's ``update``: the valid, labelled rows streamed into the head, the first ones
+  through the warm-up buffer when there is one."""
+  del key
+  _, use = contract.masks(batch)
+  x = inputs(batch["x"], backbone)
+  y = jnp.asarray(batch["y"], jnp.int32)
+  info = contract.info(examples=jnp.sum(use).astype(jnp.int32))
+  if state.warm is None:
+    stats = lda.update_batch(state.lda, net.features(state.embed, x), y, use, rule="pooled")
+    return state._replace(lda=stats), info
+  w = state.warm
+  n_warm = w.y.shape[0]
+  # Stream position of each used row; the first n_warm go to the buffer, the rest to the head.
+  pos = w.n + jnp.cumsum(use.astype(jnp.int32)) - 1
+  to_buf = use & (pos < n_warm)
+  slot = jnp.where(to_buf, pos, n_warm)  # n_warm: out of range, dropped
+  n = jnp.minimum(w.n + jnp.sum(use).astype(jnp.int32), n_warm)
+  fills = (w.n < n_warm) & (n >= n_warm)  # this batch completes the buffer
+  state = state._replace(warm=Warmup(x=w.x.at[slot].set(x.astype(jnp.float32), mode="drop"),
+                                     y=w.y.at[slot].set(y, mode="drop"), n=n))
+  # The batch that fills the buffer fixes γ and streams the buffered rows into the head.
+  params, stats = lax.cond(fills, functools.partial(from_buffer, net=net),
+                           lambda s: (s.embed, s.lda), state)
+  stats = lda.update_batch(stats, net.features(params, x), y, use & (pos >= n_warm),
+                           rule="pooled")
+  return state._replace(embed=params, lda=stats), info
+
+
+def refresh(state: State) -> State:
+  """The cached LDA head recomputed (OAS-shrunk pooled covariance)."""
+  return state._replace(lda=lda.refresh(state.lda, "oas"))
+
+
+def predict(state: State, x, *, net: Net, backbone: Optional[Callable],
+            priors: bool) -> jax.Array:
+  """Scores [B, K]: the LDA head on φ(x), plus log class priors if ``priors``; unseen classes
+  score −inf."""
+  params, stats = settled(state, net=net)
+  s = lda.scores(stats, net.features(params, inputs(x, backbone)), "oas", "cholesky",
+                 mask_unseen=True)
+  if priors:
+    counts = stats.counts.astype(jnp.float32)
+    s = s + jnp.log(jnp.maximum(counts, 1.0) / jnp.maximum(counts.sum(), 1.0))
+  return s
 
 
 @register("randumb", inputs=("backbone",))
@@ -105,87 +226,20 @@ def randumb(*, num_classes: int, embedding: str = "random_fourier", embed_dim: i
     raise ValueError(f"gamma_rows must be >= 2 (rows that estimate gamma='scale'), got "
                      f"{gamma_rows}")
   warm = embedding == "random_fourier" and gamma == "scale"
-  n_warm = int(gamma_rows)
   net = Net.named(embedding, num_classes, dim=int(embed_dim))
-
-  def inputs(x):
-    x = jnp.asarray(x, jnp.float32)
-    return x if backbone is None else backbone(x).astype(jnp.float32)
-
-  def embed(params, x):
-    """φ(x) [B, D] of inputs x [B, ...]."""
-    return net.features(params, inputs(x))
-
-  def init(key, example_batch):
-    x = inputs(example_batch["x"])
-    params = net.init(key, x.shape[1:])  # its linear head stays unused: LDA classifies
-    state = {"embed": params, "lda": lda.init_state(num_classes, int(embed_dim))}
-    if embedding == "random_fourier":
-      g = scale_gamma(x) if gamma == "scale" else float(gamma)  # provisional while warming up
-      params["gamma"] = jnp.asarray(g, jnp.float32)
-    if warm:
-      state["warm"] = {"x": jnp.zeros((n_warm,) + x.shape[1:], jnp.float32),
-                       "y": jnp.zeros((n_warm,), jnp.int32), "n": jnp.zeros((), jnp.int32)}
-    return state
-
-  def from_buffer(state):
-    """(embedding params, head stats) of the warm-up rows buffered so far: γ from them, their
-    statistics streamed from empty."""
-    w = state["warm"]
-    valid = jnp.arange(n_warm) < w["n"]
-    params = {**state["embed"], "gamma": scale_gamma_masked(w["x"], valid)}
-    stats = lda.update_batch(lda.init_state(num_classes, int(embed_dim)), embed(params, w["x"]),
-                             w["y"], valid, rule="pooled")
-    return params, stats
-
-  def settled(state):
-    """(embedding params, head stats) to predict with: the state's once γ is fixed, otherwise
-    those of the warm-up buffer."""
-    if not warm:
-      return state["embed"], state["lda"]
-    return lax.cond(state["warm"]["n"] >= n_warm, lambda s: (s["embed"], s["lda"]), from_buffer,
-                    state)
-
-  @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
-  def update(state, batch, key):
-    del key
-    _, use = contract.masks(batch)
-    x = inputs(batch["x"])
-    y = jnp.asarray(batch["y"], jnp.int32)
-    info = contract.info(examples=jnp.sum(use).astype(jnp.int32))
-    if not warm:
-      stats = lda.update_batch(state["lda"], embed(state["embed"], x), y, use, rule="pooled")
-      return {**state, "lda": stats}, info
-    w = state["warm"]
-    # Stream position of each used row; the first n_warm go to the buffer, the rest to the head.
-    pos = w["n"] + jnp.cumsum(use.astype(jnp.int32)) - 1
-    to_buf = use & (pos < n_warm)
-    slot = jnp.where(to_buf, pos, n_warm)  # n_warm: out of range, dropped
-    n = jnp.minimum(w["n"] + jnp.sum(use).astype(jnp.int32), n_warm)
-    fills = (w["n"] < n_warm) & (n >= n_warm)  # this batch completes the buffer
-    state = {**state, "warm": {"x": w["x"].at[slot].set(x.astype(jnp.float32), mode="drop"),
-                               "y": w["y"].at[slot].set(y, mode="drop"), "n": n}}
-    # The batch that fills the buffer fixes γ and streams the buffered rows into the head.
-    params, stats = lax.cond(fills, from_buffer, lambda s: (s["embed"], s["lda"]), state)
-    stats = lda.update_batch(stats, embed(params, x), y, use & (pos >= n_warm), rule="pooled")
-    return {**state, "embed": params, "lda": stats}, info
-
-  refresh = jax.jit(lambda state: {**state, "lda": lda.refresh(state["lda"], "oas")})
+  init = functools.partial(init_state, net=net, backbone=backbone, num_classes=num_classes,
+                           embed_dim=int(embed_dim), gamma=gamma,
+                           warm_rows=int(gamma_rows) if warm else 0)
+  refresh_jit = jax.jit(refresh)
 
   def end_of_step(state, key, budget=None, progress=None):
     """Refreshes the cached head (no training: 0 passes, whatever the budget)."""
-    del key, budget
-    return refresh(state), contract.info()
+    del key, budget, progress
+    return refresh_jit(state), contract.info()
 
-  @jax.jit
-  def predict(state, x):
-    params, stats = settled(state)
-    s = lda.scores(stats, embed(params, x), "oas", "cholesky", mask_unseen=True)
-    if priors:
-      counts = stats.counts.astype(jnp.float32)
-      s = s + jnp.log(jnp.maximum(counts, 1.0) / jnp.maximum(counts.sum(), 1.0))
-    return s
-
-  hp = dict(num_classes=num_classes, embedding=embedding, embed_dim=int(embed_dim), gamma=gamma,
-            gamma_rows=n_warm, priors=priors, backbone=backbone is not None, donate=donate)
-  return Learner("randumb", init, update, end_of_step, predict, hp)
+  return Learner(
+      "randumb", init,
+      jax.jit(functools.partial(update, net=net, backbone=backbone),
+              donate_argnums=(0,) if donate else ()),
+      end_of_step,
+      jax.jit(functools.partial(predict, net=net, backbone=backbone, priors=priors)))

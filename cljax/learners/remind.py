@@ -33,9 +33,10 @@ new rows' lrs (exactly the reference's rule when b = 1).
 Batches: ``x`` is G's output [B, H, W, D] float32, or raw inputs when ``g_fn`` (x -> features,
 traced inside jit) is given; ``y`` [B] int32; only rows with ``valid`` and ``labeled`` are trained
 on and inserted (REMIND is supervised). ``update`` runs B / b steps in order (B must be a multiple
-of b): unrolled, or in a lax.scan (``loop``; on CPU, convolution gradients are far slower inside a
-loop body, so small B unrolls). A step without any usable row leaves F, its optimizer state and the
-buffer unchanged. ``predict`` encodes and decodes x, then runs F in eval mode.
+of b) as one chunk of the training ``cljax.train.loop.Loop``: unrolled, or in a lax.scan (``loop``;
+on CPU, convolution gradients are far slower inside a loop body, so small B unrolls). A step
+without any usable row leaves F, its optimizer state and the buffer unchanged. ``predict`` encodes
+and decodes x, then runs F in eval mode.
 
 Replay before the buffer is full enough: while 0 < count < 2r, the rows beyond ``count`` are drawn
 with replacement (the buffer's ``sample(..., distinct=True)``) and all are used; while the buffer
@@ -46,17 +47,15 @@ is empty, replay rows get zero weight in the loss and in F's batch statistics (w
 training batch. G's forward pass on the new examples is not counted (features are usually
 pre-extracted; with ``g_fn`` it is one inference pass per incoming example).
 
-The learner state is a dict of arrays: F's ``params`` (a ``cljax.models.pure.Net`` pure dict,
-batch-norm running statistics included) and its SGD state ``opt`` (momentum), the ``buffer``
-(``cljax.ops.buffers`` policy ``largest_class`` over uint8 codes), ``class_seen`` [K] int32
-(examples trained per class, for the lr), the ``codebook`` [M, C, D / M] and ``steps`` (SGD steps
-taken). ``end_of_step`` has nothing to do (REMIND learns one example at a time).
+The learner state is a :class:`State` (F's parameters and momentum, the code buffer, the per-class
+counts, the codebook, the steps taken). ``end_of_step`` has nothing to do (REMIND learns one
+example at a time).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from flax import nnx
 import jax
@@ -72,9 +71,31 @@ from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import feature_aug
 from cljax.ops import pq
+from cljax.train.loop import Loop
 from cljax.train.loop import apply_updates
 
 CODES = buffers.get("largest_class")  # REMIND's buffer policy
+
+
+class State(NamedTuple):
+  """REMIND's learner state. K classes, N buffer slots, G's maps [H, W, D], a codebook of M
+  sub-vectors of C centroids each.
+
+  params: F's ``cljax.models.pure.Net`` pure dict (weights and batch-norm running statistics).
+  opt: F's SGD state (``cljax.optim.direction("sgd")``: the momentum, shaped like ``params``).
+  buffer: the ``largest_class`` policy state (``cljax.ops.buffers``) over codes: items
+    [N, H, W, M] uint8, labels [N] int32, count, per-class counts, its own key.
+  class_seen: [K] int32 examples of each class trained on so far (the per-class lr schedule).
+  codebook: [M, C, D / M] float32 PQ codebook (fixed).
+  steps: [] int32 SGD steps taken.
+  """
+
+  params: Any
+  opt: Any
+  buffer: Any
+  class_seen: jax.Array
+  codebook: jax.Array
+  steps: jax.Array
 
 
 def per_class_lr(class_seen: jax.Array, labels: jax.Array, use: jax.Array, lr0: float, gamma: float,
@@ -96,6 +117,50 @@ def per_class_lr(class_seen: jax.Array, labels: jax.Array, use: jax.Array, lr0: 
   lr = lr0 * jnp.power(jnp.float32(gamma), jnp.floor(n / lr_step).astype(jnp.float32))
   return lr.astype(jnp.float32), class_seen + onehot.sum(0)
 
+
+def uses_matmul_conv_grad(matmul_conv_grad: Optional[bool] = None) -> bool:
+  """Whether scanned steps compute F's convolution kernel gradients as matmuls: the
+  ``matmul_conv_grad`` argument of :func:`remind`, whose default None means on the CPU backend."""
+  return jax.default_backend() == "cpu" if matmul_conv_grad is None else bool(matmul_conv_grad)
+
+
+def quantize(codebook: jax.Array, feats: jax.Array) -> jax.Array:
+  """Codes [N, H, W, M] uint8 of maps [N, H, W, D]: the nearest centroid of each sub-vector."""
+  n, h, w, d = feats.shape
+  return pq.encode(codebook, feats.reshape(n * h * w, d), batch_size=None).reshape(
+      n, h, w, codebook.shape[0])
+
+
+def dequantize(codebook: jax.Array, codes: jax.Array) -> jax.Array:
+  """Maps [N, H, W, D] float32 decoded from codes [N, H, W, M]."""
+  m, _, ds = codebook.shape
+  n, h, w, _ = codes.shape
+  return pq.decode(codebook, codes.reshape(n * h * w, m)).reshape(n, h, w, m * ds)
+
+
+def features(x: jax.Array, g_fn: Optional[Callable], codebook_shape: tuple) -> jax.Array:
+  """G's maps [B, H, W, D] float32 of inputs x (x itself without ``g_fn``); D must be the
+  codebook's M * D / M."""
+  feats = g_fn(x) if g_fn is not None else x
+  m, _, ds = codebook_shape
+  if feats.ndim != 4 or feats.shape[-1] != m * ds:
+    raise ValueError(f"features must be [B, H, W, {m * ds}] for a codebook of shape "
+                     f"{tuple(codebook_shape)}, got {feats.shape}")
+  return feats.astype(jnp.float32)
+
+
+def capacity_for(buffer_capacity: int, buffer_bytes: int, codebook_shape: tuple, h: int,
+                 w: int) -> int:
+  """Buffer slots: ``buffer_capacity``, or the items whose [h, w, M] codes fit in
+  ``buffer_bytes`` once the float32 codebook is paid for (``pq.capacity_for_bytes``) when > 0."""
+  if buffer_bytes <= 0:
+    return int(buffer_capacity)
+  m, c, ds = codebook_shape
+  cap = pq.capacity_for_bytes(int(buffer_bytes), m, c, m * ds, vectors_per_item=h * w)
+  if cap < 1:
+    raise ValueError(f"buffer_bytes={buffer_bytes} does not even pay for the codebook "
+                     f"({pq.memory_bytes(0, m, c, m * ds)['codebook']} B)")
+  return cap
 
 class _Head:
   """F as pure functions: ``Net.of(F)``, plus a second graph of the same variables whose
@@ -175,6 +240,146 @@ def from_base(base: Any, split: str = "layer4.0", num_subvectors: Optional[int] 
     codebook = pq.train(jax.random.key(seed), jnp.asarray(feats.reshape(-1, d)), int(m),
                         int(num_centroids), iters=int(pq_iters))
   return dict(f_module=f, g_fn=g_fn, codebook=codebook, base_features=feats, base_labels=y)
+
+
+def init_state(key: jax.Array, example_batch, *, features: Callable, net: Net, params: dict,
+               tx, num_classes: int, codebook: jax.Array, capacity: Callable) -> State:
+  """A fresh :class:`State` for inputs like ``example_batch["x"]`` (F's ``params`` and the
+  ``codebook`` copied; ``capacity(h, w)`` gives the buffer's slots for [h, w] maps)."""
+  feats = jax.eval_shape(features, jnp.asarray(example_batch["x"]))
+  _, h, w, _ = feats.shape
+  out = jax.eval_shape(net.apply, params, feats)
+  if out.shape[-1] != num_classes:
+    raise ValueError(f"F outputs {out.shape[-1]} classes, num_classes is {num_classes}")
+  k_buf, _ = jax.random.split(key)
+  # Copies (jnp.array), never aliases: update donates the state, which must not delete the
+  # caller's module variables or the codebook the factory closes over.
+  params = jax.tree.map(jnp.array, params)
+  return State(
+      params=params,
+      opt=tx.init(params),
+      buffer=CODES.init(k_buf, capacity(h, w),
+                        jax.ShapeDtypeStruct((h, w, codebook.shape[0]), jnp.uint8), num_classes),
+      class_seen=jnp.zeros((num_classes,), jnp.int32),
+      codebook=jnp.array(codebook),
+      steps=jnp.zeros((), jnp.int32))
+
+
+def sgd_step(small: tuple, buffer, codebook: jax.Array, new_codes: jax.Array, y: jax.Array,
+             use: jax.Array, key: jax.Array, *, net: Net, tx, replay_size: int,
+             mixup_alpha: float, crop: Optional[tuple], lr0: float, lr_gamma: float,
+             lr_step: int) -> tuple:
+  """One REMIND SGD step on b new rows plus r mixed replay rows (module docstring, steps 1-4).
+
+  Args:
+    small: (params, opt, class_seen) of the :class:`State`, what the step changes.
+    buffer: the code buffer (2r distinct items drawn from it); codebook: [M, C, D / M].
+    new_codes: [b, H, W, M] uint8 codes of the new rows; y: [b] int32; use: [b] bool.
+    key: this step's key (sample, crop and mixup keys split from it).
+    net: F's pure functions (plain, or with matmul kernel gradients); tx: the SGD direction.
+    replay_size: r; mixup_alpha: Beta(alpha, alpha); crop: (scale, ratio) of the random
+      resized crop, None for none; lr0, lr_gamma, lr_step: the per-class schedule.
+
+  Returns:
+    ((params, opt, class_seen), loss [] float32).
+  """
+  params, opt, class_seen = small
+  b, r = new_codes.shape[0], replay_size
+  k_sample, k_crop, k_mix = jax.random.split(key, 3)
+  if r > 0:
+    replay = CODES.sample(buffer, k_sample, 2 * r, distinct=True)
+    codes = jnp.concatenate([new_codes, replay.x])
+  else:
+    codes = new_codes
+  x = dequantize(codebook, codes)  # [b + 2r, H, W, D]
+  if crop is not None:
+    x = feature_aug.random_resized_crop(k_crop, x, *crop)
+  use_f = use.astype(jnp.float32)
+  if r > 0:
+    mixed, lam = feature_aug.mixup(k_mix, x[b:b + r], x[b + r:], mixup_alpha)
+    x = jnp.concatenate([x[:b], mixed])
+    ya = jnp.concatenate([y, replay.y[:r]])
+    yb = jnp.concatenate([y, replay.y[r:]])
+    lam_rows = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.full((r,), lam)])
+    # replay rows count once the buffer holds anything (sample's weight is 0 while empty)
+    weight = jnp.concatenate([use_f, replay.weight[:r]])
+  else:
+    ya = yb = y
+    lam_rows = jnp.ones((b,), jnp.float32)
+    weight = use_f
+  lr_rows, class_seen = per_class_lr(class_seen, y, use, lr0, lr_gamma, lr_step)
+  lr = jnp.sum(lr_rows * use_f) / jnp.maximum(jnp.sum(use_f), 1.0)
+
+  def loss_fn(p):
+    logits, moved = net.apply_train(p, x, weight > 0)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    ce_a = -jnp.take_along_axis(logp, jnp.clip(ya, 0)[:, None], axis=1)[:, 0]
+    ce_b = -jnp.take_along_axis(logp, jnp.clip(yb, 0)[:, None], axis=1)[:, 0]
+    rows = lam_rows * ce_a + (1.0 - lam_rows) * ce_b
+    return jnp.sum(weight * rows) / jnp.maximum(jnp.sum(weight), 1.0), moved
+
+  (loss, moved), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  new, opt = apply_updates(tx, params, opt, grads, lr)
+  return (net.with_stats(new, moved, x.shape[1:]), opt, class_seen), loss
+
+
+def loop_step(state: State, data: tuple, key: jax.Array, i: jax.Array, stop: jax.Array, *,
+              sgd: Callable, masked: bool) -> tuple:
+  """One step of ``update`` as a ``cljax.train.loop.Loop`` step: encode the step's new rows,
+  train F on them with replay (``sgd``: :func:`sgd_step`, settings bound), insert them.
+
+  ``data`` is (codebook, rows) with this step's rows (maps [b, H, W, D], y [b], use [b], key):
+  each step's key is one of ``update``'s split keys, so the Loop's own ``key`` is not used. A step
+  without a usable row leaves F, its optimizer state and the counts as they were: ``masked``
+  computes it and keeps the old values (unrolled steps; a cond would put F's convolutions back
+  under control flow), else a ``lax.cond`` skips it (scanned steps; the cond carries only F's
+  variables: the buffer is read inside and updated outside, so a skipped step never copies it).
+
+  Returns:
+    (state, [loss, taken] float32): the loss 0 and taken 0 for a skipped step.
+  """
+  del key, i, stop
+  codebook, (x, y, use, k) = data
+  new_codes = quantize(codebook, x)
+  small = (state.params, state.opt, state.class_seen)
+  taken = jnp.any(use)
+  if masked:
+    new_small, loss = sgd(small, state.buffer, codebook, new_codes, y, use, k)
+    small = jax.tree.map(lambda a, c: jnp.where(taken, a, c), new_small, small)
+    loss = jnp.where(taken, loss, 0.0)
+  else:
+    small, loss = jax.lax.cond(
+        taken, lambda s: sgd(s, state.buffer, codebook, new_codes, y, use, k),
+        lambda s: (s, jnp.zeros((), jnp.float32)), small)
+  params, opt, class_seen = small
+  state = state._replace(params=params, opt=opt, class_seen=class_seen,
+                         buffer=CODES.insert(state.buffer, new_codes, y, use),
+                         steps=state.steps + taken.astype(jnp.int32))
+  return state, jnp.stack([loss, taken.astype(jnp.float32)])
+
+
+def update(state: State, batch, key: jax.Array, *, features: Callable, new_per_step: int,
+           loop_for: Callable[[int], Loop]) -> tuple:
+  """REMIND's ``update``: the batch's B / b steps in order, in one ``Loop`` chunk of B / b steps
+  (``loop_for(steps)``: unrolled or scanned, built once per step count)."""
+  feats = features(batch["x"])
+  b = new_per_step
+  if feats.shape[0] % b:
+    raise ValueError(f"batch size {feats.shape[0]} is not a multiple of new_per_step={b}")
+  _, use = contract.masks(batch)
+  steps = feats.shape[0] // b
+  rows = (feats.reshape(steps, b, *feats.shape[1:]), batch["y"].astype(jnp.int32).reshape(steps, b),
+          use.reshape(steps, b), jax.random.split(key, steps))
+  state, sums = loop_for(steps)(state, state.codebook, key, steps, per_step=lambda start: rows)
+  loss_sum, passes = sums[0], sums[1]
+  loss = jnp.where(passes > 0, loss_sum / jnp.maximum(passes, 1.0), jnp.nan)
+  return state, contract.info(passes, loss, buffer_count=state.buffer.count)
+
+
+def predict(state: State, x: jax.Array, *, features: Callable, net: Net) -> jax.Array:
+  """Logits [B, K]: F in eval mode on the encoded-then-decoded maps of x."""
+  recon = dequantize(state.codebook, quantize(state.codebook, features(x)))
+  return net.apply(state.params, recon)
 
 
 @register("remind", inputs=("base",))
@@ -265,189 +470,57 @@ def remind(*, num_classes: int,
   if codebook is None:
     raise ValueError("remind needs a codebook [M, C, D / M] (cljax.ops.pq.train on G's base "
                      "features), or base=... to build one")
-  on_cpu = jax.default_backend() == "cpu"
-  if matmul_conv_grad is None:
-    matmul_conv_grad = on_cpu
   if f_module is None:
     raise ValueError("remind needs F: f_module (e.g. resnet.split_model(model, 'layer4.0')[1]), "
                      "or base=... to split one")
+  if int(replay_size) < 0 or int(new_per_step) < 1:
+    raise ValueError(f"need replay_size >= 0 and new_per_step >= 1, got {replay_size}, "
+                     f"{new_per_step}")
   head = _Head(f_module)
   tx = optim.direction("sgd", momentum=momentum, weight_decay=weight_decay)
   codebook = jnp.asarray(codebook, jnp.float32)
-  m_sub, _, ds = codebook.shape
-  r, b = int(replay_size), int(new_per_step)
-  if r < 0 or b < 1:
-    raise ValueError(f"need replay_size >= 0 and new_per_step >= 1, got {r}, {b}")
-  hparams = dict(num_classes=num_classes, codebook_shape=tuple(codebook.shape),
-                 buffer_capacity=buffer_capacity, replay_size=r, mixup_alpha=mixup_alpha, lr0=lr0,
-                 lr_gamma=lr_gamma, lr_step=lr_step, momentum=momentum, weight_decay=weight_decay,
-                 new_per_step=b, random_crop=random_crop, crop_scale=tuple(crop_scale),
-                 crop_ratio=tuple(crop_ratio), g=g_fn is not None,
-                 loop=loop, max_unrolled_steps=max_unrolled_steps,
-                 matmul_conv_grad=bool(matmul_conv_grad), split=split if base is not None else None,
-                 buffer_bytes=buffer_bytes, prefill_buffer=prefill_buffer,
-                 base_examples=0 if base_features is None else len(base_features))
+  feats_of = functools.partial(features, g_fn=g_fn, codebook_shape=codebook.shape)
+  sgd = functools.partial(
+      sgd_step, tx=tx, replay_size=int(replay_size), mixup_alpha=mixup_alpha,
+      crop=(tuple(crop_scale), tuple(crop_ratio)) if random_crop else None, lr0=lr0,
+      lr_gamma=lr_gamma, lr_step=lr_step)
+  on_cpu = jax.default_backend() == "cpu"
 
-  def features(x):
-    feats = g_fn(x) if g_fn is not None else x
-    if feats.ndim != 4 or feats.shape[-1] != m_sub * ds:
-      raise ValueError(f"features must be [B, H, W, {m_sub * ds}] for a codebook of shape "
-                       f"{tuple(codebook.shape)}, got {feats.shape}")
-    return feats.astype(jnp.float32)
-
-  def quantize(cb, feats):
-    n, h, w, d = feats.shape
-    return pq.encode(cb, feats.reshape(n * h * w, d), batch_size=None).reshape(n, h, w, m_sub)
-
-  def dequantize(cb, codes):
-    n, h, w, _ = codes.shape
-    return pq.decode(cb, codes.reshape(n * h * w, m_sub)).reshape(n, h, w, m_sub * ds)
-
-  def capacity(h, w):
-    if buffer_bytes <= 0:
-      return int(buffer_capacity)
-    cap = pq.capacity_for_bytes(int(buffer_bytes), m_sub, codebook.shape[1], m_sub * ds,
-                                vectors_per_item=h * w)
-    if cap < 1:
-      raise ValueError(f"buffer_bytes={buffer_bytes} does not even pay for the codebook "
-                       f"({pq.memory_bytes(0, m_sub, codebook.shape[1], m_sub * ds)['codebook']} B)")
-    return cap
+  @functools.lru_cache(maxsize=None)
+  def loop_for(steps: int) -> Loop:
+    # All of a batch's steps in one chunk. Unrolled steps use plain convolutions; scanned ones
+    # the matmul kernel gradients where they are faster (docstring of `loop`).
+    unrolled = loop == "unroll" or (loop == "auto" and on_cpu and steps <= max_unrolled_steps)
+    net = head.net_mm if not unrolled and uses_matmul_conv_grad(matmul_conv_grad) else head.net
+    return Loop(functools.partial(loop_step, sgd=functools.partial(sgd, net=net),
+                                  masked=unrolled), chunk=steps, unroll=unrolled)
 
   def init(key, example_batch):
-    feats = jax.eval_shape(features, jnp.asarray(example_batch["x"]))
-    _, h, w, _ = feats.shape
-    out = jax.eval_shape(head.net.apply, head.params, feats)
-    if out.shape[-1] != num_classes:
-      raise ValueError(f"F outputs {out.shape[-1]} classes, num_classes is {num_classes}")
-    k_buf, k_fill = jax.random.split(key)
-    # Copies (jnp.array), never aliases: update donates the state, which must not delete the
-    # caller's module variables or the codebook this factory closes over.
-    params = jax.tree.map(jnp.array, head.params)
-    state = {
-        "params": params,
-        "opt": tx.init(params),
-        "buffer": CODES.init(k_buf, capacity(h, w),
-                             jax.ShapeDtypeStruct((h, w, m_sub), jnp.uint8), num_classes),
-        "class_seen": jnp.zeros((num_classes,), jnp.int32),
-        "codebook": jnp.array(codebook),
-        "steps": jnp.zeros((), jnp.int32),
-    }
+    state = init_state(key, example_batch, features=feats_of, net=head.net, params=head.params,
+                       tx=tx, num_classes=num_classes, codebook=codebook,
+                       capacity=functools.partial(capacity_for, buffer_capacity, buffer_bytes,
+                                                  codebook.shape))
     if base_features is not None and prefill_buffer:
       state = fill_buffer(state, base_features, base_labels)
     return state
 
-  def sgd_step(small, buf, cb, new_codes, y, use, key, matmul_grad):
-    params, opt, class_seen = small
-    k_sample, k_crop, k_mix = jax.random.split(key, 3)
-    if r > 0:
-      replay = CODES.sample(buf, k_sample, 2 * r, distinct=True)
-      codes = jnp.concatenate([new_codes, replay.x])
-    else:
-      codes = new_codes
-    x = dequantize(cb, codes)  # [b + 2r, H, W, D]
-    if random_crop:
-      x = feature_aug.random_resized_crop(k_crop, x, tuple(crop_scale), tuple(crop_ratio))
-    use_f = use.astype(jnp.float32)
-    if r > 0:
-      mixed, lam = feature_aug.mixup(k_mix, x[b:b + r], x[b + r:], mixup_alpha)
-      x = jnp.concatenate([x[:b], mixed])
-      ya = jnp.concatenate([y, replay.y[:r]])
-      yb = jnp.concatenate([y, replay.y[r:]])
-      lam_rows = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.full((r,), lam)])
-      # replay rows count once the buffer holds anything (sample's weight is 0 while empty)
-      weight = jnp.concatenate([use_f, replay.weight[:r]])
-    else:
-      ya = yb = y
-      lam_rows = jnp.ones((b,), jnp.float32)
-      weight = use_f
-    lr_rows, class_seen = per_class_lr(class_seen, y, use, lr0, lr_gamma, lr_step)
-    lr = jnp.sum(lr_rows * use_f) / jnp.maximum(jnp.sum(use_f), 1.0)
-    net = head.net_mm if matmul_grad else head.net
-
-    def loss_fn(p):
-      logits, moved = net.apply_train(p, x, weight > 0)
-      logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-      ce_a = -jnp.take_along_axis(logp, jnp.clip(ya, 0)[:, None], axis=1)[:, 0]
-      ce_b = -jnp.take_along_axis(logp, jnp.clip(yb, 0)[:, None], axis=1)[:, 0]
-      rows = lam_rows * ce_a + (1.0 - lam_rows) * ce_b
-      return jnp.sum(weight * rows) / jnp.maximum(jnp.sum(weight), 1.0), moved
-
-    (loss, moved), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    new, opt = apply_updates(tx, params, opt, grads, lr)
-    return (net.with_stats(new, moved, x.shape[1:]), opt, class_seen), loss
-
-  def update(state, batch, key):
-    feats = features(batch["x"])
-    n_rows = feats.shape[0]
-    if n_rows % b:
-      raise ValueError(f"batch size {n_rows} is not a multiple of new_per_step={b}")
-    _, use = contract.masks(batch)
-    steps = n_rows // b
-    xs = feats.reshape(steps, b, *feats.shape[1:])
-    ys = batch["y"].astype(jnp.int32).reshape(steps, b)
-    us = use.reshape(steps, b)
-    keys = jax.random.split(key, steps)
-    cb = state["codebook"]
-
-    unrolled = loop == "unroll" or (loop == "auto" and on_cpu and steps <= max_unrolled_steps)
-
-    def body(st, inp, unrolled):
-      x, y, u, k = inp
-      new_codes = quantize(cb, x)
-      small = (st["params"], st["opt"], st["class_seen"])
-      taken = jnp.any(u)
-      if unrolled:
-        # Masked, not skipped: a cond body would put F's convolutions back under control flow.
-        new_small, loss = sgd_step(small, st["buffer"], cb, new_codes, y, u, k, False)
-        small = jax.tree.map(lambda a, c: jnp.where(taken, a, c), new_small, small)
-        loss = jnp.where(taken, loss, 0.0)
-      else:
-        # The cond carries only F's variables: the buffer is read inside and updated outside, so
-        # a skipped step never copies it.
-        small, loss = jax.lax.cond(
-            taken,
-            lambda s: sgd_step(s, st["buffer"], cb, new_codes, y, u, k, matmul_conv_grad),
-            lambda s: (s, jnp.zeros((), jnp.float32)), small)
-      buf = CODES.insert(st["buffer"], new_codes, y, u)
-      st = dict(st, params=small[0], opt=small[1], class_seen=small[2], buffer=buf,
-                steps=st["steps"] + taken.astype(jnp.int32))
-      return st, (loss, taken)
-
-    if unrolled:
-      losses, taken = [], []
-      for i in range(steps):
-        state, (loss, tk) = body(state, (xs[i], ys[i], us[i], keys[i]), True)
-        losses.append(loss)
-        taken.append(tk)
-      losses, taken = jnp.stack(losses), jnp.stack(taken)
-    else:
-      state, (losses, taken) = jax.lax.scan(lambda st, inp: body(st, inp, False), state,
-                                            (xs, ys, us, keys))
-    passes = jnp.sum(taken).astype(jnp.float32)
-    loss = jnp.where(passes > 0, jnp.sum(losses) / jnp.maximum(passes, 1.0), jnp.nan)
-    return state, contract.info(passes, loss, buffer_count=state["buffer"].count)
-
-  def predict(state, x):
-    feats = features(x)
-    recon = dequantize(state["codebook"], quantize(state["codebook"], feats))
-    return head.net.apply(state["params"], recon)
-
   # One SGD step per example whatever the budget: not budgeted.
-  return Learner(name="remind", init=init, update=jax.jit(update, donate_argnums=0),
-                 end_of_step=contract.identity_end_of_step, predict=jax.jit(predict),
-                 hparams=hparams, budgeted=False)
+  return Learner(
+      name="remind", init=init,
+      update=jax.jit(functools.partial(update, features=feats_of, new_per_step=int(new_per_step),
+                                       loop_for=loop_for), donate_argnums=0),
+      end_of_step=contract.identity_end_of_step,
+      predict=jax.jit(functools.partial(predict, features=feats_of, net=head.net)),
+      budgeted=False)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def _fill_chunk(state, feats, labels, mask):
-  cb = state["codebook"]
-  n, h, w, d = feats.shape
-  m_sub = cb.shape[0]
-  codes = pq.encode(cb, feats.reshape(n * h * w, d), batch_size=None).reshape(n, h, w, m_sub)
-  return dict(state, buffer=CODES.insert(state["buffer"], codes, labels, mask))
+def _fill_chunk(state: State, feats, labels, mask) -> State:
+  return state._replace(buffer=CODES.insert(state.buffer, quantize(state.codebook, feats), labels,
+                                            mask))
 
 
-def fill_buffer(state: dict, features, labels, chunk: int = 512) -> dict:
+def fill_buffer(state: State, features, labels, chunk: int = 512) -> State:
   """REMIND's base initialization of the buffer: encodes and inserts every base-init example.
 
   Args:

@@ -75,6 +75,66 @@ def _check_dim(state: ops.SLDAState, feats: jax.Array, where: str):
                      f"but the state has feature_dim={d}")
 
 
+def base_features(x, features: Callable, rows: int = 256) -> np.ndarray:
+  """[N, d] features of base inputs x [N, ...] by the jitted ``features``, ``rows`` at a time (the
+  last block padded, so one compiled program serves every block)."""
+  x = np.asarray(x)
+  out = []
+  for s in range(0, len(x), rows):
+    blk = x[s:s + rows]
+    pad = rows - len(blk)
+    if pad:
+      blk = np.concatenate([blk, np.zeros((pad, *blk.shape[1:]), blk.dtype)])
+    out.append(np.asarray(features(jnp.asarray(blk)))[:rows - pad])
+  return np.concatenate(out)
+
+
+def ingest(state: ops.SLDAState, batch, *, backbone: Optional[Callable], update_rule: str,
+           plastic: bool, refresh_on_update: bool, shrinkage: float,
+           solver: str) -> ops.SLDAState:
+  """The statistics after the batch's valid, labelled rows (and the head refreshed if
+  ``refresh_on_update``)."""
+  feats = _features(batch["x"], backbone)  # split over the devices with the batch
+  _check_dim(state, feats, "update")
+  _, mask = contract.masks(batch)
+  # The statistics of the whole batch are applied on every device alike, from its gathered
+  # features (B x d floats): sums split over the devices would round differently with each
+  # device count, and a run on N devices or processes equals the one-device run exactly.
+  feats, y, mask = sharding.replicate((feats, batch["y"], mask))
+  state = ops.update_batch(state, feats, y, mask, rule=update_rule, plastic=plastic)
+  if refresh_on_update:
+    state = ops.refresh(state, shrinkage, solver)
+  return state
+
+
+def update(state: ops.SLDAState, batch, key, *, num_classes: int,
+           ingest: Callable) -> tuple:
+  """SLDA's ``update``: ``ingest`` (settings bound) unless the state is skipping a base step."""
+  del key
+  y = batch["y"]
+  _, mask = contract.masks(batch)
+  in_range = (y >= 0) & (y < num_classes)
+  # The base set's own time step (skip): the state stays as fit_base left it.
+  state = jax.lax.cond(state.skip, lambda s: s, lambda s: ingest(s, batch), state)
+  used = mask & ~state.skip
+  return state, contract.info(examples=(used & in_range).sum().astype(jnp.int32),
+                              ignored=(used & ~in_range).sum().astype(jnp.int32),
+                              skipped=(mask & state.skip).sum().astype(jnp.int32))
+
+
+def predict(state: ops.SLDAState, x, *, backbone: Optional[Callable], shrinkage: float,
+            solver: str, mask_unseen: bool) -> jax.Array:
+  """Scores [B, K] of the LDA head (solved on the fly while the cached head is stale)."""
+  feats = _features(x, backbone)
+  _check_dim(state, feats, "predict")
+  return ops.scores(state, feats, shrinkage, solver, mask_unseen)
+
+
+def refresh(state: ops.SLDAState, *, shrinkage: float, solver: str) -> ops.SLDAState:
+  """The cached head recomputed, and a base step's skipping ended."""
+  return ops.refresh(state, shrinkage, solver)._replace(skip=jnp.zeros((), jnp.bool_))
+
+
 @register("slda", inputs=("backbone", "base"))
 def slda(*, num_classes: int,
          shrinkage: float = 1e-4,
@@ -126,7 +186,6 @@ def slda(*, num_classes: int,
   if not 0.0 <= float(shrinkage) <= 1.0:
     raise ValueError(f"slda: shrinkage must lie in [0, 1], got {shrinkage!r}")
   shrinkage = float(shrinkage)
-  plastic = covariance == "plastic"
   if base is not None:
     base_y = np.asarray(base.y)
     if len(base_y) == 0 or (base_y < 0).any():
@@ -134,78 +193,34 @@ def slda(*, num_classes: int,
                        "means); got an empty or unlabeled (e.g. mae) base initialisation")
     if backbone is None:
       backbone = base.backbone()
-  skip_first = base is not None and bool(skip_base_step)
+  features_jit = jax.jit(functools.partial(_features, backbone=backbone))
 
   def init(key, example_batch):
     del key
     d = _feature_dim(example_batch["x"], backbone)
     if base is None:
       return ops.init_state(num_classes, d)
-    state = fit_base(ops.init_state(num_classes, d), base_features(base.x), base.y)
-    return state._replace(skip=jnp.asarray(skip_first))
+    state = fit_base(ops.init_state(num_classes, d), base_features(base.x, features_jit), base.y)
+    return state._replace(skip=jnp.asarray(bool(skip_base_step)))
 
-  features_jit = jax.jit(lambda x: _features(x, backbone))
-
-  def base_features(x, rows: int = 256):
-    """[N, d] features of the base inputs, ``rows`` at a time (the last block padded, so one
-    compiled program serves every block)."""
-    x = np.asarray(x)
-    out = []
-    for s in range(0, len(x), rows):
-      blk = x[s:s + rows]
-      pad = rows - len(blk)
-      if pad:
-        blk = np.concatenate([blk, np.zeros((pad, *blk.shape[1:]), blk.dtype)])
-      out.append(np.asarray(features_jit(jnp.asarray(blk)))[:rows - pad])
-    return np.concatenate(out)
-
-  def _ingest(state, batch):
-    feats = _features(batch["x"], backbone)  # split over the devices with the batch
-    _check_dim(state, feats, "update")
-    _, mask = contract.masks(batch)
-    # The statistics of the whole batch are applied on every device alike, from its gathered
-    # features (B x d floats): sums split over the devices would round differently with each
-    # device count, and a run on N devices or processes equals the one-device run exactly.
-    feats, y, mask = sharding.replicate((feats, batch["y"], mask))
-    state = ops.update_batch(state, feats, y, mask, rule=update_rule, plastic=plastic)
-    if refresh_on_update:
-      state = ops.refresh(state, shrinkage, solver)
-    return state
-
-  @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
-  def update(state, batch, key):
-    del key
-    y = batch["y"]
-    _, mask = contract.masks(batch)
-    in_range = (y >= 0) & (y < num_classes)
-    # The base set's own time step (skip): the state stays as fit_base left it.
-    state = jax.lax.cond(state.skip, lambda s: s, lambda s: _ingest(s, batch), state)
-    used = mask & ~state.skip
-    return state, contract.info(examples=(used & in_range).sum().astype(jnp.int32),
-                                ignored=(used & ~in_range).sum().astype(jnp.int32),
-                                skipped=(mask & state.skip).sum().astype(jnp.int32))
-
-  @jax.jit
-  def predict(state, x):
-    feats = _features(x, backbone)
-    _check_dim(state, feats, "predict")
-    return ops.scores(state, feats, shrinkage, solver, mask_unseen)
-
-  refresh = jax.jit(lambda state: ops.refresh(state, shrinkage, solver)._replace(
-      skip=jnp.zeros((), jnp.bool_)))
+  refresh_jit = jax.jit(functools.partial(refresh, shrinkage=shrinkage, solver=solver))
 
   def end_of_step(state, key, budget=None, progress=None):
     """Refreshes the cached head and ends a base step's skipping (0 passes, whatever the
     budget)."""
-    del key, budget
-    return refresh(state), contract.info()
+    del key, budget, progress
+    return refresh_jit(state), contract.info()
 
-  hparams = dict(num_classes=num_classes, shrinkage=shrinkage,
-                 covariance=covariance, update_rule=update_rule, solver=solver,
-                 mask_unseen=mask_unseen, backbone=backbone is not None,
-                 refresh_on_update=refresh_on_update, donate=donate,
-                 base=None if base is None else len(base.y), skip_base_step=skip_first)
-  return Learner("slda", init, update, end_of_step, predict, hparams)
+  step = functools.partial(ingest, backbone=backbone, update_rule=update_rule,
+                           plastic=covariance == "plastic", refresh_on_update=refresh_on_update,
+                           shrinkage=shrinkage, solver=solver)
+  return Learner(
+      "slda", init,
+      jax.jit(functools.partial(update, num_classes=num_classes, ingest=step),
+              donate_argnums=(0,) if donate else ()),
+      end_of_step,
+      jax.jit(functools.partial(predict, backbone=backbone, shrinkage=shrinkage, solver=solver,
+                                mask_unseen=mask_unseen)))
 
 
 def fit_base(state: ops.SLDAState,

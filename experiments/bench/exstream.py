@@ -201,7 +201,7 @@ def bench_learner(k, c, d, replay, batch, steps, donate):
   y = jax.random.randint(key, (batch,), 0, k, jnp.int32)
   state = learner.init(key, {"x": x, "y": y})
   # Steady state: full buffers (of L2-normalised features, as the learner stores them).
-  state["buffer"] = _full_exstream(key, k, c, d, normalize=True)
+  state = state._replace(buffer=_full_exstream(key, k, c, d, normalize=True))
   batch_d = {"x": x, "y": y, "valid": jnp.ones((batch,), bool),
              "labeled": jnp.ones((batch,), bool)}
   t = time.perf_counter()

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import learners
+from cljax.learners import remind as remind_lib
 from cljax.models import resnet
 from cljax.ops import buffers
 from cljax.ops import pq
@@ -150,14 +151,14 @@ def bench_remind(res):
     state = lrn.init(jax.random.key(2), batch)
     # A full buffer of random codes over 1,000 classes: every insert pays the eviction search.
     chunk = 10_000
-    buf = state["buffer"]
+    buf = state.buffer
     for i in range(0, cap, chunk):
       n = min(chunk, cap - i)
       codes = jnp.asarray(rng.integers(0, 256, (chunk, 7, 7, 32)), jnp.uint8)
       labels = jnp.asarray(rng.integers(0, 1000, chunk), jnp.int32)
       buf = fill(buf, codes, labels, jnp.arange(chunk) < n)
-    state = dict(state, buffer=buf)
-    assert int(state["buffer"].count) == cap
+    state = state._replace(buffer=buf)
+    assert int(state.buffer.count) == cap
     t = time.perf_counter()
     state, met = lrn.update(state, batch, jax.random.key(3))
     jax.block_until_ready(state)
@@ -171,7 +172,8 @@ def bench_remind(res):
     call_s = statistics.median(times)
     out[loop] = {"examples_per_s": b / call_s, "step_ms": 1000 * call_s / b,
                  "first_call_s": first, "compile_s_approx": first - call_s,
-                 "matmul_conv_grad": lrn.hparams["matmul_conv_grad"],
+                 "matmul_conv_grad": remind_lib.uses_matmul_conv_grad(
+                     lrn.hparams["matmul_conv_grad"]),
                  "passes_per_call": float(met.passes)}
     del state
   # F alone at top level (plain XLA convolutions): one forward-backward over r + 1 rows, for scale.

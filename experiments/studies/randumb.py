@@ -109,11 +109,11 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
       like = learner.init(jax.random.key(0), {"x": x[:1], "y": y[:1]})
       with Checkpointer(os.path.join(dsdir, f"seed{s}", "checkpoints", "randumb")) as ck:
         _, state, _ = ck.restore_latest(like)
-      d = int(state["embed"]["gaussian"].shape[1])
+      d = int(state.embed["gaussian"].shape[1])
       net = Net.named("random_fourier", stream.dataset.num_classes, dim=d)
       phi = jax.jit(lambda p, a, net=net: net.features(p, a))
       feats = lambda a, state=state, phi=phi: np.concatenate(  # noqa: E731
-          [np.asarray(phi(state["embed"], jnp.asarray(a[i:i + 500])))
+          [np.asarray(phi(state.embed, jnp.asarray(a[i:i + 500])))
            for i in range(0, len(a), 500)])
       # update alone: one example per call, the state donated (as in the config)
       st = learner.init(jax.random.key(1), {"x": x[:1], "y": y[:1]})

@@ -110,4 +110,4 @@ def test_resume_mid_stream_equals_uninterrupted(reduced_run, tmp_path):
   assert s_want[0] == s_got[0] == 5
   for a, b in zip(jax.tree.leaves(s_want[1]), jax.tree.leaves(s_got[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert int(s_got[1]["buffer"].count) > 0 and int(s_got[1]["steps"]) == 900
+  assert int(s_got[1].buffer.count) > 0 and int(s_got[1].steps) == 900

@@ -81,7 +81,7 @@ def test_every_example_trains_and_is_kept_with_one_compile(compiles):
   state, passes, counts = _stream(ex, xs, ys, compiles=compiles)
   # K*c = 80 < batch 100: one mini-batch per example once the buffer holds >= 2 items.
   assert passes == len(ys) - 1
-  w = np.asarray(state["buffer"].weights)
+  w = np.asarray(state.buffer.weights)
   np.testing.assert_array_equal(w.sum(1), np.bincount(ys, minlength=10))
   assert sum(counts[1:]) == 0, counts  # the buffer fills from empty inside one compiled update
   # Nothing is left to do at the end of a step, whatever the budget.
@@ -105,7 +105,7 @@ def test_beats_fine_tuning_class_incremental_digits(compiles):
   assert acc_ex - acc_ft > 0.4, (acc_ex, acc_ft)
   # K*c = 80 < batch 100: one mini-batch per example once the buffer holds >= 2 items.
   assert ex_passes == len(ys) - 1
-  w = np.asarray(ex_state["buffer"].weights)
+  w = np.asarray(ex_state.buffer.weights)
   np.testing.assert_array_equal(w.sum(1), np.bincount(ys, minlength=10))
   # The buffer filled from empty to full inside one compiled function: nothing compiles after
   # the first update.
@@ -164,7 +164,7 @@ def test_masks_and_backbone():
   x = rng.normal(size=(B, 3, 4)).astype(np.float32)
   y = (np.arange(B) % 3).astype(np.int32)
   state = learner.init(jax.random.key(0), {"x": x, "y": y})
-  assert state["buffer"].centroids.shape == (3, 2, 6)
+  assert state.buffer.centroids.shape == (3, 2, 6)
   # Padding rows and unlabelled rows change nothing and cost nothing.
   off = {"x": x, "y": y, "valid": np.zeros(B, bool), "labeled": np.ones(B, bool)}
   unl = {"x": x, "y": y, "valid": np.ones(B, bool), "labeled": np.zeros(B, bool)}

@@ -34,7 +34,7 @@ def streamed(digits):
 
 def _features(state, x):
   net = Net.named("random_fourier", 10, dim=D)
-  return np.asarray(net.features(state["embed"], jnp.asarray(x)), np.float64)
+  return np.asarray(net.features(state.embed, jnp.asarray(x)), np.float64)
 
 
 def test_online_equals_offline_pooled_oas_lda_and_sklearn(digits, streamed):
@@ -65,12 +65,12 @@ def test_batch_size_does_not_change_the_statistics(digits, streamed):
   # gamma="scale" is fixed from the first 256 rows, whatever the batch size: batches of 37
   # straddle that boundary (256 = 6·37 + 34) and must give the same γ and statistics.
   state37, _ = run_tasks(learner, x, y, TASKS, bs=37)
-  assert float(state37["embed"]["gamma"]) == pytest.approx(float(state1["embed"]["gamma"]),
+  assert float(state37.embed["gamma"]) == pytest.approx(float(state1.embed["gamma"]),
                                                            rel=1e-6)
-  np.testing.assert_array_equal(np.asarray(state1["lda"].counts), np.asarray(state37["lda"].counts))
-  np.testing.assert_allclose(np.asarray(state1["lda"].means), np.asarray(state37["lda"].means),
+  np.testing.assert_array_equal(np.asarray(state1.lda.counts), np.asarray(state37.lda.counts))
+  np.testing.assert_allclose(np.asarray(state1.lda.means), np.asarray(state37.lda.means),
                              atol=1e-5)
-  s1, s37 = np.asarray(state1["lda"].scatter), np.asarray(state37["lda"].scatter)
+  s1, s37 = np.asarray(state1.lda.scatter), np.asarray(state37.lda.scatter)
   assert np.abs(s1 - s37).max() <= 1e-4 * np.abs(s1).max()
 
 
@@ -91,16 +91,16 @@ def test_gamma_from_the_first_rows_and_predictions_while_warming_up(digits):
   sa, sb = feed(a, 40), feed(b, 40)
   # scikit-learn's gamma="scale" (RBFSampler._gamma) of exactly the first 40 rows
   want = RBFSampler(gamma="scale").fit(xs[:40].reshape(40, -1))._gamma
-  assert float(sb["embed"]["gamma"]) == pytest.approx(want, rel=1e-5)
-  assert int(np.asarray(sb["lda"].counts).sum()) == 40  # buffer full: streamed into the head
-  assert int(np.asarray(sa["lda"].counts).sum()) == 0  # still warming up
+  assert float(sb.embed["gamma"]) == pytest.approx(want, rel=1e-5)
+  assert int(np.asarray(sb.lda.counts).sum()) == 40  # buffer full: streamed into the head
+  assert int(np.asarray(sa.lda.counts).sum()) == 0  # still warming up
   # while warming up, a predicts with γ and the head of its 40 buffered rows: b's
   np.testing.assert_allclose(np.asarray(a.predict(sa, xt)), np.asarray(b.predict(sb, xt)),
                              rtol=1e-4, atol=1e-3)
   sa = feed(a, 70)  # past 64: γ of the first 64 rows, then 6 more rows into the head
   want = RBFSampler(gamma="scale").fit(xs[:64].reshape(64, -1))._gamma
-  assert float(sa["embed"]["gamma"]) == pytest.approx(want, rel=1e-5)
-  assert int(np.asarray(sa["lda"].counts).sum()) == 70
+  assert float(sa.embed["gamma"]) == pytest.approx(want, rel=1e-5)
+  assert int(np.asarray(sa.lda.counts).sum()) == 70
 
 
 def test_relu_variant_predicts_only_seen_classes_without_recompiles(digits, compiles):
@@ -122,3 +122,26 @@ def test_bad_arguments_raise():
     L.get("randumb", num_classes=3, gamma=-1.0)
   with pytest.raises(ValueError, match="gamma_rows"):
     L.get("randumb", num_classes=3, gamma_rows=1)
+
+
+@pytest.mark.parametrize("hp", [dict(gamma_rows=16), dict(embedding="random_relu")],
+                         ids=["fourier-warmup", "relu"])
+def test_backbone_equals_its_features_given_as_inputs(digits, hp):
+  # The backbone runs once per row: on raw inputs it gives what its features, given as inputs,
+  # give (the warm-up rows are kept after the backbone).
+  (x, y), (xt, _) = digits
+  x, y = x[:40].reshape(40, -1), y[:40]
+  proj = jnp.asarray(np.random.default_rng(0).normal(size=(x.shape[1], 12)).astype(np.float32))
+  backbone = lambda a: jnp.tanh(a.reshape(a.shape[0], -1) @ proj)  # noqa: E731
+  feats = np.asarray(backbone(jnp.asarray(x)))
+  with_bb = L.get("randumb", num_classes=10, embed_dim=32, backbone=backbone, **hp)
+  plain = L.get("randumb", num_classes=10, embed_dim=32, **hp)
+  sa = with_bb.init(jax.random.key(0), {"x": x[:8], "y": y[:8]})
+  sb = plain.init(jax.random.key(0), {"x": feats[:8], "y": y[:8]})
+  for i in range(0, 40, 8):
+    sa, _ = with_bb.update(sa, {"x": x[i:i + 8], "y": y[i:i + 8]}, jax.random.key(i))
+    sb, _ = plain.update(sb, {"x": feats[i:i + 8], "y": y[i:i + 8]}, jax.random.key(i))
+  xt = xt[:20].reshape(20, -1)
+  np.testing.assert_allclose(np.asarray(with_bb.predict(sa, xt)),
+                             np.asarray(plain.predict(sb, backbone(jnp.asarray(xt)))),
+                             rtol=1e-5, atol=1e-4)

@@ -127,17 +127,17 @@ def _small_learner(small, **kw):
 def test_update_counts_passes_skips_unusable_rows_and_inserts(small):
   lrn = _small_learner(small)
   state = lrn.init(jax.random.key(0), _batch(small["feats"][:6], small["labels"][:6]))
-  assert int(state["buffer"].count) == 0
+  assert int(state.buffer.count) == 0
   valid = np.array([1, 1, 1, 1, 1, 0], bool)
   labeled = np.array([1, 0, 1, 1, 1, 1], bool)
   y = small["labels"][:6]
   state, info = lrn.update(state, _batch(small["feats"][:6], y, valid, labeled),
                            jax.random.key(1))
-  assert float(info.passes) == 4.0 and int(state["steps"]) == 4
-  assert int(state["buffer"].count) == 4 and int(info.extra["buffer_count"]) == 4
+  assert float(info.passes) == 4.0 and int(state.steps) == 4
+  assert int(state.buffer.count) == 4 and int(info.extra["buffer_count"]) == 4
   used = valid & labeled
-  np.testing.assert_array_equal(state["class_seen"], np.bincount(y[used], minlength=6))
-  contents = remind_mod.CODES.contents(state["buffer"])
+  np.testing.assert_array_equal(state.class_seen, np.bincount(y[used], minlength=6))
+  contents = remind_mod.CODES.contents(state.buffer)
   np.testing.assert_array_equal(np.asarray(contents.y[:4]), y[used])
   assert np.asarray(contents.mask).sum() == 4 and contents.x.dtype == jnp.uint8
   assert np.isfinite(float(info.loss))
@@ -172,11 +172,11 @@ def test_first_step_equals_hand_written_sgd(small):
   want = jax.tree.map(lambda p, g: p - 0.1 * (g + 0.01 * p), p0, grads)
   # The learner keeps one params dict (weights and running statistics): compare leaf by leaf.
   for path in _paths(p0):
-    np.testing.assert_allclose(_leaf(new["params"], path), _leaf(want, path), rtol=2e-4,
+    np.testing.assert_allclose(_leaf(new.params, path), _leaf(want, path), rtol=2e-4,
                                atol=2e-6, err_msg=str(path))
   # SGD momentum (optax trace) after one step: g + wd * p on the weights, and nothing at all on
   # the running statistics (no gradient, no weight decay).
-  (momentum,) = [s.trace for s in new["opt"] if isinstance(s, optax.TraceState)]
+  (momentum,) = [s.trace for s in new.opt if isinstance(s, optax.TraceState)]
   for path in _paths(p0):
     np.testing.assert_allclose(_leaf(momentum, path),
                                _leaf(grads, path) + 0.01 * _leaf(p0, path), rtol=2e-4, atol=2e-6,
@@ -184,7 +184,7 @@ def test_first_step_equals_hand_written_sgd(small):
   for path in _paths(stats0):
     np.testing.assert_array_equal(_leaf(momentum, path), 0.0)
   # F's batch norm ran in train mode: the running statistics moved.
-  assert any(not np.allclose(_leaf(new["params"], path), _leaf(stats0, path))
+  assert any(not np.allclose(_leaf(new.params, path), _leaf(stats0, path))
              for path in _paths(stats0))
 
 
@@ -224,11 +224,11 @@ def test_b_new_examples_per_step(small):
   lrn = _small_learner(small, new_per_step=3, base_features=small["feats"][40:62],
                        base_labels=small["labels"][40:62])
   state = lrn.init(jax.random.key(0), _batch(small["feats"][:6], small["labels"][:6]))
-  assert int(state["buffer"].count) == 22
+  assert int(state.buffer.count) == 22
   state, info = lrn.update(state, _batch(small["feats"][:6], small["labels"][:6]),
                            jax.random.key(4))
-  assert float(info.passes) == 2.0 and int(state["buffer"].count) == 24  # full: 4 evictions
-  assert int(state["buffer"].class_count.sum()) == 24
+  assert float(info.passes) == 2.0 and int(state.buffer.count) == 24  # full: 4 evictions
+  assert int(state.buffer.class_count.sum()) == 24
   with pytest.raises(ValueError, match="multiple"):
     lrn.update(state, _batch(small["feats"][:4], small["labels"][:4]), jax.random.key(5))
 
@@ -330,7 +330,7 @@ def test_remind_beats_naive_fine_tuning_on_mnist():
     pred = np.asarray(lrn.predict(state, test_feats)).argmax(-1)
     right = pred == y[test_idx]
     acc[name] = (right.mean(), right[y[test_idx] < 5].mean(), right[y[test_idx] >= 5].mean())
-    counts = np.asarray(state["buffer"].class_count)
+    counts = np.asarray(state.buffer.class_count)
     assert counts.sum() == 400 and counts.max() - counts.min() <= 2  # class-balanced once full
 
   print("test accuracy (all, classes 0-4, classes 5-9):", acc)
