@@ -122,14 +122,23 @@ def get(name: str, *, num_classes: int, checked: bool = True, **hparams) -> Lear
   return contract.checked(learner, num_classes) if checked else learner
 
 
-# Inputs that are arrays or functions, not settings: never part of the recorded hyper-parameters.
-_NOT_RECORDED = ("init_params", "backbone", "base")
+def _is_setting(v) -> bool:
+  """Plain data (what a config can hold): None, bool, numbers, str, and lists / tuples / dicts of
+  them. Arrays, networks and functions handed to a factory are inputs, not settings."""
+  if v is None or isinstance(v, (bool, int, float, str)):
+    return True
+  if isinstance(v, (list, tuple)):
+    return all(_is_setting(u) for u in v)
+  if isinstance(v, dict):
+    return all(isinstance(k, str) and _is_setting(u) for k, u in v.items())
+  return False
 
 
 def effective_hparams(factory: Callable, num_classes: int, hparams: dict) -> dict:
   """The hyper-parameters ``factory(num_classes=..., **hparams)`` runs with: its bound signature
   with the defaults applied (``num_classes`` and the plain-valued inputs included; parameters,
-  backbones and base sets left out). Written once, in the signature; recorded in results.json."""
+  backbones, base sets and other non-data arguments left out). Written once, in the signature;
+  recorded in results.json and the workdir record."""
   bound = inspect.signature(factory).bind(num_classes=num_classes, **hparams)
   bound.apply_defaults()
-  return {k: v for k, v in bound.arguments.items() if k not in _NOT_RECORDED}
+  return {k: v for k, v in bound.arguments.items() if _is_setting(v)}
