@@ -66,6 +66,7 @@ from cljax import optim
 from cljax.learner import Learner
 from cljax.learners import _phases, _stores, _vit
 from cljax.learners.registry import register
+from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import mixup as mixup_lib
 from cljax.ops.buffers import append as append_store
@@ -178,6 +179,53 @@ def finish(state: State) -> State:
                         step_cls=jnp.zeros_like(state.step_cls), step=state.step + 1)
 
 
+def joint_loss(net: Net, recipe: _phases.Recipe, split: tuple, lm_mask: str, w_r: float,
+               mask_ratio: float, norm_pix: bool):
+  """``loss(params, state, key) -> (w_r·L_r + L_m + L_b, (L_r, L_m, L_b))`` on one joint batch
+  of ``split`` = (unlabeled, current labeled, buffer) rows (``source_split``)."""
+  nu, nl, nb = split
+  store, memory = buffers.get("append"), buffers.get("task_balanced")
+
+  def loss(params, state: State, key):
+    ku, kl, kb, km, kau, kml, kmb = jax.random.split(key, 7)
+    # No earlier task in memory (the first step): the buffer's rows go to the current labels.
+    first = state.mem.tasks <= 1
+    xl, yl, wl = _stores.sample_rows(store, state.cur_l, kl, nl + nb)
+    xb, yb, wb = _stores.sample_rows(memory, state.mem, kb, nb)
+    l_r = jnp.zeros(())
+    if nu:
+      xu, _, wu = _stores.sample_rows(store, state.cur_u, ku, nu)
+      l_r = net.call(params, recipe.images(kau, xu, mae=True), "mae_loss", km, mask_ratio,
+                     norm_pix, wu)
+    rows = jnp.where(first, nl + nb, nl)
+    cur = recipe.batch(kml, xl, yl, wl, state.seen, rows)
+    buf = recipe.batch(kmb, xb, yb, wb, state.seen)
+    x_ce = jnp.concatenate([cur.x[:nl], jnp.where(first, cur.x[nl:], buf.x)])
+    logits = net.apply(params, x_ce)  # one forward for both CE terms
+    l_m = current_label_loss(lm_mask, logits, cur, yl,
+                             (wl > 0) & (jnp.arange(nl + nb) < rows), state)
+    l_b = mixup_lib.soft_cross_entropy(logits[nl:], buf.targets,
+                                       jnp.where(first, 0.0, buf.weight), state.seen)
+    return w_r * l_r + l_m + l_b, (l_r, l_m, l_b)
+
+  return loss
+
+
+def buffer_loss(net: Net, recipe: _phases.Recipe, batch_size: int):
+  """``loss(params, state, key) -> (L_b, (0, 0, L_b))`` on ``batch_size`` memory rows."""
+  memory = buffers.get("task_balanced")
+
+  def loss(params, state: State, key):
+    k_s, k_m = jax.random.split(key)
+    xb, yb, wb = _stores.sample_rows(memory, state.mem, k_s, batch_size)
+    buf = recipe.batch(k_m, xb, yb, wb, state.seen)
+    l_b = mixup_lib.soft_cross_entropy(net.apply(params, buf.x), buf.targets, buf.weight,
+                                       state.seen)
+    return l_b, (jnp.zeros(()), jnp.zeros(()), l_b)
+
+  return loss
+
+
 @register("dietcl", inputs=("model", "model_kwargs", "batch_size", "init_params",
                             "max_step_size", "stream_size"))
 def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
@@ -241,7 +289,7 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
   net = _vit.vit_net("dietcl", model, num_classes, model_kwargs)
-  nu, nl, nb = source_split(batch_size, allocation, reconstruction)
+  split = source_split(batch_size, allocation, reconstruction)
   peak_lr = lr * batch_size / 256
   floor_lr = min_lr * batch_size / 256
   recipe = _phases.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
@@ -264,41 +312,12 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
                  mem=memory.init(k_m, capacity, ex, num_classes, max_tasks=max_tasks),
                  step=jnp.zeros((), jnp.int32))
 
-  def joint_loss(params, state: State, key):
-    """w_r·L_r + L_m + L_b on one joint batch of (nu, nl, nb) rows; parts (L_r, L_m, L_b)."""
-    ku, kl, kb, km, kau, kml, kmb = jax.random.split(key, 7)
-    # No earlier task in memory (the first step): the buffer's rows go to the current labels.
-    first = state.mem.tasks <= 1
-    xl, yl, wl = _stores.sample_rows(store, state.cur_l, kl, nl + nb)
-    xb, yb, wb = _stores.sample_rows(memory, state.mem, kb, nb)
-    l_r = jnp.zeros(())
-    if nu:
-      xu, _, wu = _stores.sample_rows(store, state.cur_u, ku, nu)
-      l_r = net.call(params, recipe.images(kau, xu, mae=True), "mae_loss", km, mask_ratio,
-                     norm_pix, wu)
-    rows = jnp.where(first, nl + nb, nl)
-    cur = recipe.batch(kml, xl, yl, wl, state.seen, rows)
-    buf = recipe.batch(kmb, xb, yb, wb, state.seen)
-    x_ce = jnp.concatenate([cur.x[:nl], jnp.where(first, cur.x[nl:], buf.x)])
-    logits = net.apply(params, x_ce)  # one forward for both CE terms
-    l_m = current_label_loss(lm_mask, logits, cur, yl,
-                             (wl > 0) & (jnp.arange(nl + nb) < rows), state)
-    l_b = mixup_lib.soft_cross_entropy(logits[nl:], buf.targets,
-                                       jnp.where(first, 0.0, buf.weight), state.seen)
-    return w_r * l_r + l_m + l_b, (l_r, l_m, l_b)
-
-  def buffer_loss(params, state: State, key):
-    """L_b on a batch of ``batch_size`` memory rows; parts (0, 0, L_b)."""
-    k_s, k_m = jax.random.split(key)
-    xb, yb, wb = _stores.sample_rows(memory, state.mem, k_s, batch_size)
-    buf = recipe.batch(k_m, xb, yb, wb, state.seen)
-    l_b = mixup_lib.soft_cross_entropy(net.apply(params, buf.x), buf.targets, buf.weight,
-                                       state.seen)
-    return l_b, (jnp.zeros(()), jnp.zeros(()), l_b)
-
   # (experiments/bench/scaling.py finds these two loops by name in end_of_step's closure.)
-  joint_loop = Loop(_phases.phase_step(joint_loss, tx), chunk=chunk, unroll=False)
-  buffer_loop = Loop(_phases.phase_step(buffer_loss, tx), chunk=chunk, unroll=False)
+  joint_loop = Loop(_phases.phase_step(
+      joint_loss(net, recipe, split, lm_mask, w_r, mask_ratio, norm_pix), tx),
+      chunk=chunk, unroll=False)
+  buffer_loop = Loop(_phases.phase_step(buffer_loss(net, recipe, batch_size), tx), chunk=chunk,
+                     unroll=False)
   prepare = jax.jit(lambda s: balance_memory(s, max_tasks, balanced_buffer))
   scales_of = jax.jit(lambda p: _vit.vit_layer_scales(p, layer_decay))
   opt_init = jax.jit(tx.init)
