@@ -36,6 +36,7 @@ from cljax import optim
 from cljax.learner import Learner
 from cljax.learners import _distill, _ssl, _stores, _vit
 from cljax.learners.registry import register
+from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
@@ -101,6 +102,30 @@ def finish(state: State) -> State:
                         has_teacher=jnp.ones((), bool), cur=append_store.clear(state.cur))
 
 
+def ssl_loss(net: Net, proj: Net, pred: Net, scale: tuple, lamb: float, scale_loss: float,
+             distill_lamb: float):
+  """``loss((params, heads), state, x, w, key, distil) -> []``: Barlow Twins on two views
+  (crops of area ``scale``) of x [n, ...] with row weights w [n], plus, when ``distil``,
+  λ_d · ½ (BT(g(z1), z1') + BT(g(z2), z2')) against ``state.teacher`` (module docstring)."""
+
+  def loss(trained, state: State, x, w, key, distil: bool):
+    p, q = trained
+    encode = lambda v: net.features(p, v)  # noqa: E731
+    z1, z2, (v1, v2) = _ssl.view_embeddings(encode, lambda f: proj.apply(q.proj, f), x, key,
+                                             scale)
+    out = _ssl.barlow(z1, z2, lamb, scale_loss, w)
+    if distil:
+      t = state.teacher
+      frozen = lambda v: jax.lax.stop_gradient(  # noqa: E731
+          proj.apply(t.proj, net.features(t.params, v)))
+      d = 0.5 * (_ssl.barlow(pred.apply(q.pred, z1), frozen(v1), lamb, scale_loss, w)
+                 + _ssl.barlow(pred.apply(q.pred, z2), frozen(v2), lamb, scale_loss, w))
+      out = out + distill_lamb * d
+    return out
+
+  return loss
+
+
 @register("cassle", inputs=("model", "model_kwargs", "batch_size", "init_params",
                             "max_step_size"))
 def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
@@ -137,7 +162,8 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   tx = optim.build("adamw", lr, weight_decay=weight_decay, decay_mask=optim.matrices)
   store = buffers.get("append")
   n_img = batch_size // 2
-  scale = tuple(float(s) for s in crop_scale)
+  ssl = ssl_loss(net, proj, pred, tuple(float(s) for s in crop_scale), lamb, scale_loss,
+                 distill_lamb)
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
@@ -152,22 +178,6 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
                  cur=store.init(k_cur, max_step_size, ex, num_classes),
                  mem=store.init(k_mem, memory_size, ex, num_classes))
 
-  def ssl_loss(trained, state: State, x, w, key, distil: bool):
-    """Barlow Twins on two views of x [n_img, ...] (+ λ_d · the predictive distillation)."""
-    p, q = trained
-    encode = lambda v: net.features(p, v)  # noqa: E731
-    z1, z2, (v1, v2) = _ssl.view_embeddings(encode, lambda f: proj.apply(q.proj, f), x, key,
-                                             scale)
-    loss = _ssl.barlow(z1, z2, lamb, scale_loss, w)
-    if distil:
-      t = state.teacher
-      frozen = lambda v: jax.lax.stop_gradient(  # noqa: E731
-          proj.apply(t.proj, net.features(t.params, v)))
-      d = 0.5 * (_ssl.barlow(pred.apply(q.pred, z1), frozen(v1), lamb, scale_loss, w)
-                 + _ssl.barlow(pred.apply(q.pred, z2), frozen(v2), lamb, scale_loss, w))
-      loss = loss + distill_lamb * d
-    return loss
-
   def ssl_step(distil: bool):
     """The Loop step of the SSL phase (carry ((params, heads), opt), data the state), with the
     distillation term when ``distil``."""
@@ -177,7 +187,7 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
       k_rows, k_views = jax.random.split(key)
       s = store.sample(state.cur, k_rows, n_img)
       x, w = sharding.data_rows((s.x, s.weight))
-      loss, g = jax.value_and_grad(ssl_loss)(trained, state, x, w, k_views, distil)
+      loss, g = jax.value_and_grad(ssl)(trained, state, x, w, k_views, distil)
       trained, opt = apply_updates(tx, trained, opt, g)
       return (trained, opt), loss[None]
     return step

@@ -39,6 +39,7 @@ from cljax.learner import Learner
 from cljax.learners import _distill, _ssl, _stores, _vit
 from cljax.learners.registry import register
 from cljax.models import vit as vit_lib
+from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
@@ -123,6 +124,16 @@ def init_fast(key: jax.Array, patch_dim: int, width: int, depth: int, num_classe
                                      "bias": jnp.zeros((num_classes,))}}
 
 
+def fast_logits(net: Net, slow_params: dict, fast: dict, x: jax.Array) -> jax.Array:
+  """The fast learner's logits [B, K] on x [B, H, W, C] (module docstring): its adaptation
+  layers over the patches, gated by the slow ViT's block outputs, then its head."""
+  _, blocks = net.call(slow_params, x, "encode_prefixed")
+  m = vit_lib.patchify(x, patch_size(slow_params, x.shape[-1]))
+  for layer, h in zip(fast["layers"], blocks):
+    m = jax.nn.gelu(m @ layer["kernel"] + layer["bias"], approximate=False) * h
+  return m.mean(1) @ fast["head"]["kernel"] + fast["head"]["bias"]
+
+
 @jax.jit
 def update(state: State, batch: dict, key: jax.Array) -> tuple:
   """Stores every valid row (SSL) and the labelled rows (memory); 0 passes."""
@@ -191,14 +202,6 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
                  mem=store.init(k_mem, memory_size, ex, num_classes),
                  step=jnp.zeros((), jnp.int32))
 
-  def fast_logits(slow_params, fast, x):
-    """The fast learner's logits [B, K] (module docstring)."""
-    _, blocks = net.call(slow_params, x, "encode_prefixed")
-    m = vit_lib.patchify(x, patch_size(slow_params, x.shape[-1]))
-    for layer, h in zip(fast["layers"], blocks):
-      m = jax.nn.gelu(m @ layer["kernel"] + layer["bias"], approximate=False) * h
-    return m.mean(1) @ fast["head"]["kernel"] + fast["head"]["bias"]
-
   def ssl_loss(slow: Slow, x, w, key):
     encode = lambda v: net.features(slow.params, v)  # noqa: E731
     z1, z2, _ = _ssl.view_embeddings(encode, lambda f: proj.apply(slow.proj, f), x, key, scale)
@@ -227,7 +230,7 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
       s = store.sample(data.mem, k_lab, batch_size)
       xl, yl, wl = sharding.data_rows((s.x, s.y, s.weight))
       loss_fn = lambda pf: cross_entropy(  # noqa: E731
-          mask_logits(fast_logits(pf[0], pf[1], xl), data.seen), yl, wl)
+          mask_logits(fast_logits(net, pf[0], pf[1], xl), data.seen), yl, wl)
       loss, gf = jax.value_and_grad(loss_fn)((slow.params, fast))
       (sp, fast), opt = apply_updates(tx, (slow.params, fast), opt, gf)
       return slow._replace(params=sp), fast, opt, loss
@@ -267,6 +270,6 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
   @jax.jit
   def predict(state: State, x):
     x = jnp.asarray(x, jnp.float32)
-    return mask_logits(fast_logits(state.slow.params, state.fast, x), state.seen)
+    return mask_logits(fast_logits(net, state.slow.params, state.fast, x), state.seen)
 
   return Learner("dualnet", init, update, end_of_step, predict)
