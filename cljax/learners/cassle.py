@@ -26,7 +26,7 @@ pass. ``update`` stores rows (0 passes).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,13 +34,50 @@ import jax.numpy as jnp
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
-from cljax.learners import _distill, _ssl, dietcl
+from cljax.learners import _distill, _ssl, _stores, _vit
 from cljax.learners.registry import register
+from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
 from cljax.ops.losses import cross_entropy, mask_logits
 from cljax.train.loop import Loop, apply_updates
+
+
+class Heads(NamedTuple):
+  """The SSL heads on the encoder's features: pred, the predictor MLP (P -> P); proj, the
+  projector MLP (features -> P). Parameter trees of ``_ssl.mlp_head`` networks."""
+
+  pred: Any
+  proj: Any
+
+
+class Teacher(NamedTuple):
+  """The frozen network of the previous step: its encoder ``params`` and projector ``proj``."""
+
+  params: Any
+  proj: Any
+
+
+class State(NamedTuple):
+  """CaSSLe's state.
+
+  params: the ViT's parameters (encoder and the linear head the prediction reads).
+  heads: ``Heads``, the projector and predictor trained by the SSL phase.
+  teacher: ``Teacher``, the network frozen at the end of the previous step.
+  has_teacher: [] bool, whether a step has ended (the distillation term is on).
+  seen: [K] bool, classes with a labelled row so far (the head's mask).
+  cur: ``append`` store of this step's valid rows (labels unused), emptied at the step's end.
+  mem: ``append`` store of every labelled row so far (capacity ``memory_size``).
+  """
+
+  params: Any
+  heads: Heads
+  teacher: Teacher
+  has_teacher: jax.Array
+  seen: jax.Array
+  cur: Any
+  mem: Any
 
 
 def ssl_phase(budget: int, fraction: float, ssl_cost: float) -> tuple[int, int]:
@@ -50,15 +87,43 @@ def ssl_phase(budget: int, fraction: float, ssl_cost: float) -> tuple[int, int]:
   return n_ssl, max(int(math.floor(budget - n_ssl * ssl_cost + 1e-9)), 0)
 
 
-def store_all(state: dict, batch: dict) -> dict:
-  """The batch's valid rows into the step store ``cur`` (labels unused: SSL) and its labelled
-  rows into the memory ``mem``, their classes into ``seen``."""
-  valid, _ = contract.masks(batch)
-  seen, mem = _distill.store_labelled(state["seen"], state["mem"], batch)
-  state = {**state, "seen": seen, "mem": mem}
-  x = jnp.asarray(batch["x"], jnp.float32)
-  return {**state, "cur": buffers.get("append").insert(state["cur"], x,
-                                                       jnp.zeros_like(batch["y"]), valid)}
+@jax.jit
+def update(state: State, batch: dict, key: jax.Array) -> tuple:
+  """Stores the batch (every valid row for SSL, labelled rows for fine-tuning); 0 passes."""
+  del key
+  seen, cur, mem = _stores.store_all(state.seen, state.cur, state.mem, batch)
+  return state._replace(seen=seen, cur=cur, mem=mem), contract.info()
+
+
+@jax.jit
+def finish(state: State) -> State:
+  """The trained encoder and projector become the next step's frozen teacher."""
+  return state._replace(teacher=Teacher(state.params, state.heads.proj),
+                        has_teacher=jnp.ones((), bool), cur=append_store.clear(state.cur))
+
+
+def ssl_loss(net: Net, proj: Net, pred: Net, scale: tuple, lamb: float, scale_loss: float,
+             distill_lamb: float):
+  """``loss((params, heads), state, x, w, key, distil) -> []``: Barlow Twins on two views
+  (crops of area ``scale``) of x [n, ...] with row weights w [n], plus, when ``distil``,
+  λ_d · ½ (BT(g(z1), z1') + BT(g(z2), z2')) against ``state.teacher`` (module docstring)."""
+
+  def loss(trained, state: State, x, w, key, distil: bool):
+    p, q = trained
+    encode = lambda v: net.features(p, v)  # noqa: E731
+    z1, z2, (v1, v2) = _ssl.view_embeddings(encode, lambda f: proj.apply(q.proj, f), x, key,
+                                             scale)
+    out = _ssl.barlow(z1, z2, lamb, scale_loss, w)
+    if distil:
+      t = state.teacher
+      frozen = lambda v: jax.lax.stop_gradient(  # noqa: E731
+          proj.apply(t.proj, net.features(t.params, v)))
+      d = 0.5 * (_ssl.barlow(pred.apply(q.pred, z1), frozen(v1), lamb, scale_loss, w)
+                 + _ssl.barlow(pred.apply(q.pred, z2), frozen(v2), lamb, scale_loss, w))
+      out = out + distill_lamb * d
+    return out
+
+  return loss
 
 
 @register("cassle", inputs=("model", "model_kwargs", "batch_size", "init_params",
@@ -91,117 +156,83 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
                        max_step_size=max_step_size, chunk=chunk)
   if batch_size < 4:
     raise ValueError(f"batch_size must be >= 4 (two views of >= 2 images), got {batch_size}")
-  net = dietcl.vit_net("cassle", model, num_classes, model_kwargs)
+  net = _vit.vit_net("cassle", model, num_classes, model_kwargs)
   proj = _ssl.mlp_head(proj_dim, (proj_hidden, proj_hidden))
   pred = _ssl.mlp_head(proj_dim, (pred_hidden,))
   tx = optim.build("adamw", lr, weight_decay=weight_decay, decay_mask=optim.matrices)
   store = buffers.get("append")
   n_img = batch_size // 2
-  scale = tuple(float(s) for s in crop_scale)
+  ssl = ssl_loss(net, proj, pred, tuple(float(s) for s in crop_scale), lamb, scale_loss,
+                 distill_lamb)
 
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
     k_net, k_proj, k_pred, k_cur, k_mem = jax.random.split(key, 5)
     params = net.init(k_net, x.shape[1:], init_params)
     d = _ssl.features_dim(net, params, x.shape[1:])
-    ssl_params = {"proj": _ssl.init_head(proj, k_proj, d),
-                  "pred": _ssl.init_head(pred, k_pred, proj_dim)}
+    heads = Heads(pred=_ssl.init_head(pred, k_pred, proj_dim),
+                  proj=_ssl.init_head(proj, k_proj, d))
     ex = jax.ShapeDtypeStruct(x.shape[1:], jnp.float32)
-    return {"params": params, "ssl": ssl_params,
-            "teacher": {"params": params, "proj": ssl_params["proj"]},
-            "has_teacher": jnp.zeros((), bool), "seen": jnp.zeros((num_classes,), bool),
-            "cur": store.init(k_cur, max_step_size, ex, num_classes),
-            "mem": store.init(k_mem, memory_size, ex, num_classes)}
-
-  @jax.jit
-  def update(state, batch, key):
-    """Stores the batch (every valid row for SSL, labelled rows for fine-tuning); 0 passes."""
-    del key
-    return store_all(state, batch), contract.info()
+    return State(params=params, heads=heads, teacher=Teacher(params, heads.proj),
+                 has_teacher=jnp.zeros((), bool), seen=jnp.zeros((num_classes,), bool),
+                 cur=store.init(k_cur, max_step_size, ex, num_classes),
+                 mem=store.init(k_mem, memory_size, ex, num_classes))
 
   def ssl_step(distil: bool):
-    """The Loop step of the SSL phase, with the distillation term when ``distil``."""
-    def step(carry, data, key, i, stop):
-      return _ssl_step(carry, data, key, distil)
+    """The Loop step of the SSL phase (carry ((params, heads), opt), data the state), with the
+    distillation term when ``distil``."""
+    def step(carry, state: State, key, i, stop):
+      del i, stop
+      trained, opt = carry
+      k_rows, k_views = jax.random.split(key)
+      s = store.sample(state.cur, k_rows, n_img)
+      x, w = sharding.data_rows((s.x, s.weight))
+      loss, g = jax.value_and_grad(ssl)(trained, state, x, w, k_views, distil)
+      trained, opt = apply_updates(tx, trained, opt, g)
+      return (trained, opt), loss[None]
     return step
 
-  def _ssl_step(carry, data, key, distil):
-    (params, sp), opt = carry
-    k_rows, k_views = jax.random.split(key)
-    s = store.sample(data["cur"], k_rows, n_img)
-    x, w = sharding.data_rows((s.x, s.weight))
-
-    def loss_fn(trained):
-      p, q = trained
-      encode = lambda v: net.features(p, v)  # noqa: E731
-      z1, z2, (v1, v2) = _ssl.view_embeddings(encode, lambda f: proj.apply(q["proj"], f), x,
-                                               k_views, scale)
-      loss = _ssl.barlow(z1, z2, lamb, scale_loss, w)
-      if distil:
-        t = data["teacher"]
-        frozen = lambda v: jax.lax.stop_gradient(  # noqa: E731
-            proj.apply(t["proj"], net.features(t["params"], v)))
-        d = 0.5 * (_ssl.barlow(pred.apply(q["pred"], z1), frozen(v1), lamb, scale_loss, w)
-                   + _ssl.barlow(pred.apply(q["pred"], z2), frozen(v2), lamb, scale_loss, w))
-        loss = loss + distill_lamb * d
-      return loss
-
-    loss, g = jax.value_and_grad(loss_fn)((params, sp))
-    (params, sp), opt = apply_updates(tx, (params, sp), opt, g)
-    return ((params, sp), opt), loss[None]
-
-  def _ft_step(carry, data, key, i, stop):
+  def ft_step(carry, state: State, key, i, stop):
+    """Masked CE over the seen classes on ``batch_size`` memory rows (carry (params, opt))."""
     del i, stop
     params, opt = carry
-    s = store.sample(data["mem"], key, batch_size)
+    s = store.sample(state.mem, key, batch_size)
     x, y, w = sharding.data_rows((s.x, s.y, s.weight))
     loss, g = jax.value_and_grad(
-        lambda p: cross_entropy(mask_logits(net.apply(p, x), data["seen"]), y, w))(params)
+        lambda p: cross_entropy(mask_logits(net.apply(p, x), state.seen), y, w))(params)
     params, opt = apply_updates(tx, params, opt, g)
     return (params, opt), loss[None]
 
   ssl_loops = {b: Loop(ssl_step(b), chunk=chunk, unroll=False) for b in (False, True)}
-  ft_loop = Loop(_ft_step, chunk=chunk, unroll=False)
+  ft_loop = Loop(ft_step, chunk=chunk, unroll=False)
   opt_init = jax.jit(tx.init)
 
-  @jax.jit
-  def finish(state):
-    """The trained encoder and projector become the next step's frozen teacher."""
-    return {**state, "teacher": {"params": state["params"], "proj": state["ssl"]["proj"]},
-            "has_teacher": jnp.ones((), bool), "cur": append_store.clear(state["cur"])}
-
-  def end_of_step(state, key, budget=None, progress=None):
+  def end_of_step(state: State, key, budget=None, progress=None):
     """SSL (+ distillation) then fine-tuning, 4:1; spends at most ``budget`` passes."""
     k_ssl, k_ft = jax.random.split(key)
-    distil = bool(state["has_teacher"])
+    distil = bool(state.has_teacher)
     cost = 1.0 + (_distill.FORWARD_COST if distil else 0.0)
     if budget is None:
-      budget = contract.default_passes(epochs_per_step, int(state["cur"].count), batch_size)
+      budget = contract.default_passes(epochs_per_step, int(state.cur.count), batch_size)
     n_ssl, n_ft = ssl_phase(budget, ssl_fraction, cost)
-    if not int(state["cur"].count):
+    if not int(state.cur.count):
       n_ssl = 0
-    if not int(state["mem"].count):
+    if not int(state.mem.count):
       n_ft = 0
-    data = {k: state[k] for k in ("cur", "mem", "seen", "teacher")}
-    trained = (state["params"], state["ssl"])
-    (trained, _), s1 = ssl_loops[distil]((trained, opt_init(trained)), data, k_ssl, n_ssl,
-                                                    progress=progress)
-    (params, _), s2 = ft_loop((trained[0], opt_init(trained[0])), data, k_ft, n_ft,
-                                progress=progress)
-    state = finish({**state, "params": params, "ssl": trained[1]})
+    trained = (state.params, state.heads)
+    (trained, _), s1 = ssl_loops[distil]((trained, opt_init(trained)), state, k_ssl, n_ssl,
+                                         progress=progress)
+    # The SSL phase's encoder is fine-tuned (the carry); the state gives memory and mask.
+    (params, _), s2 = ft_loop((trained[0], opt_init(trained[0])), state, k_ft, n_ft,
+                              progress=progress)
+    state = finish(state._replace(params=params, heads=trained[1]))
     return state, contract.info(
         n_ssl * cost + n_ft, jnp.float32(jnp.nan) if s2 is None else s2[0] / n_ft,
         ssl_loss=jnp.float32(jnp.nan) if s1 is None else s1[0] / n_ssl,
         ssl_steps=jnp.float32(n_ssl), finetune_steps=jnp.float32(n_ft))
 
   @jax.jit
-  def predict(state, x):
-    return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), state["seen"])
+  def predict(state: State, x):
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
 
-  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
-            batch_size=batch_size, lr=lr, weight_decay=weight_decay, proj_dim=proj_dim,
-            proj_hidden=proj_hidden, pred_hidden=pred_hidden, lamb=lamb, scale_loss=scale_loss,
-            distill_lamb=distill_lamb, crop_scale=scale, ssl_fraction=ssl_fraction,
-            memory_size=memory_size, epochs_per_step=epochs_per_step,
-            max_step_size=max_step_size, chunk=chunk, warm_start=init_params is not None)
-  return Learner("cassle", init, update, end_of_step, predict, hp)
+  return Learner("cassle", init, update, end_of_step, predict)

@@ -37,17 +37,17 @@ the pseudo-label forwards at 1/3. ``step_cost`` gives the exact passes.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from cljax.ops import augment
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
-from cljax.learners import _distill, dietcl
+from cljax.learners import _distill, _stores, _vit
 from cljax.learners.registry import register
+from cljax.ops import augment
 from cljax.ops import buffers
 from cljax.ops import feature_aug
 from cljax.ops import sharding
@@ -56,6 +56,31 @@ from cljax.ops.buffers import append as append_store
 from cljax.ops.herding import normalise
 from cljax.ops.losses import cross_entropy, mask_logits
 from cljax.train.loop import Loop, apply_updates
+
+
+class State(NamedTuple):
+  """CCIC's state.
+
+  params, opt: the network's parameters and its Adam state (carried over steps).
+  seen: [K] bool, classes with a labelled row so far.
+  step_cls: [K] bool, classes labelled in this step (L_neg pushes the others' memory rows).
+  cur_l, cur_u: ``append`` stores of this step's labelled / unlabelled rows, emptied at its end.
+  mem: ``reservoir`` memory of labelled rows (capacity ``memory_size``).
+  emb: [memory_size, F] float32, the memory rows' normalised features at the last step's end.
+  emb_y: [memory_size] int32, their labels (-1: empty slot).
+  step: [] int32, time steps ended so far.
+  """
+
+  params: Any
+  opt: Any
+  seen: jax.Array
+  step_cls: jax.Array
+  cur_l: Any
+  cur_u: Any
+  mem: Any
+  emb: jax.Array
+  emb_y: jax.Array
+  step: jax.Array
 
 
 def sizes(batch_size: int, k_aug: int) -> tuple[int, int, int]:
@@ -87,6 +112,29 @@ def knn_scores(feats: jax.Array, emb: jax.Array, y: jax.Array, valid: jax.Array,
   return mask_logits(votes - 1e-5 * jnp.where(has[None], nearest, 0.0), has)
 
 
+@jax.jit
+def update(state: State, batch: dict, key: jax.Array) -> tuple:
+  """Stores the step's labelled and unlabelled rows; labelled rows enter the memory."""
+  del key
+  _, lab = contract.masks(batch)
+  y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
+  seen, cur_l, cur_u = _stores.store_split(state.seen, state.cur_l, state.cur_u, batch)
+  mem = buffers.get("reservoir").insert(state.mem, jnp.asarray(batch["x"], jnp.float32), y, lab)
+  return state._replace(seen=seen, step_cls=_stores.labelled_classes(state.step_cls, batch),
+                        cur_l=cur_l, cur_u=cur_u, mem=mem), contract.info()
+
+
+@jax.jit
+def finish(state: State, emb: jax.Array) -> State:
+  """The memory's features emb [memory_size, F] (normalised) and labels kept for kNN; the step's
+  stores emptied and the step counted."""
+  filled = jnp.arange(state.emb_y.shape[0]) < state.mem.count
+  return state._replace(emb=normalise(emb), emb_y=jnp.where(filled, state.mem.y, -1),
+                        step=state.step + 1, step_cls=jnp.zeros_like(state.step_cls),
+                        cur_l=append_store.clear(state.cur_l),
+                        cur_u=append_store.clear(state.cur_u))
+
+
 @register("ccic", inputs=("model", "model_kwargs", "batch_size", "init_params",
                           "max_step_size"))
 def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
@@ -115,7 +163,7 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
                        k_aug=k_aug, max_step_size=max_step_size, chunk=chunk)
   if batch_size < 4:
     raise ValueError(f"batch_size must be >= 4, got {batch_size}")
-  net = dietcl.vit_net("ccic", model, num_classes, model_kwargs)
+  net = _vit.vit_net("ccic", model, num_classes, model_kwargs)
   tx = optim.build("adam", lr)
   store, memory = buffers.get("append"), buffers.get("reservoir")
   nl, nm, nu = sizes(batch_size, k_aug)
@@ -128,37 +176,27 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     params = net.init(k_net, x.shape[1:], init_params)
     ex = jax.ShapeDtypeStruct(x.shape[1:], jnp.float32)
     d = int(jax.eval_shape(net.features, params, jnp.zeros((1, *x.shape[1:]))).shape[1])
-    return {"params": params, "opt": tx.init(params),
-            "seen": jnp.zeros((num_classes,), bool), "step_cls": jnp.zeros((num_classes,), bool),
-            "cur_l": store.init(k_l, max_step_size, ex, num_classes),
-            "cur_u": store.init(k_u, max_step_size, ex, num_classes),
-            "mem": memory.init(k_m, memory_size, ex, num_classes),
-            "emb": jnp.zeros((memory_size, d), jnp.float32),
-            "emb_y": jnp.full((memory_size,), -1, jnp.int32),
-            "step": jnp.zeros((), jnp.int32)}
+    return State(params=params, opt=tx.init(params), seen=jnp.zeros((num_classes,), bool),
+                 step_cls=jnp.zeros((num_classes,), bool),
+                 cur_l=store.init(k_l, max_step_size, ex, num_classes),
+                 cur_u=store.init(k_u, max_step_size, ex, num_classes),
+                 mem=memory.init(k_m, memory_size, ex, num_classes),
+                 emb=jnp.zeros((memory_size, d), jnp.float32),
+                 emb_y=jnp.full((memory_size,), -1, jnp.int32), step=jnp.zeros((), jnp.int32))
 
-  @jax.jit
-  def update(state, batch, key):
-    """Stores the step's labelled and unlabelled rows; labelled rows enter the memory."""
-    del key
-    _, lab = contract.masks(batch)
-    y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
-    state = dietcl.store_rows(state, batch, "cur_l", "cur_u")
-    return ({**state, "mem": memory.insert(state["mem"], jnp.asarray(batch["x"], jnp.float32),
-                                           y, lab)}, contract.info())
-
-  def _loss(params, data, key, negatives: bool):
+  def loss_fn(params, state: State, key, negatives: bool):
+    """L_triplet + L_X + α_mm · L_U (+ α · L_neg when ``negatives``), module docstring."""
     ks = jax.random.split(key, 8)
-    cur = store.sample(data["cur_l"], ks[0], nl)
-    mem = memory.sample(data["mem"], ks[1], nm)
-    unl = store.sample(data["cur_u"], ks[2], nu)
+    cur = store.sample(state.cur_l, ks[0], nl)
+    mem = memory.sample(state.mem, ks[1], nm)
+    unl = store.sample(state.cur_u, ks[2], nu)
     xs = jnp.concatenate([cur.x, mem.x])
     ys = jnp.concatenate([cur.y, mem.y])
     wsup = jnp.concatenate([cur.weight, mem.weight])
     xu = jnp.tile(unl.x, (k_aug,) + (1,) * (unl.x.ndim - 1))  # k_aug copies, then augmented
     xu = augment.augment_batch(ks[3], xu, "crop", padding=2)
     wu = jnp.tile(unl.weight, (k_aug,))
-    seen = data["seen"]
+    seen = state.seen
     # Pseudo-labels: the mean softmax over the k_aug weak views, sharpened; no gradient.
     probs = jax.nn.softmax(mask_logits(net.apply(params, xu), seen)).reshape(k_aug, nu, -1)
     pseudo = jnp.tile(ssl.sharpen(probs.mean(0), sharp_temp), (k_aug, 1))
@@ -179,8 +217,8 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     l_t = ssl.batch_hard_triplet(net.features(params, xs), ys, wsup, triplet_k, margin)
     loss = l_t + l_x + mixmatch_alpha * l_u
     if negatives:  # this step's unlabelled rows vs memory rows of earlier steps' classes
-      past = memory.sample(data["mem"], ks[6], nm)
-      wp = past.weight * ~data["step_cls"][past.y]
+      past = memory.sample(state.mem, ks[6], nm)
+      wp = past.weight * ~state.step_cls[past.y]
       xn = jnp.concatenate([unl.x, past.x])
       group = jnp.concatenate([jnp.zeros((nu,), jnp.int32), jnp.ones((nm,), jnp.int32)])
       wn = jnp.concatenate([unl.weight, wp])
@@ -189,59 +227,45 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     return loss
 
   def make_step(negatives: bool):
-    def step(carry, data, key, i, stop):
+    """The Loop step: carry (params, opt), data the state."""
+    def step(carry, state: State, key, i, stop):
       del i, stop
       params, opt = carry
-      loss, g = jax.value_and_grad(_loss)(params, data, key, negatives)
+      loss, g = jax.value_and_grad(loss_fn)(params, state, key, negatives)
       params, opt = apply_updates(tx, params, opt, g)
       return (params, opt), loss[None]
     return step
 
   loops = {b: Loop(make_step(b), chunk=chunk, unroll=False) for b in (False, True)}
 
-  @jax.jit
-  def finish(state, emb):
-    mem = state["mem"]
-    filled = jnp.arange(memory_size) < mem.count
-    return {**state, "emb": normalise(emb), "emb_y": jnp.where(filled, mem.y, -1),
-            "step": state["step"] + 1, "step_cls": jnp.zeros_like(state["step_cls"]),
-            "cur_l": append_store.clear(state["cur_l"]),
-            "cur_u": append_store.clear(state["cur_u"])}
-
-  def end_of_step(state, key, budget=None, progress=None):
+  def end_of_step(state: State, key, budget=None, progress=None):
     """SGD steps within ``budget`` (``step_cost`` each), then the memory's features for kNN."""
-    negatives = int(state["step"]) > 0
+    negatives = int(state.step) > 0
     cost = step_cost(batch_size, k_aug, negatives)
-    n_mem = int(state["mem"].count)
-    rows = int(state["cur_l"].count) + int(state["cur_u"].count)
+    n_mem = int(state.mem.count)
+    rows = int(state.cur_l.count) + int(state.cur_u.count)
     if budget is None:
       steps = contract.default_passes(epochs_per_step, rows, batch_size)
     else:
       reserve = _distill.forward_passes(n_mem, batch_size)
       steps = int(math.floor((budget - reserve) / cost + 1e-9))
-    steps = max(steps, 0) if int(state["mem"].count) else 0
-    (params, opt), sums = loops[negatives]((state["params"], state["opt"]), state, key, steps,
-                                              progress=progress)
-    state = {**state, "params": params, "opt": opt}
-    emb, fwd = features_of(params, state["mem"].x, n_mem)
+    steps = max(steps, 0) if n_mem else 0
+    (params, opt), sums = loops[negatives]((state.params, state.opt), state, key, steps,
+                                           progress=progress)
+    state = state._replace(params=params, opt=opt)
+    emb, fwd = features_of(params, state.mem.x, n_mem)
     state = finish(state, emb)
     return state, contract.info(steps * cost + fwd,
                                 jnp.float32(jnp.nan) if sums is None else sums[0] / steps,
                                 sgd_steps=jnp.float32(steps))
 
   @jax.jit
-  def predict(state, x):
+  def predict(state: State, x):
     x = jnp.asarray(x, jnp.float32)
-    valid = state["emb_y"] >= 0
-    knn = knn_scores(net.features(state["params"], x), state["emb"],
-                     jnp.maximum(state["emb_y"], 0), valid, knn_k, num_classes)
-    own = mask_logits(net.apply(state["params"], x), state["seen"])
+    valid = state.emb_y >= 0
+    knn = knn_scores(net.features(state.params, x), state.emb, jnp.maximum(state.emb_y, 0),
+                     valid, knn_k, num_classes)
+    own = mask_logits(net.apply(state.params, x), state.seen)
     return jnp.where(jnp.any(valid), knn, own)
 
-  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
-            batch_size=batch_size, lr=lr, memory_size=memory_size, alpha=alpha,
-            mixmatch_alpha=mixmatch_alpha, memory_penalty=memory_penalty, knn_k=knn_k,
-            k_aug=k_aug, sharp_temp=sharp_temp, mixup_alpha=mixup_alpha, margin=margin,
-            epochs_per_step=epochs_per_step, max_step_size=max_step_size, chunk=chunk,
-            warm_start=init_params is not None)
-  return Learner("ccic", init, update, end_of_step, predict, hp)
+  return Learner("ccic", init, update, end_of_step, predict)

@@ -56,31 +56,46 @@ patch embedding is a matmul, so the XLA:CPU conv-in-loop slowdown does not apply
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from cljax.train import pretrain
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
+from cljax.learners import _phases, _stores, _vit
 from cljax.learners.registry import register
-from cljax.ops.losses import mask_logits, seen_classes
-from cljax.models import vit as vit_lib
 from cljax.models.pure import Net
 from cljax.ops import buffers
-from cljax.ops import feature_aug
 from cljax.ops import mixup as mixup_lib
-from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
-from cljax.train.loop import Loop, apply_updates
+from cljax.ops.losses import mask_logits, seen_classes
+from cljax.train.loop import Loop
 
 ALLOCATIONS = ("paper", "reference_code")
 LM_MASKS = ("logits", "targets", "none")
-VIT_MODELS = tuple(f"vit_{c}" for c in vit_lib.CONFIGS)
-# The reference's min_lr, 5e-5 at its 1,024-example steps, per 256 examples (lr's unit here).
-MIN_LR = 5e-5 * 256 / 1024
+
+
+class State(NamedTuple):
+  """DietCL's state.
+
+  params: the ViT + MAE decoder parameters (``cljax.models`` ``vit_*``).
+  seen: [K] bool, classes with a labelled row so far (the head's mask, L_b's softmax).
+  step_cls: [K] bool, classes labelled in this step (L_m's softmax with ``lm_mask="logits"``).
+  cur_l, cur_u: ``append`` stores of this step's labelled / unlabelled rows (x [S, ...], y [S];
+    S = ``max_step_size``), emptied at the step's end.
+  mem: ``task_balanced`` memory of labelled rows (capacity ``memory_capacity``), one task a step.
+  step: [] int32, time steps ended so far.
+  """
+
+  params: Any
+  seen: jax.Array
+  step_cls: jax.Array
+  cur_l: Any
+  cur_u: Any
+  mem: Any
+  step: jax.Array
 
 
 def source_split(batch_size: int, allocation: str,
@@ -112,116 +127,109 @@ def phase_passes(budget: int, step: int, allocation: str, threshold: int,
   return joint, budget - joint
 
 
-def reference_lr(i: jax.Array, stop: jax.Array, peak: jax.Array, min_lr: jax.Array) -> jax.Array:
-  """The reference's half-cosine lr at step i of ``stop`` (``trainer/lr_sched.py`` lines 10-23,
-  no warmup): ``floor + (peak - floor)·½(1 + cos(π i / stop))`` with ``floor = min_lr``, or
-  ``peak / 2`` when the peak is below ``min_lr``."""
-  floor = jnp.where(peak < min_lr, peak / 2, min_lr)
-  return floor + (peak - floor) * optim.half_cosine(i, stop)
+def memory_capacity(memory_size: int, stream_size: Optional[int], max_step_size: int) -> int:
+  """Rows of the task-balanced memory: ``memory_size``, or for ``memory_size <= 0`` (the
+  reference's -1, keep every labelled row) the whole stream (``stream_size``; ``max_step_size``
+  when it is not given)."""
+  return int(memory_size) if int(memory_size) > 0 else int(stream_size or max_step_size)
 
 
-class Recipe(NamedTuple):
-  """DietCL's reference regularisation of labelled batches and MAE inputs (module docstring).
-
-  mixup_alpha, cutmix_alpha, mixup_prob, switch_prob, smoothing: timm ``Mixup`` (both alphas 0:
-  plain one-hot CE, no row dropped). augment: RandomResizedCrop + flip on; crop_scale /
-  mae_crop_scale: their area ranges; flip: the horizontal flip (off for digits, whose mirror
-  images are other shapes).
-  """
-
-  mixup_alpha: float = 0.8
-  cutmix_alpha: float = 1.0
-  mixup_prob: float = 1.0
-  switch_prob: float = 0.5
-  smoothing: float = 0.1
-  augment: bool = True
-  crop_scale: tuple = (0.08, 1.0)
-  mae_crop_scale: tuple = (0.2, 1.0)
-  flip: bool = True
-
-  @property
-  def mixing(self) -> bool:
-    return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-  def images(self, key: jax.Array, x: jax.Array, mae: bool = False) -> jax.Array:
-    """x [B, H, W, C] cropped and flipped (labelled scale, or the MAE scale)."""
-    if not self.augment:
-      return x
-    if x.ndim != 4:
-      raise ValueError(f"augment needs images [B, H, W, C], got shape {x.shape}")
-    scale = self.mae_crop_scale if mae else self.crop_scale
-    return feature_aug.augment_images(key, x, tuple(scale), self.flip)
-
-  def batch(self, key: jax.Array, x, y, w, classes, rows=None) -> mixup_lib.Mixed:
-    """One labelled CE batch, augmented then mixed: soft targets over ``classes`` [K] seen."""
-    k_aug, k_mix = jax.random.split(key)
-    x = self.images(k_aug, x)
-    if not self.mixing:
-      keep = w if rows is None else jnp.where(jnp.arange(w.shape[0]) < rows, w, 0.0)
-      targets = jax.nn.one_hot(y, classes.shape[0], dtype=jnp.float32)
-      one = jnp.ones((), jnp.float32)
-      return mixup_lib.Mixed(x, targets, keep, one, jnp.zeros((), bool), jnp.zeros(4, jnp.int32))
-    return mixup_lib.mixup_cutmix(k_mix, x, y, w, classes, mixup_alpha=self.mixup_alpha,
-                                  cutmix_alpha=self.cutmix_alpha, prob=self.mixup_prob,
-                                  switch_prob=self.switch_prob, smoothing=self.smoothing,
-                                  rows=rows)
+def current_label_loss(lm_mask: str, logits, mixed: mixup_lib.Mixed, yl, in_batch_rows,
+                       state: State) -> jax.Array:
+  """L_m on the current labelled rows: logits [n, K] against ``mixed``'s soft targets, the
+  softmax over this step's classes (``logits``), over every seen class with only the targets of
+  the classes in the batch (rows ``in_batch_rows`` [n] bool of labels yl [n]; ``targets``), or
+  over every seen class (``none``)."""
+  if lm_mask == "logits":  # softmax over this step's classes (class-incremental)
+    return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state.step_cls)
+  if lm_mask == "none":  # ablation: like L_b, every seen class
+    return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state.seen)
+  # Time-ordered: softmax over every seen class, targets of the batch's classes only.
+  in_batch = seen_classes(jnp.zeros_like(state.seen), yl, in_batch_rows)
+  return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state.seen, in_batch)
 
 
-def vit_net(learner: str, model: str, num_classes: int, model_kwargs: Optional[dict]) -> Net:
-  """The learner's ViT (+ MAE decoder): ``Net.named(model, ...)``, so params from
-  ``Net.named(model, ...)`` elsewhere (e.g. ``cljax.train.pretrain.train_mae``) fit as
-  ``init_params``."""
-  if model not in VIT_MODELS:
-    raise ValueError(f"learner {learner!r} needs a ViT with an MAE decoder; model {model!r} is "
-                     f"not one (valid: {list(VIT_MODELS)})")
-  return Net.named(model, num_classes, **(model_kwargs or {}))
+@jax.jit
+def update(state: State, batch: dict, key: jax.Array) -> tuple:
+  """Stores the batch's labeled and unlabeled rows for this step; no training (0 passes)."""
+  del key
+  seen, cur_l, cur_u = _stores.store_split(state.seen, state.cur_l, state.cur_u, batch)
+  return state._replace(seen=seen, step_cls=_stores.labelled_classes(state.step_cls, batch),
+                        cur_l=cur_l, cur_u=cur_u), contract.info()
 
 
-def vit_layer_scales(params: dict, decay: float) -> dict:
-  """Layer-wise lr factors decay^(depth + 1 - layer) of a ViT's params (``vit.layer_id``)."""
-  depth = len(params["blocks"])
-  return optim.layer_scales(params, lambda names: vit_lib.layer_id(names, depth), depth, decay)
+def balance_memory(state: State, max_tasks: int, balanced: bool) -> State:
+  """The step's labelled rows enter the task-balanced memory (one task) before training; when
+  ``balanced``, every task is cut to min(this step's labels, the earlier tasks' share)
+  (``data.py`` 56-93)."""
+  cur, mem = state.cur_l, state.mem
+  valid = jnp.arange(cur.y.shape[0]) < cur.count
+  earlier = jnp.arange(mem.task_count.shape[0]) < jnp.minimum(mem.tasks, max_tasks)
+  prev = jnp.min(jnp.where(earlier, mem.task_count, jnp.iinfo(jnp.int32).max))
+  level = jnp.where(cur.count > 0, jnp.minimum(cur.count, prev), prev)
+  return state._replace(mem=buffers.get("task_balanced").insert(
+      mem, cur.x, cur.y, valid, level if balanced else None))
 
 
-def store_rows(state: dict, batch: dict, lab_key: str, unl_key: str) -> dict:
-  """``state`` with the batch's labelled rows added to store ``lab_key``, its unlabeled rows to
-  ``unl_key`` (label 0) and the labelled classes to ``seen`` (and to ``step_cls`` when present).
-  Batch: x [B, ...], y [B], optional valid / labeled [B]."""
-  valid, lab = contract.masks(batch)
-  unl = valid & ~lab
-  x = jnp.asarray(batch["x"], jnp.float32)
-  y = jnp.where(lab, batch["y"], 0).astype(jnp.int32)
-  store = buffers.get("append")
-  out = {**state, "seen": seen_classes(state["seen"], y, lab),
-         lab_key: store.insert(state[lab_key], x, y, lab),
-         unl_key: store.insert(state[unl_key], x, jnp.zeros_like(y), unl)}
-  if "step_cls" in state:
-    out["step_cls"] = seen_classes(state["step_cls"], y, lab)
-  return out
+@jax.jit
+def finish(state: State) -> State:
+  """The step's stores emptied, its classes forgotten, the step counted."""
+  return state._replace(cur_l=append_store.clear(state.cur_l),
+                        cur_u=append_store.clear(state.cur_u),
+                        step_cls=jnp.zeros_like(state.step_cls), step=state.step + 1)
 
 
-def sample_rows(policy, store, key: jax.Array, n: int):
-  """n rows drawn uniformly with replacement: x [n, ...], y [n], weight [n] (all 0 when empty,
-  so an empty source adds nothing to a loss), split over the devices of the run's mesh."""
-  s = policy.sample(store, key, n)
-  return sharding.data_rows((s.x, s.y, s.weight))
+def joint_loss(net: Net, recipe: _phases.Recipe, split: tuple, lm_mask: str, w_r: float,
+               mask_ratio: float, norm_pix: bool):
+  """``loss(params, state, key) -> (w_r·L_r + L_m + L_b, (L_r, L_m, L_b))`` on one joint batch
+  of ``split`` = (unlabeled, current labeled, buffer) rows (``source_split``)."""
+  nu, nl, nb = split
+  store, memory = buffers.get("append"), buffers.get("task_balanced")
+
+  def loss(params, state: State, key):
+    ku, kl, kb, km, kau, kml, kmb = jax.random.split(key, 7)
+    # No earlier task in memory (the first step): the buffer's rows go to the current labels.
+    first = state.mem.tasks <= 1
+    xl, yl, wl = _stores.sample_rows(store, state.cur_l, kl, nl + nb)
+    xb, yb, wb = _stores.sample_rows(memory, state.mem, kb, nb)
+    l_r = jnp.zeros(())
+    if nu:
+      xu, _, wu = _stores.sample_rows(store, state.cur_u, ku, nu)
+      l_r = net.call(params, recipe.images(kau, xu, mae=True), "mae_loss", km, mask_ratio,
+                     norm_pix, wu)
+    rows = jnp.where(first, nl + nb, nl)
+    cur = recipe.batch(kml, xl, yl, wl, state.seen, rows)
+    buf = recipe.batch(kmb, xb, yb, wb, state.seen)
+    x_ce = jnp.concatenate([cur.x[:nl], jnp.where(first, cur.x[nl:], buf.x)])
+    logits = net.apply(params, x_ce)  # one forward for both CE terms
+    l_m = current_label_loss(lm_mask, logits, cur, yl,
+                             (wl > 0) & (jnp.arange(nl + nb) < rows), state)
+    l_b = mixup_lib.soft_cross_entropy(logits[nl:], buf.targets,
+                                       jnp.where(first, 0.0, buf.weight), state.seen)
+    return w_r * l_r + l_m + l_b, (l_r, l_m, l_b)
+
+  return loss
 
 
-def run_phase(loop: Loop, opt_init, params, state, key, passes: int, lr_peak: float, scales,
-              min_lr: float = 0.0, progress=None):
-  """One training phase of ``passes`` steps of ``loop`` (built on ``phase_step``) with a fresh
-  optimizer (``opt_init``; re-created per stage, as DietCL's reference code), lr from
-  ``lr_peak`` down to ``min_lr`` (``reference_lr``). Returns (params, metric sums [1 + parts] or
-  None when passes is 0)."""
-  data = (state, jnp.float32(lr_peak), scales, jnp.float32(min_lr))
-  (params, _), sums = loop((params, opt_init(params)), data, key, passes, progress=progress)
-  return params, sums
+def buffer_loss(net: Net, recipe: _phases.Recipe, batch_size: int):
+  """``loss(params, state, key) -> (L_b, (0, 0, L_b))`` on ``batch_size`` memory rows."""
+  memory = buffers.get("task_balanced")
+
+  def loss(params, state: State, key):
+    k_s, k_m = jax.random.split(key)
+    xb, yb, wb = _stores.sample_rows(memory, state.mem, k_s, batch_size)
+    buf = recipe.batch(k_m, xb, yb, wb, state.seen)
+    l_b = mixup_lib.soft_cross_entropy(net.apply(params, buf.x), buf.targets, buf.weight,
+                                       state.seen)
+    return l_b, (jnp.zeros(()), jnp.zeros(()), l_b)
+
+  return loss
 
 
 @register("dietcl", inputs=("model", "model_kwargs", "batch_size", "init_params",
                             "max_step_size", "stream_size"))
 def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-           batch_size: int = 64, lr: float = 1e-4, min_lr: float = MIN_LR,
+           batch_size: int = 64, lr: float = 1e-4, min_lr: float = _phases.MIN_LR,
            buffer_lr_scale: float = 0.1, weight_decay: float = 0.05,
            betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65, w_r: float = 50.0,
            mask_ratio: float = 0.75, norm_pix: bool = True, allocation: str = "paper",
@@ -275,18 +283,18 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     raise ValueError(f"unknown lm_mask {lm_mask!r}; valid: {list(LM_MASKS)}")
   if batch_size < 3:
     raise ValueError(f"batch_size must be >= 3 (three sources per joint batch), got {batch_size}")
-  capacity = int(memory_size) if int(memory_size) > 0 else int(stream_size or max_step_size)
+  capacity = memory_capacity(memory_size, stream_size, max_step_size)
   for k, v in (("max_step_size", max_step_size), ("memory capacity", capacity),
                ("chunk", chunk), ("max_tasks", max_tasks)):
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
-  net = vit_net("dietcl", model, num_classes, model_kwargs)
-  nu, nl, nb = source_split(batch_size, allocation, reconstruction)
+  net = _vit.vit_net("dietcl", model, num_classes, model_kwargs)
+  split = source_split(batch_size, allocation, reconstruction)
   peak_lr = lr * batch_size / 256
   floor_lr = min_lr * batch_size / 256
-  recipe = Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob), float(switch_prob),
-                  float(label_smoothing), bool(augment), tuple(crop_scale),
-                  tuple(mae_crop_scale), bool(flip))
+  recipe = _phases.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
+                          float(switch_prob), float(label_smoothing), bool(augment),
+                          tuple(crop_scale), tuple(mae_crop_scale), bool(flip))
   tx = optim.direction("adamw", weight_decay=weight_decay, betas=betas,
                        decay_mask=optim.matrices)
   store = buffers.get("append")
@@ -295,98 +303,39 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   def init(key, example_batch):
     x = jnp.asarray(example_batch["x"])
     k_net, k_l, k_u, k_m = jax.random.split(key, 4)
-    params = net.init(k_net, x.shape[1:], init_params)
     ex = jax.ShapeDtypeStruct(x.shape[1:], jnp.float32)
-    return {"params": params,
-            "seen": jnp.zeros((num_classes,), bool),
-            "step_cls": jnp.zeros((num_classes,), bool),
-            "cur_l": store.init(k_l, max_step_size, ex, num_classes),
-            "cur_u": store.init(k_u, max_step_size, ex, num_classes),
-            "mem": memory.init(k_m, capacity, ex, num_classes, max_tasks=max_tasks),
-            "step": jnp.zeros((), jnp.int32)}
+    return State(params=net.init(k_net, x.shape[1:], init_params),
+                 seen=jnp.zeros((num_classes,), bool),
+                 step_cls=jnp.zeros((num_classes,), bool),
+                 cur_l=store.init(k_l, max_step_size, ex, num_classes),
+                 cur_u=store.init(k_u, max_step_size, ex, num_classes),
+                 mem=memory.init(k_m, capacity, ex, num_classes, max_tasks=max_tasks),
+                 step=jnp.zeros((), jnp.int32))
 
-  @jax.jit
-  def update(state, batch, key):
-    """Stores the batch's labeled and unlabeled rows for this step; no training (0 passes)."""
-    del key
-    return store_rows(state, batch, "cur_l", "cur_u"), contract.info()
-
-  def _l_m(logits, mixed, yl, in_batch_rows, state):
-    if lm_mask == "logits":  # softmax over this step's classes (class-incremental)
-      return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["step_cls"])
-    if lm_mask == "none":  # ablation: like L_b, every seen class
-      return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["seen"])
-    # Time-ordered: softmax over every seen class, targets of the batch's classes only.
-    in_batch = seen_classes(jnp.zeros_like(state["seen"]), yl, in_batch_rows)
-    return mixup_lib.soft_cross_entropy(logits, mixed.targets, mixed.weight, state["seen"],
-                                        in_batch)
-
-  def _joint_loss(params, state, key):
-    ku, kl, kb, km, kau, kml, kmb = jax.random.split(key, 7)
-    # No earlier task in memory (the first step): the buffer's rows go to the current labels.
-    first = state["mem"].tasks <= 1
-    xl, yl, wl = sample_rows(store, state["cur_l"], kl, nl + nb)
-    xb, yb, wb = sample_rows(memory, state["mem"], kb, nb)
-    l_r = jnp.zeros(())
-    if nu:
-      xu, _, wu = sample_rows(store, state["cur_u"], ku, nu)
-      l_r = net.call(params, recipe.images(kau, xu, mae=True), "mae_loss", km, mask_ratio,
-                     norm_pix, wu)
-    rows = jnp.where(first, nl + nb, nl)
-    cur = recipe.batch(kml, xl, yl, wl, state["seen"], rows)
-    buf = recipe.batch(kmb, xb, yb, wb, state["seen"])
-    x_ce = jnp.concatenate([cur.x[:nl], jnp.where(first, cur.x[nl:], buf.x)])
-    logits = net.apply(params, x_ce)  # one forward for both CE terms
-    l_m = _l_m(logits, cur, yl, (wl > 0) & (jnp.arange(nl + nb) < rows), state)
-    l_b = mixup_lib.soft_cross_entropy(logits[nl:], buf.targets,
-                                       jnp.where(first, 0.0, buf.weight), state["seen"])
-    return w_r * l_r + l_m + l_b, (l_r, l_m, l_b)
-
-  def _buffer_loss(params, state, key):
-    k_s, k_m = jax.random.split(key)
-    xb, yb, wb = sample_rows(memory, state["mem"], k_s, batch_size)
-    buf = recipe.batch(k_m, xb, yb, wb, state["seen"])
-    l_b = mixup_lib.soft_cross_entropy(net.apply(params, buf.x), buf.targets, buf.weight,
-                                       state["seen"])
-    return l_b, (jnp.zeros(()), jnp.zeros(()), l_b)
-
-  @jax.jit
-  def prepare(state):
-    """The step's labelled rows enter the task-balanced memory (one task) before training; every
-    task is cut to min(this step's labels, the earlier tasks' share) (``data.py`` 56-93)."""
-    cur, mem = state["cur_l"], state["mem"]
-    valid = jnp.arange(cur.y.shape[0]) < cur.count
-    earlier = jnp.arange(mem.task_count.shape[0]) < jnp.minimum(mem.tasks, max_tasks)
-    prev = jnp.min(jnp.where(earlier, mem.task_count, jnp.iinfo(jnp.int32).max))
-    level = jnp.where(cur.count > 0, jnp.minimum(cur.count, prev), prev)
-    return {**state, "mem": memory.insert(mem, cur.x, cur.y, valid,
-                                          level if balanced_buffer else None)}
-
-  @jax.jit
-  def finish(state):
-    return {**state, "cur_l": append_store.clear(state["cur_l"]),
-            "cur_u": append_store.clear(state["cur_u"]),
-            "step_cls": jnp.zeros_like(state["step_cls"]), "step": state["step"] + 1}
-
-  joint_loop = Loop(phase_step(_joint_loss, tx), chunk=chunk, unroll=False)
-  buffer_loop = Loop(phase_step(_buffer_loss, tx), chunk=chunk, unroll=False)
-  scales_of = jax.jit(lambda p: vit_layer_scales(p, layer_decay))
+  # (experiments/bench/scaling.py finds these two loops by name in end_of_step's closure.)
+  joint_loop = Loop(_phases.phase_step(
+      joint_loss(net, recipe, split, lm_mask, w_r, mask_ratio, norm_pix), tx),
+      chunk=chunk, unroll=False)
+  buffer_loop = Loop(_phases.phase_step(buffer_loss(net, recipe, batch_size), tx), chunk=chunk,
+                     unroll=False)
+  prepare = jax.jit(lambda s: balance_memory(s, max_tasks, balanced_buffer))
+  scales_of = jax.jit(lambda p: _vit.vit_layer_scales(p, layer_decay))
   opt_init = jax.jit(tx.init)
 
-  def end_of_step(state, key, budget=None, progress=None):
+  def end_of_step(state: State, key, budget=None, progress=None):
     """Spends exactly ``budget`` passes (None: the default epochs): joint, then buffer-only."""
     k_joint, k_buf = jax.random.split(key)
     if budget is None:
-      rows = int(state["cur_l"].count) + int(state["cur_u"].count)
+      rows = int(state.cur_l.count) + int(state.cur_u.count)
       budget = contract.default_passes(epochs_per_step, rows, batch_size)
-    joint, buf = phase_passes(budget, int(state["step"]), allocation, threshold, joint_fraction)
+    joint, buf = phase_passes(budget, int(state.step), allocation, threshold, joint_fraction)
     state = prepare(state)
-    params, scales = state["params"], scales_of(state["params"])
-    params, s_joint = run_phase(joint_loop, opt_init, params, state, k_joint, joint, peak_lr,
-                                scales, floor_lr, progress)
-    params, s_buf = run_phase(buffer_loop, opt_init, params, state, k_buf, buf,
-                              peak_lr * buffer_lr_scale, scales, floor_lr, progress)
-    state = finish({**state, "params": params})
+    params, scales = state.params, scales_of(state.params)
+    params, s_joint = _phases.run_phase(joint_loop, opt_init, params, state, k_joint, joint,
+                                        peak_lr, scales, floor_lr, progress)
+    params, s_buf = _phases.run_phase(buffer_loop, opt_init, params, state, k_buf, buf,
+                                      peak_lr * buffer_lr_scale, scales, floor_lr, progress)
+    state = finish(state._replace(params=params))
     zero = jnp.zeros((4,))
     s_joint = zero if s_joint is None else s_joint
     s_buf = zero if s_buf is None else s_buf
@@ -397,37 +346,8 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
         loss_buffer=s_buf[3] / max(buf, 1))
 
   @jax.jit
-  def predict(state, x):
-    return mask_logits(net.apply(state["params"], jnp.asarray(x, jnp.float32)), state["seen"])
+  def predict(state: State, x):
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
 
-  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
-            batch_size=batch_size, lr=lr, min_lr=min_lr, buffer_lr_scale=buffer_lr_scale,
-            weight_decay=weight_decay, betas=tuple(betas), layer_decay=layer_decay, w_r=w_r,
-            mask_ratio=mask_ratio, norm_pix=norm_pix, allocation=allocation, threshold=threshold,
-            joint_fraction=joint_fraction, lm_mask=lm_mask, mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha, mixup_prob=mixup_prob, switch_prob=switch_prob,
-            label_smoothing=label_smoothing, reconstruction=reconstruction,
-            balanced_buffer=balanced_buffer, augment=augment, crop_scale=tuple(crop_scale),
-            mae_crop_scale=tuple(mae_crop_scale), flip=flip, memory_size=memory_size,
-            memory_capacity=capacity, max_step_size=max_step_size, max_tasks=max_tasks,
-            epochs_per_step=epochs_per_step, chunk=chunk, warm_start=init_params is not None)
   return Learner(name="dietcl", init=init, update=update, end_of_step=end_of_step,
-                 predict=predict, hparams=hp)
-
-
-def phase_step(loss_fn, tx):
-  """The ``Loop`` step of a DietCL-style phase: lr ``reference_lr(i, stop, lr_peak, min_lr)``
-  times the per-parameter ``scales``.
-
-  ``loss_fn(params, state, key) -> (loss, parts)``. The loop's carry is (params, opt), its data
-  (state, lr_peak, scales, min_lr); metrics are [loss, *parts].
-  """
-  def step(carry, data, key, i, stop):
-    params, opt = carry
-    state, lr_peak, scales, min_lr = data
-    (loss, parts), g = jax.value_and_grad(loss_fn, has_aux=True)(params, state, key)
-    lr_i = reference_lr(i, stop, lr_peak, min_lr)
-    params, opt = apply_updates(tx, params, opt, g, jax.tree.map(lambda s: lr_i * s, scales))
-    return (params, opt), jnp.stack([loss, *parts])
-
-  return step
+                 predict=predict)

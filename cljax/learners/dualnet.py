@@ -27,7 +27,7 @@ Prediction: the fast learner's logits over the seen classes.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,14 +36,58 @@ import numpy as np
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
-from cljax.learners import _distill, _ssl, cassle, dietcl
+from cljax.learners import _distill, _ssl, _stores, _vit
 from cljax.learners.registry import register
 from cljax.models import vit as vit_lib
+from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
 from cljax.ops.losses import cross_entropy, mask_logits
 from cljax.train.loop import Loop, apply_updates
+
+
+class Slow(NamedTuple):
+  """The slow learner: the ViT's ``params`` and its Barlow Twins projector ``proj``."""
+
+  params: Any
+  proj: Any
+
+
+class State(NamedTuple):
+  """DualNet's state.
+
+  slow: ``Slow``, the slow learner (trained by Barlow Twins and by the supervised step).
+  fast: the fast learner's weights, {"layers": [one {"kernel", "bias"} per slow block], "head":
+    {"kernel": [W, K], "bias": [K]}} (a parameter tree, ``init_fast``).
+  seen: [K] bool, classes with a labelled row so far.
+  cur: ``append`` store of this step's valid rows (labels unused), emptied at the step's end.
+  mem: ``append`` store of every labelled row so far (capacity ``memory_size``).
+  step: [] int32, time steps ended so far.
+  """
+
+  slow: Slow
+  fast: Any
+  seen: jax.Array
+  cur: Any
+  mem: Any
+  step: jax.Array
+
+
+class StepData(NamedTuple):
+  """What the loop's step reads besides its carry.
+
+  cur, mem, seen: the state's. kind_key: the key of the iterations' labelled draws
+  (``labelled_draws``). has_labels: [] bool, the memory holds rows. replay: [] bool, from the
+  second step: memory images in the SSL batches.
+  """
+
+  cur: Any
+  mem: Any
+  seen: jax.Array
+  kind_key: jax.Array
+  has_labels: jax.Array
+  replay: jax.Array
 
 
 def labelled_draws(key: jax.Array, n: int, threshold: float) -> jax.Array:
@@ -80,6 +124,29 @@ def init_fast(key: jax.Array, patch_dim: int, width: int, depth: int, num_classe
                                      "bias": jnp.zeros((num_classes,))}}
 
 
+def fast_logits(net: Net, slow_params: dict, fast: dict, x: jax.Array) -> jax.Array:
+  """The fast learner's logits [B, K] on x [B, H, W, C] (module docstring): its adaptation
+  layers over the patches, gated by the slow ViT's block outputs, then its head."""
+  _, blocks = net.call(slow_params, x, "encode_prefixed")
+  m = vit_lib.patchify(x, patch_size(slow_params, x.shape[-1]))
+  for layer, h in zip(fast["layers"], blocks):
+    m = jax.nn.gelu(m @ layer["kernel"] + layer["bias"], approximate=False) * h
+  return m.mean(1) @ fast["head"]["kernel"] + fast["head"]["bias"]
+
+
+@jax.jit
+def update(state: State, batch: dict, key: jax.Array) -> tuple:
+  """Stores every valid row (SSL) and the labelled rows (memory); 0 passes."""
+  del key
+  seen, cur, mem = _stores.store_all(state.seen, state.cur, state.mem, batch)
+  return state._replace(seen=seen, cur=cur, mem=mem), contract.info()
+
+
+@jax.jit
+def finish(state: State) -> State:
+  return state._replace(cur=append_store.clear(state.cur), step=state.step + 1)
+
+
 @register("dualnet", inputs=("model", "model_kwargs", "batch_size", "init_params",
                              "max_step_size"))
 def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
@@ -112,7 +179,7 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
     raise ValueError(f"batch_size must be >= 4 (two views of >= 2 images), got {batch_size}")
   if not 0.0 <= threshold <= 1.0 or not 0.0 < beta <= 1.0:
     raise ValueError(f"threshold must lie in [0, 1] and beta in (0, 1], got {threshold}, {beta}")
-  net = dietcl.vit_net("dualnet", model, num_classes, model_kwargs)
+  net = _vit.vit_net("dualnet", model, num_classes, model_kwargs)
   proj = _ssl.mlp_head(proj_dim, (proj_hidden, proj_hidden))
   tx = optim.build("adam", lr)
   tx_slow = optim.build("adam", slow_lr)
@@ -127,87 +194,72 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
     d = _ssl.features_dim(net, params, x.shape[1:])
     p = patch_size(params, x.shape[-1])
     ex = jax.ShapeDtypeStruct(x.shape[1:], jnp.float32)
-    return {"slow": {"params": params, "proj": _ssl.init_head(proj, k_proj, d)},
-            "fast": init_fast(k_fast, p * p * x.shape[-1], d, len(params["blocks"]),
-                              num_classes),
-            "seen": jnp.zeros((num_classes,), bool),
-            "cur": store.init(k_cur, max_step_size, ex, num_classes),
-            "mem": store.init(k_mem, memory_size, ex, num_classes),
-            "step": jnp.zeros((), jnp.int32)}
+    return State(slow=Slow(params, _ssl.init_head(proj, k_proj, d)),
+                 fast=init_fast(k_fast, p * p * x.shape[-1], d, len(params["blocks"]),
+                                num_classes),
+                 seen=jnp.zeros((num_classes,), bool),
+                 cur=store.init(k_cur, max_step_size, ex, num_classes),
+                 mem=store.init(k_mem, memory_size, ex, num_classes),
+                 step=jnp.zeros((), jnp.int32))
 
-  def fast_logits(slow_params, fast, x):
-    """The fast learner's logits [B, K] (module docstring)."""
-    _, blocks = net.call(slow_params, x, "encode_prefixed")
-    m = vit_lib.patchify(x, patch_size(slow_params, x.shape[-1]))
-    for layer, h in zip(fast["layers"], blocks):
-      m = jax.nn.gelu(m @ layer["kernel"] + layer["bias"], approximate=False) * h
-    return m.mean(1) @ fast["head"]["kernel"] + fast["head"]["bias"]
-
-  @jax.jit
-  def update(state, batch, key):
-    """Stores every valid row (SSL) and the labelled rows (memory); 0 passes."""
-    del key
-    return cassle.store_all(state, batch), contract.info()
-
-  def _ssl_loss(slow, x, w, key):
-    encode = lambda v: net.features(slow["params"], v)  # noqa: E731
-    z1, z2, _ = _ssl.view_embeddings(encode, lambda f: proj.apply(slow["proj"], f), x, key,
-                                     scale)
+  def ssl_loss(slow: Slow, x, w, key):
+    encode = lambda v: net.features(slow.params, v)  # noqa: E731
+    z1, z2, _ = _ssl.view_embeddings(encode, lambda f: proj.apply(slow.proj, f), x, key, scale)
     return _ssl.barlow(z1, z2, lamb, scale_loss, w)
 
-  def _step(carry, data, key, i, stop):
+  def step(carry, data: StepData, key, i, stop):
+    """An SSL step with look-ahead, then a supervised step when iteration i is labelled; carry
+    (slow, fast, opt_slow, opt)."""
     del stop
     slow, fast, opt_slow, opt = carry
     k_cur, k_mem, k_views, k_lab = jax.random.split(key, 4)
     # SSL batch: the step's images, half of them memory images once the memory holds earlier
     # steps' rows (the reference concatenates replayed images from the second task on).
-    a = store.sample(data["cur"], k_cur, n_img)
-    b = store.sample(data["mem"], k_mem, n_img)
-    use_mem = (jnp.arange(n_img) >= n_img // 2) & data["replay"] & (b.weight > 0)
+    a = store.sample(data.cur, k_cur, n_img)
+    b = store.sample(data.mem, k_mem, n_img)
+    use_mem = (jnp.arange(n_img) >= n_img // 2) & data.replay & (b.weight > 0)
     x = jnp.where(use_mem.reshape(-1, 1, 1, 1), b.x, a.x)
     w = jnp.where(use_mem, b.weight, a.weight)
     x, w = sharding.data_rows((x, w))
-    loss_ssl, g = jax.value_and_grad(_ssl_loss)(slow, x, w, k_views)
+    loss_ssl, g = jax.value_and_grad(ssl_loss)(slow, x, w, k_views)
     after, opt_slow = apply_updates(tx_slow, slow, opt_slow, g)
     slow = jax.tree.map(lambda p0, p1: p0 + beta * (p1 - p0), slow, after)  # look-ahead
 
     def supervised(args):
       slow, fast, opt = args
-      s = store.sample(data["mem"], k_lab, batch_size)
+      s = store.sample(data.mem, k_lab, batch_size)
       xl, yl, wl = sharding.data_rows((s.x, s.y, s.weight))
       loss_fn = lambda pf: cross_entropy(  # noqa: E731
-          mask_logits(fast_logits(pf[0], pf[1], xl), data["seen"]), yl, wl)
-      loss, gf = jax.value_and_grad(loss_fn)((slow["params"], fast))
-      (sp, fast), opt = apply_updates(tx, (slow["params"], fast), opt, gf)
-      return {**slow, "params": sp}, fast, opt, loss
+          mask_logits(fast_logits(net, pf[0], pf[1], xl), data.seen), yl, wl)
+      loss, gf = jax.value_and_grad(loss_fn)((slow.params, fast))
+      (sp, fast), opt = apply_updates(tx, (slow.params, fast), opt, gf)
+      return slow._replace(params=sp), fast, opt, loss
 
-    labelled = (jax.random.uniform(jax.random.fold_in(data["kind_key"], i)) <= threshold) & \
-        data["has_labels"]  # the draw iteration_kinds makes on the host
+    labelled = (jax.random.uniform(jax.random.fold_in(data.kind_key, i)) <= threshold) & \
+        data.has_labels  # the draw iteration_kinds makes on the host
     slow, fast, opt, loss_sup = jax.lax.cond(
         labelled, supervised, lambda a: (*a, jnp.float32(0.0)), (slow, fast, opt))
     return (slow, fast, opt_slow, opt), jnp.stack([loss_ssl, loss_sup, labelled])
 
-  loop = Loop(_step, chunk=chunk, unroll=False)
+  loop = Loop(step, chunk=chunk, unroll=False)
   opt_slow_init = jax.jit(tx_slow.init)
-  opt_init = jax.jit(lambda slow, fast: tx.init((slow["params"], fast)))
-  finish = jax.jit(lambda s: {**s, "cur": append_store.clear(s["cur"]), "step": s["step"] + 1})
+  opt_init = jax.jit(lambda slow, fast: tx.init((slow.params, fast)))
 
-  def end_of_step(state, key, budget=None, progress=None):
+  def end_of_step(state: State, key, budget=None, progress=None):
     """Variable sampling of SSL-only and SSL + supervised iterations within ``budget``."""
     k_kind, k_loop = jax.random.split(key)
     if budget is None:
-      budget = contract.default_passes(epochs_per_step, int(state["cur"].count), batch_size)
-    has_cur = int(state["cur"].count) > 0
+      budget = contract.default_passes(epochs_per_step, int(state.cur.count), batch_size)
+    has_cur = int(state.cur.count) > 0
     kinds = iteration_kinds(k_kind, budget if has_cur else 0, threshold,
-                            int(state["mem"].count) > 0)
+                            int(state.mem.count) > 0)
     n = len(kinds)
-    data = {"cur": state["cur"], "mem": state["mem"], "seen": state["seen"],
-            "kind_key": k_kind, "has_labels": state["mem"].count > 0,
-            "replay": state["step"] > 0}  # from the second step: memory images in SSL batches
-    carry = (state["slow"], state["fast"], opt_slow_init(state["slow"]),
-             opt_init(state["slow"], state["fast"]))
+    data = StepData(cur=state.cur, mem=state.mem, seen=state.seen, kind_key=k_kind,
+                    has_labels=state.mem.count > 0, replay=state.step > 0)
+    carry = (state.slow, state.fast, opt_slow_init(state.slow),
+             opt_init(state.slow, state.fast))
     (slow, fast, _, _), sums = loop(carry, data, k_loop, n, progress=progress)
-    state = finish({**state, "slow": slow, "fast": fast})
+    state = finish(state._replace(slow=slow, fast=fast))
     n_lab = int(kinds.sum())
     nan = jnp.float32(jnp.nan)
     return state, contract.info(
@@ -216,13 +268,8 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
         iterations=jnp.float32(n), labelled_iterations=jnp.float32(n_lab))
 
   @jax.jit
-  def predict(state, x):
+  def predict(state: State, x):
     x = jnp.asarray(x, jnp.float32)
-    return mask_logits(fast_logits(state["slow"]["params"], state["fast"], x), state["seen"])
+    return mask_logits(fast_logits(net, state.slow.params, state.fast, x), state.seen)
 
-  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
-            batch_size=batch_size, lr=lr, slow_lr=slow_lr, beta=beta, threshold=threshold,
-            proj_dim=proj_dim, proj_hidden=proj_hidden, lamb=lamb, scale_loss=scale_loss,
-            crop_scale=scale, memory_size=memory_size, epochs_per_step=epochs_per_step,
-            max_step_size=max_step_size, chunk=chunk, warm_start=init_params is not None)
-  return Learner("dualnet", init, update, end_of_step, predict, hp)
+  return Learner("dualnet", init, update, end_of_step, predict)

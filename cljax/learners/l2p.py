@@ -32,7 +32,7 @@ query forward (1/3 pass, ``_distill``); ``update`` stores rows (0 passes).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ import optax
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
-from cljax.learners import _distill, dietcl
+from cljax.learners import _distill, _vit
 from cljax.learners.registry import register
 from cljax.ops import buffers
 from cljax.ops import sharding
@@ -49,6 +49,36 @@ from cljax.ops.buffers import append as append_store
 from cljax.ops.herding import normalise
 from cljax.ops.losses import cross_entropy, mask_logits
 from cljax.train.loop import Loop, apply_updates
+
+
+class Prompts(NamedTuple):
+  """L2P's trained parameters (the fields in the order of the sorted dict they replace, so the
+  global-norm clipping sums the leaves in the same order).
+
+  head: the linear head on the prompt tokens' mean, {"kernel": [D, K], "bias": [K]}.
+  keys: [M, D] prompt keys (selection by cosine similarity to the query).
+  prompts: [M, L_p, D] the prompt pool.
+  """
+
+  head: Any
+  keys: jax.Array
+  prompts: jax.Array
+
+
+class State(NamedTuple):
+  """L2P's state.
+
+  frozen: the ViT's parameters (never trained).
+  train: ``Prompts``, the trained parameters.
+  seen: [K] bool, classes with a labelled row so far.
+  rows: ``append`` store of the labelled rows trained on: every one so far (``replay``,
+    capacity ``memory_size``) or the step's (capacity ``max_step_size``, emptied at its end).
+  """
+
+  frozen: Any
+  train: Prompts
+  seen: jax.Array
+  rows: Any
 
 
 def select_prompts(query: jax.Array, keys: jax.Array, top_k: int, batchwise: bool
@@ -75,6 +105,14 @@ def select_prompts(query: jax.Array, keys: jax.Array, top_k: int, batchwise: boo
     idx = jnp.broadcast_to(major, idx.shape)
   reduce_sim = jnp.sum(k[idx] * q[:, None, :]) / query.shape[0]
   return idx.astype(jnp.int32), reduce_sim
+
+
+@jax.jit
+def update(state: State, batch: dict, key: jax.Array) -> tuple:
+  """Stores the batch's labelled rows (0 passes)."""
+  del key
+  seen, rows = _distill.store_labelled(state.seen, state.rows, batch)
+  return state._replace(seen=seen, rows=rows), contract.info()
 
 
 @register("l2p", inputs=("model", "model_kwargs", "batch_size", "init_params",
@@ -106,10 +144,9 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
                        chunk=chunk)
   if top_k > pool_size:
     raise ValueError(f"top_k ({top_k}) must be <= pool_size ({pool_size})")
-  net = dietcl.vit_net("l2p", model, num_classes, model_kwargs)
+  net = _vit.vit_net("l2p", model, num_classes, model_kwargs)
   tx = optax.chain(optax.clip_by_global_norm(clip_norm), optim.build("adam", lr))
   store = buffers.get("append")
-  rows_key = "mem" if replay else "cur"
   step_cost = 1.0 + _distill.FORWARD_COST  # prompted forward-backward + the query forward
 
   def init(key, example_batch):
@@ -117,77 +154,66 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
     k_net, k_p, k_k, k_s = jax.random.split(key, 4)
     frozen = net.init(k_net, x.shape[1:], init_params)
     d = frozen["pos_embed"].shape[-1]
-    train = {"prompts": jax.random.uniform(k_p, (pool_size, prompt_length, d), jnp.float32,
-                                           0.0, 0.01),
-             "keys": jax.random.uniform(k_k, (pool_size, d), jnp.float32, 0.0, 0.01),
-             "head": {"kernel": jnp.zeros((d, num_classes), jnp.float32),
-                      "bias": jnp.zeros((num_classes,), jnp.float32)}}
+    train = Prompts(
+        head={"kernel": jnp.zeros((d, num_classes), jnp.float32),
+              "bias": jnp.zeros((num_classes,), jnp.float32)},
+        keys=jax.random.uniform(k_k, (pool_size, d), jnp.float32, 0.0, 0.01),
+        prompts=jax.random.uniform(k_p, (pool_size, prompt_length, d), jnp.float32, 0.0, 0.01))
     cap = memory_size if replay else max_step_size
-    return {"frozen": frozen, "train": train, "seen": jnp.zeros((num_classes,), bool),
-            rows_key: store.init(k_s, cap, jax.ShapeDtypeStruct(x.shape[1:], jnp.float32),
-                                 num_classes)}
+    return State(frozen=frozen, train=train, seen=jnp.zeros((num_classes,), bool),
+                 rows=store.init(k_s, cap, jax.ShapeDtypeStruct(x.shape[1:], jnp.float32),
+                                 num_classes))
 
-  def logits_of(frozen, train, x, idx):
+  def logits_of(frozen, train: Prompts, x, idx):
     """Logits [B, K] with the prompts idx [B, N] before the patch tokens."""
-    prefix = train["prompts"][idx].reshape(x.shape[0], top_k * prompt_length, -1)
+    prefix = train.prompts[idx].reshape(x.shape[0], top_k * prompt_length, -1)
     tokens, _ = net.call(frozen, x, "encode_prefixed", prefix)
     feat = tokens[:, :top_k * prompt_length].astype(jnp.float32).mean(1)
-    return feat @ train["head"]["kernel"] + train["head"]["bias"]
+    return feat @ train.head["kernel"] + train.head["bias"]
 
-  @jax.jit
-  def update(state, batch, key):
-    """Stores the batch's labelled rows (0 passes)."""
-    del key
-    seen, rows = _distill.store_labelled(state["seen"], state[rows_key], batch)
-    return {**state, "seen": seen, rows_key: rows}, contract.info()
-
-  def _step(carry, data, key, i, stop):
+  def step(carry, state: State, key, i, stop):
+    """One SGD step on ``batch_size`` stored rows (carry (train, opt), data the state)."""
     del i, stop
     train, opt = carry
-    s = store.sample(data[rows_key], key, batch_size)
+    s = store.sample(state.rows, key, batch_size)
     x, y, w = sharding.data_rows((s.x, s.y, s.weight))
-    allowed = data["seen"] if replay else data[rows_key].class_count > 0
-    query = jax.lax.stop_gradient(net.features(data["frozen"], x))
+    allowed = state.seen if replay else state.rows.class_count > 0
+    query = jax.lax.stop_gradient(net.features(state.frozen, x))
 
     def loss_fn(p):
-      idx, reduce_sim = select_prompts(query, p["keys"], top_k, batchwise=True)
-      logits = logits_of(data["frozen"], p, x, idx)
+      idx, reduce_sim = select_prompts(query, p.keys, top_k, batchwise=True)
+      logits = logits_of(state.frozen, p, x, idx)
       return cross_entropy(mask_logits(logits, allowed), y, w) - pull * reduce_sim
 
     loss, g = jax.value_and_grad(loss_fn)(train)
     train, opt = apply_updates(tx, train, opt, g)
     return (train, opt), loss[None]
 
-  loop = Loop(_step, chunk=chunk, unroll=False)
+  loop = Loop(step, chunk=chunk, unroll=False)
   opt_init = jax.jit(tx.init)
-  clear = jax.jit(lambda s: {**s, "cur": append_store.clear(s["cur"])})
+  clear = jax.jit(lambda s: s._replace(rows=append_store.clear(s.rows)))
 
-  def end_of_step(state, key, budget=None, progress=None):
+  def end_of_step(state: State, key, budget=None, progress=None):
     """SGD on prompts, keys and head; spends at most ``budget`` passes (each step 4/3)."""
-    n_rows = int(state[rows_key].count)
+    n_rows = int(state.rows.count)
     if budget is None:
       steps = contract.default_passes(epochs_per_step, n_rows, batch_size)
     else:
       steps = int(math.floor(budget / step_cost + 1e-9))
     steps = steps if n_rows else 0
-    (train, _), sums = loop((state["train"], opt_init(state["train"])), state, key, steps,
-                             progress=progress)
-    state = {**state, "train": train}
+    (train, _), sums = loop((state.train, opt_init(state.train)), state, key, steps,
+                            progress=progress)
+    state = state._replace(train=train)
     if not replay:
       state = clear(state)
     loss = sums[0] / steps if sums is not None else jnp.float32(jnp.nan)
     return state, contract.info(steps * step_cost, loss, sgd_steps=jnp.float32(steps))
 
   @jax.jit
-  def predict(state, x):
+  def predict(state: State, x):
     x = jnp.asarray(x, jnp.float32)
-    idx, _ = select_prompts(net.features(state["frozen"], x), state["train"]["keys"], top_k,
+    idx, _ = select_prompts(net.features(state.frozen, x), state.train.keys, top_k,
                             batchwise=False)
-    return mask_logits(logits_of(state["frozen"], state["train"], x, idx), state["seen"])
+    return mask_logits(logits_of(state.frozen, state.train, x, idx), state.seen)
 
-  hp = dict(num_classes=num_classes, model=model, model_kwargs=model_kwargs,
-            batch_size=batch_size, lr=lr, pool_size=pool_size, prompt_length=prompt_length,
-            top_k=top_k, pull=pull, clip_norm=clip_norm, replay=replay, memory_size=memory_size,
-            epochs_per_step=epochs_per_step, max_step_size=max_step_size, chunk=chunk,
-            pretrained=init_params is not None)
-  return Learner("l2p", init, update, end_of_step, predict, hp)
+  return Learner("l2p", init, update, end_of_step, predict)

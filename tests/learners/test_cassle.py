@@ -26,9 +26,9 @@ def test_teacher_from_the_second_step_and_budget():
                   batch_size=16, chunk=4, memory_size=400, proj_dim=16, proj_hidden=16,
                   pred_hidden=16, checked=False)
   state, spent = run_tasks(learner, x, y, [[0, 1]], 20, bs=16)
-  assert spent == [20.0] and bool(state["has_teacher"])
-  teacher = state["teacher"]
-  for a, b in zip(jax.tree.leaves(teacher["params"]), jax.tree.leaves(state["params"])):
+  assert spent == [20.0] and bool(state.has_teacher)
+  teacher = state.teacher
+  for a, b in zip(jax.tree.leaves(teacher.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the trained encoder
   idx = np.flatnonzero(np.isin(y, [2, 3]))
   for s in range(0, len(idx), 16):

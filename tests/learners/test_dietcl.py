@@ -10,7 +10,7 @@ import pytest
 import cljax.learners as L
 from cljax import data
 from cljax import learner as contract
-from cljax.learners import dietcl
+from cljax.learners import _phases, dietcl
 
 BS = 24
 # A one-block ViT-micro (16 wide): these tests pin bookkeeping, not accuracy, and compile time
@@ -81,13 +81,14 @@ def test_reference_lr_schedule():
       min_lr = blr / 2
     return min_lr + (blr - min_lr) * 0.5 * (1. + np.cos(np.pi * cur_iter / total_iter))
 
-  f = jax.jit(dietcl.reference_lr)
+  f = jax.jit(_phases.reference_lr)
   for peak, floor in ((4e-4, 5e-5), (4e-5, 5e-5), (1e-3, 0.0)):
     for i in (0, 1, 7, 19):
       got = float(f(jnp.int32(i), jnp.int32(20), jnp.float32(peak), jnp.float32(floor)))
       assert got == pytest.approx(adjust_learning_rate(i, 20, peak, floor), rel=1e-5)
   # The learner's defaults: the reference's 5e-5 at 1,024 examples, per 256 (lr's unit).
-  assert dietcl.MIN_LR == pytest.approx(1.25e-5)
+  assert _phases.MIN_LR == pytest.approx(1.25e-5)
+  assert L.get("dietcl", num_classes=10).hparams["min_lr"] == _phases.MIN_LR
 
 
 def test_host_side_allocation_and_split():
@@ -107,7 +108,10 @@ def test_host_side_allocation_and_split():
   with pytest.raises(ValueError, match="lm_mask"):
     L.get("dietcl", num_classes=10, lm_mask="classes")
   # memory_size=-1 (the reference's replay_buffer_size -1): a memory of the whole stream.
-  assert L.get("dietcl", num_classes=10, stream_size=5000).hparams["memory_capacity"] == 5000
+  learner = L.get("dietcl", num_classes=10, stream_size=5000)
+  example = {"x": np.zeros((2, 8, 8, 1), np.float32), "y": np.zeros((2,), np.int32)}
+  shapes = jax.eval_shape(lambda k: learner.init(k, example), jax.random.key(0))
+  assert shapes.mem.x.shape[0] == 5000
   with pytest.raises(ValueError, match="unknown hyper-parameter.*vit_kwargs"):
     L.get("dietcl", num_classes=10, vit_kwargs={"depth": 1})  # the old spelling is gone
 
@@ -149,10 +153,10 @@ def test_default_budget_is_epochs_over_the_step(digits, paper10):
 def test_state_seen_mask_and_task_balanced_memory(digits, paper10):
   tasks = [[0, 1], [2, 3], [4]]
   state, m = _run(paper10, digits, tasks, 6)
-  assert np.flatnonzero(np.asarray(state["seen"])).tolist() == [0, 1, 2, 3, 4]
-  assert int(state["step"]) == 3 and int(state["cur_l"].count) == 0
-  assert int(state["cur_u"].count) == 0 and not np.any(np.asarray(state["step_cls"]))
-  mem = state["mem"]
+  assert np.flatnonzero(np.asarray(state.seen)).tolist() == [0, 1, 2, 3, 4]
+  assert int(state.step) == 3 and int(state.cur_l.count) == 0
+  assert int(state.cur_u.count) == 0 and not np.any(np.asarray(state.step_cls))
+  mem = state.mem
   task = np.asarray(mem.task)
   assert set(task[: int(mem.count)]) == {0, 1, 2} and int(mem.tasks) == 3
   assert np.all(np.asarray(mem.y)[task >= 0] < 5)

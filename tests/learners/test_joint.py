@@ -62,16 +62,16 @@ def test_joint_spends_the_cumulative_budget_and_restarts(digits, joint):
   assert [r["passes"] for r in m] == [10.0, 20.0, 30.0]      # t·B, the runner's view
   assert [r["ssl_passes"] for r in m] == [8.0, 16.0, 24.0]   # 80 % MAE ...
   assert [r["finetune_passes"] for r in m] == [2.0, 4.0, 6.0]  # ... 20 % fine-tuning
-  assert int(state["total_budget"]) == 30
-  n_lab, n_unl = int(state["lab"].count), int(state["unl"].count)
+  assert int(state.total_budget) == 30
+  n_lab, n_unl = int(state.lab.count), int(state.unl.count)
   n_all = int(np.isin(digits.train.y, np.concatenate(TASKS)).sum())
   assert n_lab + n_unl == n_all and 0 < n_lab < n_all  # every row kept, split by label
-  assert np.flatnonzero(np.asarray(state["seen"])).tolist() == [0, 1, 2, 3, 4, 5]
+  assert np.flatnonzero(np.asarray(state.seen)).tolist() == [0, 1, 2, 3, 4, 5]
   assert all(r["loss_r"] > 0 and np.isfinite(r["loss"]) for r in m)
   # A zero budget leaves exactly the initialization (restart, nothing spent).
   st0, m0, _ = _run(joint, digits, 0, TASKS[:1])
   assert m0[0]["passes"] == 0.0
-  for a, b in zip(jax.tree.leaves(st0["params"]), jax.tree.leaves(st0["init_params"])):
+  for a, b in zip(jax.tree.leaves(st0.params), jax.tree.leaves(st0.init_params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -81,7 +81,7 @@ def test_joint_default_budget_and_init_params(digits, joint):
   assert m[0]["passes"] == np.ceil(0.25 * n / BS)
   params = Net.named("vit_micro", 10, **TINY_VIT).init(jax.random.key(5), (8, 8, 1))
   st, _, _ = _run(_joint(init_params=params), digits, 0, TASKS[:1])
-  for a, b in zip(jax.tree.leaves(st["params"]), jax.tree.leaves(params)):
+  for a, b in zip(jax.tree.leaves(st.params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(ValueError, match="needs a ViT"):
     L.get("joint", num_classes=10, stream_size=10, model="cnn")

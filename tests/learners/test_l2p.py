@@ -53,9 +53,9 @@ def test_trains_only_prompts_keys_and_head_within_budget():
   state0 = learner.init(jax.random.key(0), {"x": x[:16], "y": y[:16]})
   state, spent = run_tasks(learner, x, y, [[0, 1], [2, 3]], [20, 9], bs=16)
   assert spent == [20.0, 8.0]  # 15 and 6 steps of 4/3 passes (prompted pass + query pass)
-  for a, b in zip(jax.tree.leaves(state["frozen"]), jax.tree.leaves(state0["frozen"])):
+  for a, b in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(state0.frozen)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  for a, b in zip(jax.tree.leaves(state["train"]), jax.tree.leaves(state0["train"])):
+  for a, b in zip(jax.tree.leaves(state.train), jax.tree.leaves(state0.train)):
     assert not np.array_equal(np.asarray(a), np.asarray(b))
   pred = np.asarray(learner.predict(state, x[:200])).argmax(1)
   # Only the seen classes are predicted. No accuracy claim here: this backbone is a random,
