@@ -52,3 +52,9 @@ def test_writing_a_learner_example_registers_and_equals_nearest_centroid():
   pred = np.asarray(learner.predict(state, x[1400:])).argmax(1)
   ref = sklearn.neighbors.NearestCentroid().fit(x[:1400], y[:1400]).predict(x[1400:])
   assert (pred == ref).mean() == 1.0
+
+
+def test_sklearn_example_runs_as_written(capsys):
+  exec(_block("from cljax.sklearn import StreamingClassifier"), {})  # pylint: disable=exec-used
+  cv, score = (float(v) for v in capsys.readouterr().out.split())
+  assert cv > 0.85 and score > 0.9, (cv, score)

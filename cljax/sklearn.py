@@ -1,0 +1,210 @@
+"""Every registered learner as a scikit-learn classifier: ``fit``, ``partial_fit``, pipelines.
+
+    from cljax.sklearn import StreamingClassifier
+    clf = StreamingClassifier("slda").fit(X, y)            # streams X in the given order
+    clf.partial_fit(X_new, y_new)                          # one more time step
+    clf.predict(X_test); clf.predict_proba(X_test); clf.score(X_test, y_test)
+
+A ``fit`` or ``partial_fit`` call is one time step of a stream: its rows go through the learner's
+``update`` in batches of ``batch_size`` (in the given order; the last batch padded with rows
+marked invalid, so every call has the same shapes), then ``end_of_step`` with the learner's own
+default budget. ``fit`` starts afresh; the first ``partial_fit`` needs ``classes`` (every label
+the stream may bring), as scikit-learn's own ``partial_fit`` learners do. Labels of any type are
+mapped to the learner's integer classes through ``classes_``; the learner is built for
+``len(classes_)`` classes, so later steps with new classes among them never recompile.
+
+Inputs are validated by scikit-learn's own helpers (``validate_data``), so bad input reads as
+scikit-learn's errors do. Keys come from ``seed`` and the number of batches seen: the same data
+in the same order gives the same model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+import cljax.learners
+
+_PREDICT_ROWS = 256  # rows of one jitted predict call (the last call padded): one compile
+
+
+_LEARNERS: dict = {}
+
+
+def _learner(name: str, num_classes: int, hparams: Optional[dict], rows: int = 0):
+  """The bare learner ``name`` for ``num_classes`` classes, built once per process and setting.
+
+  Learners are pure functions, so estimators with the same settings (clones in a grid search or
+  a cross-validation, refits) share one and its compiled programs instead of compiling anew.
+  A learner sized by its largest time step (``max_step_size`` input) gets room for ``rows``
+  (the first call's rows, rounded up to a power of two, at least its default) unless
+  ``hparams`` sets it."""
+  hp = dict(hparams or {})
+  if "max_step_size" in cljax.learners.inputs(name) and "max_step_size" not in hp:
+    default = inspect.signature(cljax.learners.registry.entry(name).factory).parameters[
+        "max_step_size"].default
+    hp["max_step_size"] = max(int(default), 1 << max(int(rows) - 1, 0).bit_length())
+  key = (name, int(num_classes), repr(sorted(hp.items())))
+  if key not in _LEARNERS:
+    _LEARNERS[key] = cljax.learners.get(name, num_classes=int(num_classes), checked=False, **hp)
+  return _LEARNERS[key]
+
+
+class _Key:
+  """A typed PRNG key on the host (pickled as its key data)."""
+
+  def __init__(self, data: np.ndarray, impl: str):
+    self.data, self.impl = data, impl
+
+
+def _to_host(tree: Any) -> Any:
+  def one(a):
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      return _Key(np.asarray(jax.random.key_data(a)), str(jax.random.key_impl(a)))
+    return np.asarray(a)
+  return jax.tree.map(one, tree)
+
+
+def _to_device(tree: Any) -> Any:
+  def one(a):
+    if isinstance(a, _Key):
+      return jax.random.wrap_key_data(jnp.asarray(a.data), impl=a.impl)
+    return jnp.asarray(a)
+  return jax.tree.map(one, tree, is_leaf=lambda a: isinstance(a, _Key))
+
+
+class StreamingClassifier(ClassifierMixin, BaseEstimator):
+  """A scikit-learn classifier over the cljax learner ``learner`` (see the module docstring).
+
+  Args:
+    learner: a ``cljax.learners.names()`` entry, e.g. "slda", "randumb", "er", "finetune".
+    hparams: the learner's hyper-parameters, a dict passed to ``cljax.learners.get``.
+    batch_size: rows per ``update`` call.
+    seed: the PRNG seed of initialisation and training.
+
+  Attributes (after fitting): ``classes_`` [K] the labels, ``n_features_in_``, ``learner_`` the
+  ``cljax.learner.Learner``, ``state_`` its state.
+  """
+
+  def __init__(self, learner: str = "slda", hparams: Optional[dict] = None,
+               batch_size: int = 32, seed: int = 0):
+    self.learner = learner
+    self.hparams = hparams
+    self.batch_size = batch_size
+    self.seed = seed
+
+  # -- fitting ------------------------------------------------------------------------------
+
+  def fit(self, X, y):
+    """Starts afresh and learns X [N, d], y [N] as one time step, in the given order."""
+    X, y = validate_data(self, X, y, dtype=np.float32, reset=True)
+    check_classification_targets(y)
+    self._start(np.unique(y), X.shape[1], len(X))
+    return self._step(X, y)
+
+  def partial_fit(self, X, y, classes=None):
+    """Learns X [N, d], y [N] as the next time step. The first call needs ``classes``."""
+    first = not hasattr(self, "classes_")
+    X, y = validate_data(self, X, y, dtype=np.float32, reset=first)
+    check_classification_targets(y)
+    if first:
+      if classes is None:
+        raise ValueError("classes must be passed on the first call to partial_fit.")
+      self._start(np.unique(np.asarray(classes)), X.shape[1], len(X))
+    elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)),
+                                                    self.classes_):
+      raise ValueError(f"`classes={np.unique(np.asarray(classes))!r}` is not the same as on "
+                       f"the first call to partial_fit, was: {self.classes_!r}")
+    return self._step(X, y)
+
+  def _start(self, classes: np.ndarray, n_features: int, rows: int) -> None:
+    if int(self.batch_size) < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+    if self.learner not in cljax.learners.names():
+      raise ValueError(f"unknown learner {self.learner!r}; valid: {cljax.learners.names()}")
+    self.classes_ = classes
+    self.learner_ = _learner(self.learner, len(classes), self.hparams, rows)
+    self._max_rows = self.learner_.hparams.get("max_step_size")
+    example = {"x": jnp.zeros((int(self.batch_size), n_features), jnp.float32),
+               "y": jnp.zeros((int(self.batch_size),), jnp.int32)}
+    self.state_ = self.learner_.init(jax.random.key(int(self.seed)), example)
+    self._batches = 0
+
+  def _key(self) -> jax.Array:
+    self._batches += 1
+    return jax.random.fold_in(jax.random.key(int(self.seed)), self._batches)
+
+  def _step(self, X: np.ndarray, y: np.ndarray):
+    missing = np.setdiff1d(np.unique(y), self.classes_)
+    if missing.size:
+      raise ValueError(f"y holds labels {missing.tolist()} not in classes {self.classes_!r} "
+                       "given on the first call to partial_fit")
+    if self._max_rows is not None and len(X) > int(self._max_rows):
+      raise ValueError(f"{len(X)} rows in one call, but {self.learner!r} was sized for time steps "
+                       f"of at most {self._max_rows} rows by the first call; pass "
+                       f"hparams={{'max_step_size': {len(X)}}} (or more) and fit again")
+    yi = np.searchsorted(self.classes_, y).astype(np.int32)
+    b = int(self.batch_size)
+    for s in range(0, len(X), b):
+      xb, yb = X[s:s + b], yi[s:s + b]
+      pad = b - len(xb)
+      batch = {"x": jnp.asarray(np.pad(xb, ((0, pad), (0, 0)))),
+               "y": jnp.asarray(np.pad(yb, (0, pad))),
+               "valid": jnp.asarray(np.arange(b) < len(xb))}
+      self.state_, _ = self.learner_.update(self.state_, batch, self._key())
+    self.state_, _ = self.learner_.end_of_step(self.state_, self._key())
+    return self
+
+  # -- prediction ---------------------------------------------------------------------------
+
+  def _scores(self, X) -> np.ndarray:
+    check_is_fitted(self, "state_")
+    X = validate_data(self, X, dtype=np.float32, reset=False)
+    out = []
+    for s in range(0, len(X), _PREDICT_ROWS):
+      xb = X[s:s + _PREDICT_ROWS]
+      padded = np.pad(xb, ((0, _PREDICT_ROWS - len(xb)), (0, 0)))
+      out.append(np.asarray(self.learner_.predict(self.state_, jnp.asarray(padded)))[:len(xb)])
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(self.classes_)))
+
+  def decision_function(self, X) -> np.ndarray:
+    """The learner's logits [N, K]; [N] (class 1 minus class 0) with two classes."""
+    s = self._scores(X)
+    return s[:, 1] - s[:, 0] if s.shape[1] == 2 else s
+
+  def predict_proba(self, X) -> np.ndarray:
+    """Softmax of the logits [N, K] (classes the learner has not seen get 0)."""
+    s = self._scores(X)
+    s = s - s.max(axis=1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(axis=1, keepdims=True)
+
+  def predict(self, X) -> np.ndarray:
+    """The label of the largest logit of each row [N]."""
+    scores = self._scores(X)
+    return self.classes_[scores.argmax(axis=1)]
+
+  # -- pickling: the jitted functions are rebuilt from the registry ----------------------------
+
+  def __getstate__(self):
+    d = dict(self.__dict__)
+    d.pop("learner_", None)
+    if "state_" in d:
+      d["state_"] = _to_host(d["state_"])
+    return d
+
+  def __setstate__(self, d):
+    self.__dict__.update(d)
+    if "state_" in d:
+      hp = dict(self.hparams or {})
+      if self._max_rows is not None:
+        hp["max_step_size"] = self._max_rows
+      self.learner_ = _learner(self.learner, len(self.classes_), hp)
+      self.state_ = _to_device(self.state_)
