@@ -142,5 +142,6 @@ def test_select_threshold_end_to_end_on_a_tiny_config(tmp_path):
   assert res["num_steps"] == 3 and res["val_rows"] > 0
   assert all(len(r["step_accuracy"]) == 3 for r in res["table"])
   assert all(0.0 <= r["accuracy"] <= 1.0 for r in res["table"])
-  vs = study.validation_stream(experiment.make_stream(settings.from_config(c).stream), 3, 0.2, int(c.seed))
+  stream = experiment.make_stream(settings.from_config(c).stream)
+  vs = study.validation_stream(stream, 3, 0.2, int(c.seed))
   assert res["val_rows"] == len(vs.dataset.test)
