@@ -280,9 +280,11 @@ def test_unreadable_records_and_checkpoints(capsys, finished, tmp_path):
                         "experiment.json is unreadable")
   wd2 = _copy(finished, tmp_path / "b")
   ck = os.path.join(wd2, "checkpoints", "finetune")
-  for step in os.listdir(ck):
+  from cljax.app import checkpoint, workdir  # pylint: disable=import-outside-toplevel
+  for step in os.listdir(ck):  # this version's format and layout, a checksum that does not match
     with open(os.path.join(ck, step, "meta", "metadata"), "w") as f:
-      f.write('{"format": 1, "meta": "{}", "sha256": "0"}')
+      json.dump({"format": checkpoint.FORMAT, "meta": "{}", "sha256": "0",
+                 "state_layout": workdir.STATE_LAYOUT}, f)
   assert_one_line_error(*run(capsys, wd2, *RUN_ARGS, "--resume")[:2],
                         "no readable checkpoint", "Delete that folder")
 
