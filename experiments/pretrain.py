@@ -21,8 +21,10 @@ _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "
 
 
 def _entry(config, workdir):
-  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
-  experiment.run_base_init(config, workdir, log=lambda m: print(m, flush=True))
+  from cljax.app import experiment, settings  # pylint: disable=import-outside-toplevel
+  log = lambda m: print(m, flush=True)  # noqa: E731
+  # The config is read here, once: below, only its typed settings travel.
+  experiment.pretrain_base(settings.from_config(config, log), workdir, log=log)
 
 
 def main(argv) -> int:

@@ -28,13 +28,17 @@ _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "
 
 
 def _entry(config, workdir, resume):
-  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
-  experiment.run_experiment(config, workdir, resume=resume)
+  # pylint: disable=import-outside-toplevel
+  from cljax.app import distributed, experiment, settings
+  log = distributed.log
+  # The config is read here, once: below, only its typed settings travel.
+  experiment.run(settings.from_config(config, log), workdir, resume=resume, log=log)
 
 
 def _check(config, workdir, resume):
-  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
-  experiment.prepare(config, workdir, resume, log=lambda msg: None)
+  from cljax.app import experiment, settings  # pylint: disable=import-outside-toplevel
+  quiet = lambda msg: None  # noqa: E731
+  experiment.prepare(settings.from_config(config, quiet), workdir, resume, log=quiet)
 
 
 def main(argv) -> int:

@@ -1,8 +1,8 @@
 """Base initialisation in a run: train (or load) the network the settings ask for, save it.
 
 The training itself is ``cljax.train.pretrain`` (supervised or MAE); this module decides where the
-base set comes from, whether a checkpoint is loaded or written, and what learners receive
-(``inputs_for``).
+base set comes from, whether a checkpoint is loaded or written. It reads only its typed settings
+(``cljax.app.settings.BaseInitSettings``), never the config.
 """
 
 from __future__ import annotations
@@ -34,13 +34,12 @@ def load_params(path: str, like) -> dict:
     return ck.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
 
 
-def _base_data(config, stream, load_data: Callable):
-  """(x [N, ...] float32, y [N] int32, classes, test x, test y) of the base set."""
-  b = config.base_init
+def _base_data(b, stream, load_data: Callable):
+  """(x [N, ...] float32, y [N] int32, classes, test x, test y) of the base set of settings ``b``
+  (``BaseInitSettings``)."""
   k = stream.dataset.num_classes
   if b.dataset:
-    kw = config.dataset_kwargs.to_dict() if b.dataset == config.dataset else {}
-    ds = load_data(b.dataset, **kw)
+    ds = load_data(b.dataset, **dict(b.dataset_kwargs))
     x, y = ds.train.batch(np.arange(len(ds.train))), np.asarray(ds.train.y, np.int32)
     if tuple(x.shape[1:]) != tuple(stream.dataset.train.example_shape):
       raise ValueError(f"base_init.dataset {b.dataset!r} has inputs of shape {x.shape[1:]}, the "
@@ -50,7 +49,7 @@ def _base_data(config, stream, load_data: Callable):
                        f"model's head has {k} (the stream's)")
     tx = ds.test.batch(np.arange(len(ds.test)))
     return x, y, sorted(set(y.tolist())), tx, np.asarray(ds.test.y)
-  if int(b.classes) > 0:
+  if b.classes > 0:
     lab = stream.labeled[0]
     x = stream.dataset.train.batch(stream.steps[0][lab])
     y = np.asarray(stream.labels[0][lab], np.int32)
@@ -65,49 +64,41 @@ def _base_data(config, stream, load_data: Callable):
   return x, np.full((len(x),), -1, np.int32), [], None, None
 
 
-def active(config) -> bool:
-  """Whether ``config`` asks for a base initialisation."""
-  b = config.base_init
-  return int(b.classes) > 0 or b.kind == "mae" or bool(b.checkpoint)
+def build(b, stream, workdir: str, load_data: Callable, log: Callable[[str], None] = print,
+          save: bool = True) -> Optional[BaseInit]:
+  """The base initialisation settings ``b`` (``cljax.app.settings.BaseInitSettings``) ask for,
+  or None when they ask for none (``b.active`` False).
 
-
-def from_config(config, stream, workdir: str, load_data: Callable,
-                log: Callable[[str], None] = print, save: bool = True) -> Optional[BaseInit]:
-  """The base initialisation ``config.base_init`` asks for, or None when it is off.
-
-  Order: ``base_init.checkpoint`` if set (loaded, never written); else WORKDIR/base_init if it
-  exists (an ``experiments/pretrain.py`` run or an earlier run in this workdir); else trained and
-  saved there (unless ``save`` is False: a process of a multi-process run other than the
-  primary trains the same network, from the same key and data, and does not write it).
-  ``load_data(name, **kw)`` loads a ``base_init.dataset``. Bad settings raise ValueError naming
-  them.
+  Order: ``b.checkpoint`` if set (loaded, never written); else WORKDIR/base_init if it exists (an
+  ``experiments/pretrain.py`` run or an earlier run in this workdir); else trained and saved
+  there (unless ``save`` is False: a process of a multi-process run other than the primary trains
+  the same network, from the same key and data, and does not write it). ``load_data(name, **kw)``
+  loads ``b.dataset``. Bad settings raise ValueError naming them.
   """
-  if not active(config):
+  if not b.active:
     return None
-  b = config.base_init
-  x, y, classes, tx, ty = _base_data(config, stream, load_data)
+  x, y, classes, tx, ty = _base_data(b, stream, load_data)
   k = stream.dataset.num_classes
-  mkw = config.model_kwargs.to_dict()
-  key = jax.random.fold_in(jax.random.key(int(config.seed)), 7)
+  mkw = dict(b.model_kwargs)
+  key = jax.random.fold_in(jax.random.key(b.seed), 7)
   path = os.path.abspath(b.checkpoint or os.path.join(workdir, "base_init"))
   if b.checkpoint or os.path.isdir(path):
     if not os.path.isdir(path):
       raise ValueError(f"base_init.checkpoint: no folder at {path}; write one with "
                        "experiments/pretrain.py --workdir=W (it goes to W/base_init)")
-    net = Net.named(config.model, k, **mkw)
+    net = Net.named(b.model, k, **mkw)
     like = net.init(key, stream.dataset.train.example_shape)
     try:
-      model = Model(config.model, mkw, net, load_params(path, like))
+      model = Model(b.model, mkw, net, load_params(path, like))
     except (ValueError, KeyError) as e:
-      raise ValueError(f"base-init checkpoint {path} does not fit model {config.model!r} with "
+      raise ValueError(f"base-init checkpoint {path} does not fit model {b.model!r} with "
                        f"model_kwargs {mkw} ({type(e).__name__}: {str(e)[:300]})") from None
     log(f"[base_init] loaded {path}")
   elif b.kind == "mae":
-    log(f"[base_init] mae: {config.model} on {len(x)} unlabeled images")
+    log(f"[base_init] mae: {b.model} on {len(x)} unlabeled images")
     t0 = time.perf_counter()
-    model = train_mae(config.model, x, k, key=key, epochs=float(b.epochs),
-                      batch_size=int(b.batch_size), lr=float(b.lr),
-                      mask_ratio=float(b.mask_ratio), model_kwargs=mkw, log=log)
+    model = train_mae(b.model, x, k, key=key, epochs=b.epochs, batch_size=b.batch_size, lr=b.lr,
+                      mask_ratio=b.mask_ratio, model_kwargs=mkw, log=log)
     if save:
       save_params(path, model.params)
     log(f"[base_init] mae done in {time.perf_counter() - t0:.0f}s")
@@ -115,25 +106,17 @@ def from_config(config, stream, workdir: str, load_data: Callable,
     if len(x) == 0:
       raise ValueError("base_init: no labelled base examples (set base_init.classes > 0 or "
                        "base_init.dataset)")
-    log(f"[base_init] supervised: {config.model} on {len(x)} examples of classes {classes}")
+    log(f"[base_init] supervised: {b.model} on {len(x)} examples of classes {classes}")
     model = train_classifier(
-        config.model, x, y, k, key=key, epochs=float(b.epochs), lr=float(b.lr),
-        batch_size=int(b.batch_size), optimizer=str(b.optimizer), momentum=float(b.momentum),
-        weight_decay=float(b.weight_decay), lr_milestones=tuple(b.lr_milestones),
-        lr_factor=float(b.lr_factor), augment=str(b.augment), crop_padding=int(b.crop_padding),
-        model_kwargs=mkw, log=log)
+        b.model, x, y, k, key=key, epochs=b.epochs, lr=b.lr, batch_size=b.batch_size,
+        optimizer=b.optimizer, momentum=b.momentum, weight_decay=b.weight_decay,
+        lr_milestones=tuple(b.lr_milestones), lr_factor=b.lr_factor, augment=b.augment,
+        crop_padding=b.crop_padding, model_kwargs=mkw, log=log)
     if save:
       save_params(path, model.params)
   acc = None
   if b.kind == "supervised" and tx is not None and len(tx):
     acc = accuracy(model, tx, ty)
-    log(f"[base_init] {config.model} trained on {len(x)} examples of classes {classes}: "
+    log(f"[base_init] {b.model} trained on {len(x)} examples of classes {classes}: "
         f"test accuracy {acc:.4f} on those classes ({len(tx)} test examples)")
-  return BaseInit(model, x, y, classes, str(b.kind), path, acc)
-
-
-def inputs_for(base: Optional[BaseInit]) -> dict:
-  """What a base initialisation offers learners (``cljax.learners.registry.INPUTS``)."""
-  if base is None:
-    return {}
-  return {"init_params": base.params, "backbone": base.backbone(), "base": base}
+  return BaseInit(model, x, y, classes, b.kind, path, acc)

@@ -18,6 +18,12 @@ than the one restored are moved aside to ``<directory>/unreadable.<step>`` (orba
 a save of a step that already exists, so a corrupt step left in place would never be
 rewritten). orbax writes each step into a temporary folder and renames it when complete, so a
 step cut off by a crash is never listed.
+
+State layout. The ``meta`` item also records ``state_layout`` (``cljax.app.workdir.STATE_LAYOUT``:
+how learner states are laid out, e.g. dicts before issue 26, typed records since). A checkpoint of
+another layout (or of the earlier ``FORMAT`` 1, which had none) is not unreadable but foreign:
+``restore_latest`` reads each step's ``meta`` item first and raises ``StateLayoutError`` (one
+line: start a new workdir) without loading its state or moving anything aside.
 """
 
 from __future__ import annotations
@@ -37,15 +43,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cljax.app import distributed
+from cljax.app.workdir import STATE_LAYOUT, layout_message
 from cljax.ops import sharding
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # the layout of the ``meta`` item: {"format", "meta" (JSON string), "sha256"}
+# The layout of the ``meta`` item: {"format", "meta" (JSON string), "sha256", "state_layout"}
+# (format 1, before issue 26, had no state_layout: its states are dicts, layout 1).
+FORMAT = 2
 
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint (all unreadable), or a checkpoint that cannot be written."""
+
+
+class StateLayoutError(CheckpointError):
+  """Checkpoints of another learner-state layout: refused, never loaded or moved aside."""
 
 
 class CheckpointWriteError(CheckpointError):
@@ -102,8 +115,10 @@ class Checkpointer:
   ``saved_step``: the newest step this object has finished writing (None before the first).
   """
 
-  def __init__(self, directory: str, max_to_keep: Optional[int] = 3, async_save: bool = True):
+  def __init__(self, directory: str, max_to_keep: Optional[int] = 3, async_save: bool = True,
+               state_layout: int = STATE_LAYOUT):
     self.directory = os.path.abspath(directory)
+    self.state_layout = state_layout  # written with every step, required of every restored one
     os.makedirs(self.directory, exist_ok=True)
     # In a multi-process run only the primary process writes (the state is gathered to its host
     # first, ``save``); every process reads the same folder. Each process's manager works on its
@@ -145,7 +160,8 @@ class Checkpointer:
       self._closed = True
 
   def _write(self, step: int, state: Any, meta_json: str) -> None:
-    item = {"format": FORMAT, "meta": meta_json, "sha256": digest(state, meta_json)}
+    item = {"format": FORMAT, "meta": meta_json, "sha256": digest(state, meta_json),
+            "state_layout": self.state_layout}
     # Wrapped in a dict: StandardSave refuses a state that is a single array.
     self._mgr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave({"learner": state}), meta=ocp.args.JsonSave(item)))
@@ -208,6 +224,17 @@ class Checkpointer:
     self._mgr.reload()
     return sorted(self._mgr.all_steps())
 
+  def _layout(self, step: int):
+    """The state layout step ``step`` was written with (1 for format 1, which had none), or None
+    when its ``meta`` item cannot be read (then the step is unreadable, see ``_read``)."""
+    try:
+      item = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:  # pylint: disable=broad-except  # any error: left to _read
+      return None
+    if not isinstance(item, dict) or "format" not in item:
+      return None
+    return item.get("state_layout", 1) if item["format"] in (1, FORMAT) else None
+
   def _read(self, step: int, abstract) -> tuple:
     out = self._mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -223,11 +250,15 @@ class Checkpointer:
 
     ``like_state`` is a state of the right structure, shapes and dtypes (e.g. a fresh init).
     Unreadable steps newer than the one returned are moved to ``unreadable.<step>``. Raises
-    ``CheckpointError`` when steps exist but none is readable.
+    ``CheckpointError`` when steps exist but none is readable, ``StateLayoutError`` at the newest
+    step written with another learner-state layout (nothing is loaded or moved).
     """
     abstract = {"learner": jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)}
     bad = []
     for step in reversed(self.steps()):
+      layout = self._layout(step)
+      if layout is not None and layout != self.state_layout:
+        raise StateLayoutError(layout_message(f"{self.directory} (step {step})", layout))
       try:
         state, meta = self._read(step, abstract)
       except Exception as e:  # pylint: disable=broad-except  # any error means unusable

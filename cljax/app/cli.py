@@ -194,10 +194,10 @@ def _user_errors() -> tuple:
   # pylint: disable=import-outside-toplevel
   from cljax.data.sources import DataError
   from cljax.learner import BatchError
-  from cljax.app import experiment, runner
+  from cljax.app import runner
   from cljax.app.checkpoint import CheckpointError
-  return (UsageError, experiment.ConfigError, DataError, BatchError, runner.RunError,
-          CheckpointError)
+  from cljax.app.config_schema import ConfigError
+  return (UsageError, ConfigError, DataError, BatchError, runner.RunError, CheckpointError)
 
 
 def _one_line(text: str) -> str:

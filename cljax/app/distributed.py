@@ -51,6 +51,13 @@ def primary() -> bool:
   return jax.process_index() == 0
 
 
+def log(msg: str) -> None:
+  """Prints ``msg`` (flushed); in a multi-process run only the primary process prints. The
+  default ``log`` of the experiment and the binaries."""
+  if primary():
+    print(msg, flush=True)
+
+
 def sync(name: str) -> None:
   """Waits until every process reaches this point (a no-op in a single-process run)."""
   if jax.process_count() > 1:

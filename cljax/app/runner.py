@@ -22,6 +22,11 @@ and counters so far) is in each checkpoint's metadata, so a run resumed from any
 bit-identical to the uninterrupted one (timings aside). Each checkpoint also records the run's
 fingerprint (``fingerprint``): a resume under another configuration is refused, naming the keys
 that differ.
+
+Besides ``passes`` and ``loss``, every ``Info.extra`` figure a learner reports is recorded: per
+step, the mean over the step's ``update`` and ``end_of_step`` calls that reported it (finite
+values; NaN means "nothing to report"), in the step's record (``extra: {name: mean}``) and the
+loggers (``extra/<name>``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 import zlib
 from typing import Callable, Optional
@@ -47,11 +51,12 @@ from cljax.eval import results as results_lib
 from cljax.learner import Learner
 from cljax import progress as progress_lib
 from cljax.app import distributed
-from cljax.train import mesh as mesh_lib
 from cljax.app.checkpoint import Checkpointer
+from cljax.app.workdir import flatten, fingerprint_diff
+from cljax.train import mesh as mesh_lib
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunOptions:
   """How the runner walks the stream (independent of the method).
 
@@ -60,6 +65,7 @@ class RunOptions:
   eval_every_examples: anytime evaluation every this many examples (0: at step ends only).
   eval_batch_size: fixed batch size for prediction on test sets.
   num_devices: devices on the ``data`` mesh axis (None: all).
+  mesh: the ``data`` mesh to run on, built once by the caller (None: built from num_devices).
   max_to_keep: checkpoints kept per learner (>= 2 so a corrupt latest can fall back).
   seed: the run's seed (keys derive from it and the run name).
   fingerprint: what else defines the run (e.g. the experiment's data set, stream, learner and
@@ -75,6 +81,7 @@ class RunOptions:
   max_to_keep: int = 3
   seed: int = 0
   fingerprint: Optional[dict] = None
+  mesh: Optional[jax.sharding.Mesh] = None
 
 
 class RunError(RuntimeError):
@@ -124,25 +131,6 @@ def check_stop() -> None:
     raise Interrupted(signum)
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-  """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (their JSON form)."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-  return out
-
-
-def fingerprint_diff(saved: dict, now: dict) -> list:
-  """The keys of two flat fingerprints that differ, as ``"key (saved -> now)"`` strings."""
-  missing = object()
-  return [f"{k} ({saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r})"
-          for k in sorted(set(saved) | set(now))
-          if saved.get(k, missing) != now.get(k, missing)]
-
-
 def run_fingerprint(run_name: str, stream: streams_lib.Stream, opts: RunOptions) -> dict:
   """What a checkpoint of this run must match to be resumed (flat, JSON-able)."""
   fp = {"run_name": run_name, "stream": stream.describe(),
@@ -176,6 +164,44 @@ def _sum_infos(passes: tuple, losses: tuple) -> jax.Array:
 
 
 _ZERO, _NAN = np.float32(0), np.float32(np.nan)
+
+
+@jax.jit
+def _sum_extras(values: dict) -> dict:
+  """name -> [sum of the finite values, their number] of ``Info.extra`` figures (each value
+  reduced to its mean when not a scalar)."""
+  out = {}
+  for name, vs in values.items():
+    v = jnp.stack([jnp.mean(jnp.asarray(x, jnp.float32)) for x in vs])
+    ok = jnp.isfinite(v)
+    out[name] = jnp.stack([jnp.sum(jnp.where(ok, v, 0.0)), jnp.sum(ok.astype(jnp.float32))])
+  return out
+
+
+def _chunk_extras(infos: list) -> Optional[dict]:
+  """``_sum_extras`` of up to _CHUNK ``Info``s in one fixed-shape call (calls that do not report
+  a figure, and the padding, count as NaN); None when none reports any."""
+  names = sorted({k for i in infos for k in i.extra})
+  if not names:
+    return None
+  pad = (_NAN,) * (_CHUNK - len(infos))
+  return _sum_extras({k: tuple(i.extra.get(k, _NAN) for i in infos) + pad for k in names})
+
+
+def _step_extras(chunk_sums: list, end_info) -> dict:
+  """{name: mean over the step's calls} from the chunks' ``_chunk_extras`` and the
+  ``end_of_step`` Info (None where no call gave a finite value)."""
+  tot: dict = {}
+  for sums in jax.device_get([c for c in chunk_sums if c is not None]):
+    for k, (v, n) in sums.items():
+      a = tot.setdefault(k, [0.0, 0.0])
+      a[0], a[1] = a[0] + float(v), a[1] + float(n)
+  for k, v in jax.device_get(dict(end_info.extra)).items():
+    v = float(np.mean(np.asarray(v, np.float64)))
+    a = tot.setdefault(k, [0.0, 0.0])
+    if np.isfinite(v):
+      a[0], a[1] = a[0] + v, a[1] + 1
+  return {k: (v / n if n else None) for k, (v, n) in sorted(tot.items())}
 
 
 def _chunk_totals(infos: list) -> jax.Array:
@@ -281,9 +307,10 @@ def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opt
   of the result record. A step redone after a resume is logged again.
 
   The run happens under ``jax.set_mesh(mesh)``, so learners that sample their training batches
-  inside jit can split them over the devices (``cljax.ops.sharding.data_rows``).
+  inside jit can split them over the devices (``cljax.ops.sharding.data_rows``): ``opts.mesh``,
+  or one built from ``opts.num_devices``.
   """
-  mesh = mesh_lib.data_mesh(opts.num_devices)
+  mesh = opts.mesh if opts.mesh is not None else mesh_lib.data_mesh(opts.num_devices)
   with jax.set_mesh(mesh):
     return _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, logger)
 
@@ -359,6 +386,7 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
   logged = len(eval_points)  # eval points handed to the logger
   t0 = time.perf_counter()
   step_t0, step_totals, step_examples = time.perf_counter(), [], 0  # one per chunk
+  step_extras = []  # one per chunk
   total = stream.num_examples
   for chunk in it:
     t = int(chunk["step"])
@@ -398,6 +426,7 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
           while next_eval <= examples_seen:
             next_eval += every
     step_totals.append(_chunk_totals(chunk_infos))
+    step_extras.append(_chunk_extras(chunk_infos))
     if _STOP[0] is not None and not multi:  # several processes stop together (_agree_chunk)
       raise Interrupted(_STOP[0])
     if not chunk["ends_step"]:
@@ -429,7 +458,8 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
                   "examples_seen": examples_seen, "wall_s": wall,
                   "examples_per_s": step_examples / wall if wall > 0 else None,
                   "budget_used": step_budget,
-                  "loss": float(loss_sum / loss_n) if loss_n else None})
+                  "loss": float(loss_sum / loss_n) if loss_n else None,
+                  "extra": _step_extras(step_extras, info)})
     elapsed = wall_before + now - t0
     meta = {"run_name": run_name, "fingerprint": fingerprint, "steps": steps,
             "acc_rows": acc_rows, "eval_points": eval_points, "examples_seen": examples_seen,
@@ -442,27 +472,15 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
       for p in eval_points[logged:]:
         logger.log_eval(run_name, p["step"], p["examples_seen"], p["accuracy"])
       logged = len(eval_points)
-      logger.log_step(run_name, t, examples_seen,
-                      {k: steps[-1][k] for k in loggers_lib.STEP_METRICS})
+      logger.log_step(run_name, t, examples_seen, loggers_lib.step_metrics(steps[-1]))
     done_frac = examples_seen / total
     eta = elapsed / done_frac * (1 - done_frac) if done_frac > 0 else float("nan")
     log(f"[{run_name}] step {t + 1}/{stream.num_steps} | {examples_seen}/{total} ex | "
         f"A(t)={ev['A']:.4f} | {step_examples / wall:,.0f} ex/s | budget {step_budget:g} | "
         f"ETA {eta:.0f}s")
-    step_t0, step_totals, step_examples = time.perf_counter(), [], 0
+    step_t0, step_totals, step_examples, step_extras = time.perf_counter(), [], 0, []
   ck.wait()
   if meta is None or len(acc_rows) != stream.num_steps:
     raise RunError(f"[{run_name}] the stream ended after {len(acc_rows)} of "
                    f"{stream.num_steps} steps")
   return meta["result"]
-
-
-def stream_inputs(stream: streams_lib.Stream) -> dict:
-  """What the stream offers learners (``cljax.learners.registry.INPUTS``)."""
-  return {"max_step_size": stream.max_step_size, "stream_size": stream.num_examples}
-
-
-def default_log(msg: str) -> None:
-  """Prints ``msg``; in a multi-process run only the primary process prints."""
-  if distributed.primary():
-    print(msg, flush=True, file=sys.stdout)

@@ -9,7 +9,8 @@
 
 What a learner's run is logged as: per time step, ``step/<metric>`` for every metric given
 (``accuracy`` = A(t), ``accuracy_seen`` = α(t), ``loss``, ``budget_used`` in forward-backward
-passes, ``examples_per_s``), and ``anytime/accuracy`` per evaluation point; the x-axis is the
+passes, ``examples_per_s``), ``extra/<name>`` for each ``Info.extra`` figure of the learner (the
+step's mean, ``step_metrics``), and ``anytime/accuracy`` per evaluation point; the x-axis is the
 number of stream examples seen. None and NaN values are skipped.
 
 * ``TensorBoardLogger``: ``WORKDIR/tensorboard/<run>/events.out.tfevents.<time>.<host>.<pid>``,
@@ -18,7 +19,8 @@ number of stream examples seen. None and NaN values are skipped.
   masked CRC-32C of the payload), written by hand: no TensorFlow or tensorboard needed to write.
   Every record is flushed, so a live TensorBoard sees it and a killed run keeps what it wrote.
 * ``CSVLogger``: ``WORKDIR/metrics.csv``, one row per step or evaluation point of any learner:
-  ``run, kind, step, examples_seen, <metrics...>, wall_time`` (appended across resumed runs).
+  ``run, kind, step, examples_seen, <metrics...>, wall_time`` (appended across resumed runs;
+  the ``extra/<name>`` figures differ by learner, so they go to TensorBoard only).
 
 ``read_events(path)`` decodes an event file (CRCs checked) back into (step, tag, value) rows.
 """
@@ -37,6 +39,15 @@ from typing import Mapping, Optional, Protocol
 # only.
 STEP_METRICS = ("accuracy", "accuracy_seen", "loss", "budget_used", "examples_per_s")
 KINDS = ("tensorboard", "csv")
+EXTRA = "extra/"  # prefix of a learner's Info.extra figures among a step's metrics
+
+
+def step_metrics(step: Mapping) -> dict:
+  """The metrics logged for one step record (``cljax.eval.results``: a run's ``steps[i]``): the
+  ``STEP_METRICS`` and ``extra/<name>`` for each figure of its ``extra``."""
+  out = {k: step.get(k) for k in STEP_METRICS}
+  out.update({EXTRA + k: v for k, v in (step.get("extra") or {}).items()})
+  return out
 
 
 class Logger(Protocol):
@@ -168,7 +179,8 @@ class TensorBoardLogger:
 
   def log_step(self, run, step, examples_seen, metrics):
     del step
-    self.scalars(run, examples_seen, {f"step/{k}": v for k, v in metrics.items()})
+    self.scalars(run, examples_seen, {(k if k.startswith(EXTRA) else f"step/{k}"): v
+                                      for k, v in metrics.items()})
 
   def log_eval(self, run, step, examples_seen, accuracy):
     del step
@@ -227,8 +239,7 @@ class Loggers:
     """Replays a finished run's result record (``cljax.eval.results.record``: its ``steps``
     and ``eval_points``) into the loggers, e.g. for runs made before logging was on."""
     for s in result.get("steps", []):
-      self.log_step(run, s["step"], s["examples_seen"],
-                    {k: s.get(k) for k in STEP_METRICS})
+      self.log_step(run, s["step"], s["examples_seen"], step_metrics(s))
     for p in result.get("eval_points", []):
       self.log_eval(run, p["step"], p["examples_seen"], p["accuracy"])
 

@@ -7,12 +7,14 @@ A run's record (what ``results.json`` holds under ``runs/<name>``, built by ``re
 * ``final_top1`` / ``final_top5`` / ``mean_per_class_accuracy`` / ``confusion_matrix`` /
   ``precision`` / ``recall`` / ``f1``: on the test examples of all seen classes after the last step;
 * ``accuracy_matrix`` [T][J] (None for tasks not yet introduced), ``steps`` (per step: accuracy,
-  examples seen, wall seconds, examples/s, budget used), ``eval_points`` (every evaluation:
+  examples seen, wall seconds, examples/s, budget used, loss, and ``extra``: {name: the mean of
+  the learner's ``Info.extra`` figure over the step's calls}), ``eval_points`` (every evaluation:
   step, examples seen, ``step_end`` (True at the end of a step, False for anytime points),
   ``accuracy`` and ``top5`` on the test examples of all seen classes), ``wall_s``,
   ``examples_per_s``;
-* ``omega``: Ω against the offline run, with ``omega_topk`` (1 or 5) and ``omega_points``
-  ("step_ends" or "all") saying how it was computed (``add_omega``; None without an offline run).
+* ``omega``: Ω against the reference run (``eval.omega_reference``, by default ``offline``), with
+  ``omega_reference``, ``omega_topk`` (1 or 5) and ``omega_points`` ("step_ends" or "all") saying
+  how it was computed (``add_omega``; None without the reference run).
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ OMEGA_POINTS = ("step_ends", "all")
 
 def add_omega(runs: dict, reference: str = "offline", topk: int = 1,
               points: str = "step_ends") -> None:
-  """Sets ``omega`` of every run against run ``reference``, and ``omega_topk`` / ``omega_points``
-  saying how it was computed.
+  """Sets ``omega`` of every run against run ``reference`` ("" for none: every Ω is None), and
+  ``omega_reference`` / ``omega_topk`` / ``omega_points`` saying how it was computed.
 
   ``topk``: 1 (top-1, CORe50's Ω) or 5 (top-5, Hayes and Kanan's ImageNet Ω and REMIND's 0.855).
   ``points``: "step_ends" (the evaluation points at the end of each step) or "all" (anytime
@@ -85,9 +87,10 @@ def add_omega(runs: dict, reference: str = "offline", topk: int = 1,
   def chosen(run):
     return [p for p in run["eval_points"] if points == "all" or p.get("step_end")]
 
-  ref: Optional[dict] = runs.get(reference)
+  ref: Optional[dict] = runs.get(reference) if reference else None
   for r in runs.values():
-    r["omega_topk"], r["omega_points"], r["omega"] = topk, points, None
+    r["omega_reference"], r["omega_topk"], r["omega_points"], r["omega"] = (
+        reference, topk, points, None)
     if ref is None:
       continue
     a, b = chosen(r), chosen(ref)

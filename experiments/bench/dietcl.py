@@ -112,6 +112,21 @@ def _fill(learner, ds, rows, rate, bs, seed):
   return state
 
 
+def _is_buffer(node) -> bool:
+  """A replay store: a ``cljax.ops.buffers`` policy state (the contract, ``cljax.learner``)."""
+  return (isinstance(node, tuple) and hasattr(node, "_fields")
+          and type(node).__module__.startswith("cljax.ops.buffers"))
+
+
+def _num_params(state) -> int:
+  """Floating values of ``state`` outside its replay stores: DietCL's parameters (its state
+  holds no other floats: masks are bool, counters int). Read from the state's structure and the
+  buffer contract, not from its field names."""
+  leaves = jax.tree.leaves(state, is_leaf=_is_buffer)
+  return sum(int(np.prod(np.shape(v))) for v in leaves
+             if not _is_buffer(v) and np.issubdtype(np.asarray(v).dtype, np.floating))
+
+
 def _phase(ds, threshold):
   mkw = {"patch": _PATCH.value} if _PATCH.value else {}
   if _DTYPE.value != "float32":
@@ -124,7 +139,7 @@ def _phase(ds, threshold):
   p = _PASSES.value
   t0 = time.perf_counter()
   out, m = learner.end_of_step(state, jax.random.key(1), p)
-  jax.block_until_ready(out["params"])
+  jax.block_until_ready(out)
   first = time.perf_counter() - t0
   times = []
   for r in range(_REPEATS.value):
@@ -132,10 +147,10 @@ def _phase(ds, threshold):
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     out, m = learner.end_of_step(state, jax.random.key(2 + r), p)
-    jax.block_until_ready(out["params"])
+    jax.block_until_ready(out)
     times.append(time.perf_counter() - t0)
   med = statistics.median(times)
-  n_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(out["params"]))
+  n_params = _num_params(out)
   return {"threshold": threshold, "passes": p, "first_call_s": first, "times_s": times,
           "median_s": med, "examples_per_s": p * _BS.value / med,
           "ms_per_pass": 1000 * med / p, "params": n_params,

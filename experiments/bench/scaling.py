@@ -328,16 +328,34 @@ def host_state(state) -> dict:
   return out
 
 
-def is_trained(path: str, a: np.ndarray) -> bool:
-  """Leaves that gradient steps write (float parameters and optimizer moments): compared to a
-  float tolerance. Everything else (buffer contents, labels, counters, keys) must match exactly:
-  it never depends on a cross-device reduction."""
-  return np.issubdtype(a.dtype, np.floating) and ("'params'" in path or "'opt'" in path)
+def _is_buffer(node) -> bool:
+  """A replay buffer's state: by the contract (``cljax.learner``), a ``cljax.ops.buffers``
+  policy state (a NamedTuple of that package), wherever it sits in a learner's state."""
+  return (isinstance(node, tuple) and hasattr(node, "_fields")
+          and type(node).__module__.startswith("cljax.ops.buffers"))
 
 
-def compare(ref: dict, got: dict) -> dict:
-  """Max |got - ref| over trained leaves and over exact leaves, and the exact leaves that
-  differ (their paths). Shapes or leaves that differ count as infinitely far."""
+def trained_paths(state) -> frozenset:
+  """Paths (as ``host_state`` names them) of the leaves that gradient steps write: the floating
+  leaves outside replay buffers (parameters, optimizer moments). Found from the state's structure
+  and the buffer contract, never from a learner's field names. Compared to a float tolerance;
+  everything else (buffer contents, labels, counters, keys) must match exactly: it never depends
+  on a cross-device reduction."""
+  out = set()
+  for path, node in jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_buffer)[0]:
+    if _is_buffer(node):
+      continue
+    a = np.asarray(node) if not isinstance(node, jax.Array) else node
+    if (not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+        and np.issubdtype(a.dtype, np.floating)):
+      out.add(jax.tree_util.keystr(path))
+  return frozenset(out)
+
+
+def compare(ref: dict, got: dict, trained: frozenset) -> dict:
+  """Max |got - ref| over the ``trained`` leaves (``trained_paths``) and over exact leaves, and
+  the exact leaves that differ (their paths). Shapes or leaves that differ count as infinitely
+  far."""
   if ref.keys() != got.keys():
     return {"params_max_abs": float("inf"), "params_worst_leaf": None,
             "exact_max_abs": float("inf"),
@@ -350,7 +368,7 @@ def compare(ref: dict, got: dict) -> dict:
       ex = float("inf")
       continue
     d = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
-    if is_trained(k, a):
+    if k in trained:
       if d > tr:
         tr, worst = d, k
     else:
@@ -364,14 +382,18 @@ def compare(ref: dict, got: dict) -> dict:
 ULP = 2.0 ** -23  # float32's relative spacing at 1: one unit in the last place
 
 
-def perturb_params(state: dict, key: jax.Array, rel: float = ULP) -> dict:
-  """``state`` with every float parameter p moved to p (1 ± rel), a random sign per element: a
-  start one rounding away from ``state``'s (the noise floor of ``run_on_mesh(perturb=True)``)."""
-  leaves, treedef = jax.tree.flatten(state["params"])
-  keys = jax.random.split(key, len(leaves))
+def perturb_params(state, key: jax.Array, rel: float = ULP):
+  """``state`` with every trained leaf p (``trained_paths``: float parameters; optimizer moments
+  are still zero at init, so they stay) moved to p (1 ± rel), a random sign per element: a start
+  one rounding away from ``state``'s (the noise floor of ``run_on_mesh(perturb=True)``).
+  Buffers, counters and keys are left as they are."""
+  trained = trained_paths(state)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+  keys = jax.random.split(key, max(len(flat), 1))
   moved = [p * (1 + rel * jax.random.rademacher(k, p.shape, p.dtype))
-           if jnp.issubdtype(p.dtype, jnp.floating) else p for p, k in zip(leaves, keys)]
-  return {**state, "params": jax.tree.unflatten(treedef, moved)}
+           if jax.tree_util.keystr(path) in trained else p
+           for (path, p), k in zip(flat, keys)]
+  return jax.tree.unflatten(treedef, moved)
 
 
 def run_on_mesh(setup: Setup, name: str, n: int, dtype: str, seed: int = 0,
@@ -427,7 +449,7 @@ def run_on_mesh(setup: Setup, name: str, n: int, dtype: str, seed: int = 0,
           "end_of_step_per_s": (eos_rows / eos_s if eos_s > 0 else float("nan"))
                                if budget is not None else None,
           "timed_compiles": compiles.n if steps > 1 else None,
-          "state": host_state(state)}
+          "state": host_state(state), "trained": trained_paths(state)}
 
 
 # ----------------------------------------------------------------------------------------- FLOPs
@@ -622,13 +644,13 @@ def main(argv=None) -> int:
       t0 = time.perf_counter()
       r = run_on_mesh(setup, name, n, a.dtype, a.seed)
       r["wall_s"] = time.perf_counter() - t0
-      state = r.pop("state")
+      state, trained = r.pop("state"), r.pop("trained")
       if n == 1:
         ref = r
-        ref_state = state
+        ref_state, ref_trained = state, trained
         if a.check and len(devices) > 1:
           floor = compare(ref_state, run_on_mesh(setup, name, 1, a.dtype, a.seed,
-                                                 perturb=True)["state"])
+                                                 perturb=True)["state"], ref_trained)
           r["noise_floor"] = floor["params_max_abs"]
           allowed = max(a.atol, a.floor_factor * floor["params_max_abs"])
           print(f"{name:<7}  1 | noise floor: the 1-device run from params 1 ulp away ends "
@@ -647,7 +669,7 @@ def main(argv=None) -> int:
       else:
         es = None
       if a.check and n > 1:
-        c = compare(ref_state, state)
+        c = compare(ref_state, state, ref_trained | trained)
         r.update(c)
         r["params_allowed"] = allowed
         ok = c["params_max_abs"] <= allowed and not c["exact_mismatches"]

@@ -14,7 +14,7 @@ step's end; LwF and iCaRL train at the step's end only. Teacher and feature forw
 (1/3 pass per batch), so LwF and iCaRL take fewer SGD steps than ER within the same 200.
 """
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 
 def get_config():

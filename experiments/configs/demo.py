@@ -2,7 +2,7 @@
 2 classes. Measured: 3 min 53 s wall with the test suite running beside it, 2 min 07 s of CPU
 (BUILD_NOTES.md)."""
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 
 def get_config():

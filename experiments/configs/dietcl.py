@@ -14,8 +14,9 @@ Base initialisation (``base_init.kind = "mae"``): MAE pre-training of that ViT o
 *Fashion-MNIST* training images (``base_init.dataset = "fashion_mnist"``, labels unused): an
 out-of-domain unlabeled set of the same image format, as ImageNet-1k is for DietCL's ImageNet10K
 stream. Not the stream's own images: those arrive over time, and pre-training on them would leak
-the future. Without Debian's ``dataset-fashion-mnist`` the config falls back to the stream's
-training images (said in the log; documented in notes/dietcl.md).
+the future. ``base_init.dataset = "fashion_mnist?"``: without Debian's ``dataset-fashion-mnist``
+the experiment falls back to the stream's training images, decided when it starts (said in the
+log and in results.json's ``base_init.dataset``; documented in notes/dietcl.md).
 
 Every learner gets the same budget: ``budget.passes_per_step`` passes of ``budget.batch_size``
 rows per step (learners charge every forward-backward, EWC/MAS their importance pass, GDumb its
@@ -26,20 +27,13 @@ budget 80/20; it spends t·B at step t, see ``cljax/learners/joint.py``).
 The normal run path writes the A(t) curve (plots/) and the final / average accuracy table.
 """
 
-import os
-
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 LEARNERS = "dietcl,dietcl_ref,er,gdumb,ewc,mas,joint,l2p,cassle,dualnet,ccic"
 BATCH = 48
 PASSES = 80  # per step; the sweep (experiments/studies/dietcl_sweep.py) varies it
 THRESHOLD = 20  # B̄ in passes, chosen by experiments/studies/dietcl_threshold.py; notes/dietcl.md
 STREAM_ROWS = 4000  # mnist5k's training rows: a memory this large holds every label
-
-
-def _fashion_installed() -> bool:
-  from cljax.data import sources  # pylint: disable=import-outside-toplevel
-  return os.path.isdir(os.environ.get("CLJAX_FASHION_MNIST_DIR", sources.FASHION_MNIST_DIR))
 
 
 def get_config(options: str = ""):
@@ -76,7 +70,9 @@ def get_config(options: str = ""):
   c.budget.passes_per_step = PASSES
   if "scratch" not in opts:
     c.base_init.kind = "mae"
-    c.base_init.dataset = "fashion_mnist" if _fashion_installed() else ""
+    # Fashion-MNIST when it loads on this machine, else the stream's own training images: decided
+    # and logged when the experiment starts (cljax.app.settings.resolve), not here.
+    c.base_init.dataset = "fashion_mnist?"
     c.base_init.epochs = 4.0
     c.base_init.batch_size = 256
     c.base_init.lr = 2e-3

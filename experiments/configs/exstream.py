@@ -10,7 +10,7 @@ epoch after every example, slower). Other settings of the paper's study:
   --config.hparams.exstream.capacity=2   (and 4, 8, 16; set reservoir/queue to the same)
 """
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 CAPACITY = 8
 

@@ -19,7 +19,7 @@ same for reservoir and queue):
     --config.dataset_kwargs.source_kwargs.max_test=0 --config.dataset_kwargs.resolution=224
 """
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 from experiments.configs.slda_pretrained import pretrained_features
 
 CAPACITY = 8

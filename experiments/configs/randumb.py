@@ -14,7 +14,7 @@ to 25,000 (a 2.5 GB covariance); D = 2,048 keeps a run to seconds on 2 CPU cores
 step anywhere: every learner spends 0 passes. Fashion-MNIST: a stratified 10,000 / 2,000 subset.
 """
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 EMBED_DIM = 2048
 

@@ -21,8 +21,7 @@ All learners also stream step 0 (the base set): REMIND's buffer receives the bas
   python experiments/run.py --config=experiments/configs/remind.py:fashion_mnist --workdir=W2
 """
 
-from cljax.ops import pq
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 RAW_IMAGE_BYTES = 28 * 28  # one uint8 MNIST image
 MEMORY_BYTES = 200 * RAW_IMAGE_BYTES  # 156,800 B for each replay method
@@ -33,9 +32,12 @@ NUM_SUBVECTORS, NUM_CENTROIDS = 4, 256
 
 
 def remind_capacity() -> int:
-  """Items REMIND's buffer holds in MEMORY_BYTES (what the learner computes from buffer_bytes)."""
-  return pq.capacity_for_bytes(MEMORY_BYTES, NUM_SUBVECTORS, NUM_CENTROIDS, FEATURE_DIM,
-                               vectors_per_item=FEATURE_MAP)
+  """Items REMIND's buffer holds in MEMORY_BYTES (what the learner computes from buffer_bytes,
+  ``cljax.ops.pq.capacity_for_bytes``: the codebook's float32 centroids paid for first, then
+  one uint8 code per sub-vector of each of an item's FEATURE_MAP vectors). Plain arithmetic:
+  a config imports no jax."""
+  codebook = NUM_SUBVECTORS * NUM_CENTROIDS * (FEATURE_DIM // NUM_SUBVECTORS) * 4
+  return max(0, (MEMORY_BYTES - codebook) // (FEATURE_MAP * NUM_SUBVECTORS))
 
 
 def get_config(dataset: str = "mnist5k"):

@@ -23,7 +23,7 @@ Full size on a GPU (all of Fashion-MNIST at 224 px: 14x14 maps, the paper's r = 
     --config.hparams.remind.replay_size=50 --config.hparams.remind.lr_step=100
 """
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 from experiments.configs.slda_pretrained import pretrained_features
 
 SPLIT = "blocks.10"

@@ -11,7 +11,7 @@ Set --config.dataset=fashion_mnist (with --config.dataset_kwargs... ) to run on 
 seeds: ``experiments/studies/seeds.py --config=experiments/configs/slda.py``.
 """
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 
 def get_config():

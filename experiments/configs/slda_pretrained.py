@@ -18,7 +18,7 @@ extraction alone runs at about 8 images/s, 2-3 hours, hence the GPU):
     --config.dataset_kwargs.source_kwargs.max_test=0 --config.dataset_kwargs.resolution=224
 """
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 SOURCES = {"fashion_mnist": dict(max_train=4000, max_test=1000), "mnist5k": {}}
 

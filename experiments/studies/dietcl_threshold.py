@@ -109,26 +109,32 @@ def select_threshold(config, candidates: Sequence[int], workdir: str, *, num_ste
   ``accuracy`` is the mean over draws of the accuracy after the last step, ``step_accuracy`` that
   mean after every step, ``draws`` the per-draw accuracies after the last step.
   """
-  from cljax.app import experiment, runner  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import dataclasses
+  from cljax.app import experiment, runner, settings as settings_lib
   cands = [int(c) for c in candidates]
   if not cands or min(cands) < 0:
     raise ValueError(f"candidates must be a non-empty list of thresholds >= 0, got {candidates}")
-  experiment.validate_config(config)
-  if config.hparams.get("dietcl", {}).get("allocation", "paper") != "paper":
+  settings = settings_lib.from_config(config, log)  # the config is read here, once
+  if "dietcl" not in settings.run_names:
+    raise ValueError(f"the config has no run 'dietcl' (runs: {settings.run_names}); add it to "
+                     "config.learners")
+  spec = settings.learner("dietcl")
+  if spec.hparams.get("allocation", "paper") != "paper":
     raise ValueError("the threshold B̄ belongs to allocation='paper'")
-  stream = experiment.make_stream(config)
-  base = experiment.base_model(config, stream, workdir, log)
-  opts = experiment.run_options(config)
+  stream = experiment.make_stream(settings.stream)
+  base = experiment.base_model(settings, stream, workdir, log)
+  opts = settings.run
   table = {c: {"threshold": c, "draws": [], "steps": [], "seconds": 0.0} for c in cands}
   val_rows = 0
   for r in range(int(repeats)):
-    vstream = validation_stream(stream, num_steps, val_fraction, int(config.seed) + r)
+    vstream = validation_stream(stream, num_steps, val_fraction, settings.run.seed + r)
     val_rows += len(vstream.dataset.test)
+    inputs = experiment.learner_inputs(settings, vstream, base)
     for cand in cands:
       t0 = time.perf_counter()
-      c = config.copy_and_resolve_references()
-      c.hparams.dietcl.threshold = cand
-      learner = experiment.build_learner(c, "dietcl", vstream, base)
+      cand_spec = dataclasses.replace(spec, hparams={**spec.hparams, "threshold": cand})
+      learner = experiment.build_learner(cand_spec, vstream.dataset.num_classes, inputs)
       res = runner.run_learner(f"dietcl_b{cand}_r{r}", learner, vstream, opts,
                                os.path.join(workdir, "runs"), log=lambda m: None)
       acc = res["steps"][-1]["accuracy_seen"]
@@ -146,7 +152,7 @@ def select_threshold(config, candidates: Sequence[int], workdir: str, *, num_ste
   best = max(rows, key=lambda r: r["accuracy"])["threshold"]  # max keeps the first of ties
   return {"best": best, "scores": {r["threshold"]: r["accuracy"] for r in rows}, "table": rows,
           "num_steps": min(int(num_steps), stream.num_steps), "val_rows": int(val_rows),
-          "budget": int(config.budget.passes_per_step), "repeats": int(repeats)}
+          "budget": int(opts.budget), "repeats": int(repeats)}
 
 
 def main(argv):

@@ -180,11 +180,11 @@ def test_config_overrides_reach_the_config(capsys, tmp_path, files, monkeypatch)
   flags; the npz's inferred class count is printed."""
   seen = {}
 
-  def fake_run(config, workdir, resume=False, log=None):
-    seen.update(config=config, workdir=workdir, resume=resume)
+  def fake_run(settings, workdir, resume=False, log=None):
+    seen.update(settings=settings, workdir=workdir, resume=resume)
 
   from cljax.app import experiment  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(experiment, "run_experiment", fake_run)
+  monkeypatch.setattr(experiment, "run", fake_run)
   status, err, _ = run(capsys, str(tmp_path), "--config.dataset=npz",
                        f"--config.dataset_kwargs.path={files['good']}",
                        "--config.hparams.er_cb.learner=er",
@@ -192,19 +192,20 @@ def test_config_overrides_reach_the_config(capsys, tmp_path, files, monkeypatch)
                        "--config.hparams.er.memory_size=77",
                        "--config.budget.passes_per_step=None", "--resume")
   assert status == 0, err
-  c = seen["config"]
-  assert c.dataset_kwargs.to_dict() == {"path": files["good"]}
-  assert c.hparams.er_cb.to_dict() == {"learner": "er", "buffer": "class_balanced"}
-  assert c.hparams.er.memory_size == 77 and c.hparams.er.lr == 3e-3
-  assert c.budget.passes_per_step is None and seen["resume"] is True
+  s = seen["settings"]  # the binary hands down typed settings, not the config
+  assert dict(s.stream.dataset_kwargs) == {"path": files["good"]}
+  assert s.config["hparams"]["er_cb"] == {"learner": "er", "buffer": "class_balanced"}
+  er = s.learner("er")
+  assert er.hparams["memory_size"] == 77 and er.hparams["lr"] == 3e-3
+  assert s.run.budget is None and seen["resume"] is True
 
 
 def test_inferred_class_count_is_printed(tmp_path, files):
-  from cljax.app import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import experiment, settings  # pylint: disable=import-outside-toplevel
   c = experiment.base_config()
   c.dataset, c.dataset_kwargs.path = "npz", files["good"]
   logs = []
-  experiment.prepare(c, str(tmp_path), False, logs.append)
+  experiment.prepare(settings.from_config(c), str(tmp_path), False, logs.append)
   assert any("10 classes inferred" in m and "dataset_kwargs.num_classes" in m for m in logs), logs
 
 
@@ -279,9 +280,11 @@ def test_unreadable_records_and_checkpoints(capsys, finished, tmp_path):
                         "experiment.json is unreadable")
   wd2 = _copy(finished, tmp_path / "b")
   ck = os.path.join(wd2, "checkpoints", "finetune")
-  for step in os.listdir(ck):
+  from cljax.app import checkpoint, workdir  # pylint: disable=import-outside-toplevel
+  for step in os.listdir(ck):  # this version's format and layout, a checksum that does not match
     with open(os.path.join(ck, step, "meta", "metadata"), "w") as f:
-      f.write('{"format": 1, "meta": "{}", "sha256": "0"}')
+      json.dump({"format": checkpoint.FORMAT, "meta": "{}", "sha256": "0",
+                 "state_layout": workdir.STATE_LAYOUT}, f)
   assert_one_line_error(*run(capsys, wd2, *RUN_ARGS, "--resume")[:2],
                         "no readable checkpoint", "Delete that folder")
 

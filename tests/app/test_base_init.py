@@ -19,6 +19,7 @@ from cljax import optim
 from cljax.models.pure import Net
 from cljax.app import base_init
 from cljax.app import experiment
+from cljax.app import settings
 from cljax.train.loop import classifier_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -227,13 +228,21 @@ def test_mae_params_load_everywhere_and_round_trip(tiny_mae, tmp_path):
   for name, extra in (("dietcl", {}), ("joint", {"stream_size": 16}), ("er", {}),
                       ("gdumb", {}), ("ewc", {}), ("mas", {})):
     state = L.get(name, **kw, **extra).init(jax.random.key(3), ex)
-    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(m.params)):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_holds(state, m.params)
   with pytest.raises(ValueError, match="init_params do not fit"):
     L.get("dietcl", num_classes=10, model="vit_micro", model_kwargs={**TINY_VIT, "dim": 32},
           init_params=loaded).init(jax.random.key(0), ex)
   with pytest.raises(FileNotFoundError, match="no base-init checkpoint"):
     base_init.load_params(str(tmp_path / "nothing"), ref)
+
+
+def _assert_holds(state, params):
+  """``state`` (any pytree: the contract names no fields) holds ``params``' leaves, in order, as
+  one run of its own leaves: the learner starts from exactly those parameters."""
+  want = [np.asarray(b) for b in jax.tree.leaves(params)]
+  have = [np.asarray(a) for a in jax.tree.leaves(state)]
+  assert any(all(a.shape == b.shape and np.array_equal(a, b) for a, b in
+                 zip(have[i:i + len(want)], want)) for i in range(len(have) - len(want) + 1))
 
 
 # --- the pretrain binary and the experiment's base_model -----------------------------------------
@@ -254,23 +263,26 @@ def test_pretrain_writes_the_checkpoint_run_py_loads(tmp_path):
   logs = []
   wd = str(tmp_path / "w")
   c = _config()
-  assert base_init.active(c) and not base_init.active(_config(classes=0))
+  assert (settings.from_config(c).base_init.active
+          and not settings.from_config(_config(classes=0)).base_init.active)
   base = experiment.run_base_init(c, wd, log=logs.append)
   assert os.path.isdir(os.path.join(wd, "base_init")) and base.path == os.path.join(wd, "base_init")
   assert any("ex/s" in m and "ETA" in m for m in logs), logs
   assert base.test_accuracy is not None and base.test_accuracy > 0.8, logs
   assert base.classes == sorted(base.classes) and len(base.classes) == 4
   assert base.kind == "supervised" and set(base.y.tolist()) == set(base.classes)
-  # What learners get from it (cljax.learners.INPUTS).
-  offered = base_init.inputs_for(base)
-  assert set(offered) == {"init_params", "backbone", "base"} and base_init.inputs_for(None) == {}
+  # What learners get from it (cljax.learners.INPUTS), beside the stream's and the settings'.
+  s = settings.from_config(c)
+  stream = experiment.make_stream(s.stream)
+  from_base = {"init_params", "backbone", "base"}
+  offered = experiment.learner_inputs(s, stream, base)
+  assert from_base <= set(offered) and not from_base & set(experiment.learner_inputs(s, stream))
   xb = base.x[:5]
   np.testing.assert_allclose(np.asarray(offered["backbone"](xb)),
                              np.asarray(base.net.features(base.params, xb)))
   # run.py's path (experiment.base_model) in the same workdir loads it ...
-  stream = experiment.make_stream(c)
   logs = []
-  again = experiment.base_model(c, stream, wd, log=logs.append)
+  again = experiment.base_model(s, stream, wd, log=logs.append)
   assert any("[base_init] loaded" in m for m in logs)
   for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(base.params)):
     np.testing.assert_array_equal(a, b)
@@ -278,9 +290,10 @@ def test_pretrain_writes_the_checkpoint_run_py_loads(tmp_path):
   # ... and so does another config through base_init.checkpoint, without writing its workdir.
   c2 = _config(checkpoint=os.path.join(wd, "base_init"), classes=0)
   c2.stream.classes_per_step = 5
-  assert base_init.active(c2)
+  s2 = settings.from_config(c2)
+  assert s2.base_init.active
   other = str(tmp_path / "other")
-  got = experiment.base_model(c2, experiment.make_stream(c2), other, log=lambda m: None)
+  got = experiment.base_model(s2, experiment.make_stream(s2.stream), other, log=lambda m: None)
   assert not os.path.exists(os.path.join(other, "base_init"))
   np.testing.assert_array_equal(got.params["head"]["kernel"], base.params["head"]["kernel"])
 
@@ -297,10 +310,11 @@ def test_mae_base_init_calls_train_mae_on_unlabeled_images(tmp_path, monkeypatch
   monkeypatch.setattr(base_init, "train_mae", train_mae)
   c = _config(kind="mae", classes=0, mask_ratio=0.6)
   c.model = "mlp"
-  assert base_init.active(c)
-  stream = experiment.make_stream(c)
+  s = settings.from_config(c)
+  assert s.base_init.active
+  stream = experiment.make_stream(s.stream)
   logs = []
-  base = experiment.base_model(c, stream, str(tmp_path), log=logs.append)
+  base = experiment.base_model(s, stream, str(tmp_path), log=logs.append)
   assert calls == dict(model="mlp", shape=(len(stream.dataset.train), 8, 8, 1), k=10,
                        mask_ratio=0.6)
   assert base.kind == "mae" and base.test_accuracy is None and base.classes == []
@@ -318,12 +332,14 @@ def test_bad_base_init_configs_are_clear_errors(tmp_path):
     experiment.validate_config(_config(lr_milestones=(0.8, 0.2)))
   c = _config(checkpoint=str(tmp_path / "nothing"))
   with pytest.raises(experiment.ConfigError, match="no folder"):
-    experiment.base_model(c, experiment.make_stream(c), str(tmp_path), log=lambda m: None)
+    s = settings.from_config(c)
+    experiment.base_model(s, experiment.make_stream(s.stream), str(tmp_path), log=lambda m: None)
   with pytest.raises(experiment.ConfigError, match="base_init.dataset.*valid"):
     experiment.validate_config(_config(dataset="imagenet"))
   c = _config(dataset="mnist5k")  # 28x28 base images for an 8x8 stream
   with pytest.raises(experiment.ConfigError, match="shape"):
-    experiment.base_model(c, experiment.make_stream(c), str(tmp_path), log=lambda m: None)
+    s = settings.from_config(c)
+    experiment.base_model(s, experiment.make_stream(s.stream), str(tmp_path), log=lambda m: None)
   with pytest.raises(experiment.ConfigError, match="no base initialisation"):
     experiment.run_base_init(_config(classes=0), str(tmp_path / "none"), log=lambda m: None)
 

@@ -202,3 +202,95 @@ def test_interrupt_lets_the_checkpoint_in_flight_finish_and_resume_ends_identica
   want = digits_run[1]["runs"]["er"]
   for key in ("accuracy_matrix", "eval_points", "confusion_matrix", "final_top5"):
     assert again["runs"]["er"][key] == want[key], key
+
+
+def test_omega_reference_is_a_checked_config_key(digits_run, tmp_path):
+  """eval.omega_reference names the run Ω compares against (default offline, recorded per run);
+  a name that is no run is refused before anything trains."""
+  assert digits_run[1]["runs"]["er"]["omega_reference"] == "offline"
+  c = small_config("finetune,er", **{"eval.omega_reference": "offlin"})
+  with pytest.raises(experiment.ConfigError, match="omega_reference 'offlin'.*valid: "
+                                                    r"\['er', 'finetune'\]"):
+    experiment.run_experiment(c, str(tmp_path), log=lambda m: None)
+  assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))
+
+
+def test_info_extra_reaches_the_step_records_and_the_loggers(tmp_path):
+  """Every Info.extra figure is recorded per step as the mean over the step's calls that
+  reported it (update and end_of_step), in results and as ``extra/<name>`` in the loggers."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from cljax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from cljax import learners  # pylint: disable=import-outside-toplevel
+  from cljax.app import runner  # pylint: disable=import-outside-toplevel
+
+  stream = data_lib.make_stream(data_lib.load("digits"), "class_incremental",
+                                classes_per_step=5, num_steps=2, seed=0)
+  base = learners.get("finetune", num_classes=10, model="mlp", checked=False)
+
+  def update(state, batch, key):  # rows: valid rows of the batch; one: 1 per call
+    state, info = base.update(state, batch, key)
+    return state, info._replace(extra={"rows": jnp.sum(batch["valid"]), "one": jnp.float32(1)})
+
+  def end_of_step(state, key, budget=None, progress=None):
+    state, info = base.end_of_step(state, key, budget, progress=progress)
+    return state, info._replace(extra={"one": jnp.float32(3), "nan": jnp.float32(jnp.nan)})
+
+  learner = base._replace(update=update, end_of_step=end_of_step)
+
+  class Rec:
+    def __init__(self):
+      self.steps = []
+
+    def log_step(self, run, step, examples_seen, metrics):
+      self.steps.append(metrics)
+
+    def log_eval(self, *a):
+      pass
+
+  rec = Rec()
+  opts = runner.RunOptions(batch_size=64, budget=2)
+  res = runner.run_learner("ft", learner, stream, opts, str(tmp_path), log=lambda m: None,
+                           logger=rec)
+  for t, s in enumerate(res["steps"]):
+    n = len(stream.steps[t])
+    calls = -(-n // 64)  # update calls of the step, then one end_of_step
+    assert s["extra"]["rows"] == pytest.approx(n / calls)  # only update reports rows
+    assert s["extra"]["one"] == pytest.approx((calls * 1 + 3) / (calls + 1))
+    assert s["extra"]["nan"] is None  # reported, never finite
+    assert rec.steps[t]["extra/rows"] == s["extra"]["rows"]
+    assert rec.steps[t]["accuracy"] == s["accuracy"]
+
+
+def test_checkpoints_of_another_state_layout_are_refused_in_one_line(tmp_path, capsys):
+  """A workdir or checkpoint from before typed states (state layout 1) is refused on --resume
+  with one line naming the fix, never loaded and never moved aside as unreadable."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from cljax.app import checkpoint, cli, workdir  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path / "w")
+  cfg = small_config("finetune", **{"stream.num_steps": 2, "stream.classes_per_step": 5})
+  experiment.run_experiment(cfg, wd, log=lambda m: None)
+  ck = os.path.join(wd, "checkpoints", "finetune")
+  before = sorted(os.listdir(ck))
+  # The workdir record of an older cljax: no state_layout (its runs' states were dicts).
+  path = os.path.join(wd, "experiment.json")
+  with open(path) as f:
+    record = json.load(f)
+  assert record["state_layout"] == {"finetune": workdir.STATE_LAYOUT}
+  del record["state_layout"]
+  with open(path, "w") as f:
+    json.dump(record, f)
+  status = cli.guarded(lambda: experiment.run_experiment(cfg, wd, resume=True,
+                                                         log=lambda m: None))
+  err = capsys.readouterr().err.strip().splitlines()
+  assert status == 2 and len(err) == 1, err
+  assert err[0].startswith("error: ") and "layout 1" in err[0] and "new --workdir" in err[0]
+  assert sorted(os.listdir(ck)) == before
+  # A checkpoint written with another layout (its metadata says so): refused by the
+  # checkpointer itself, which loads nothing and moves nothing aside.
+  other = str(tmp_path / "ck")
+  with checkpoint.Checkpointer(other, state_layout=1) as old:
+    old.save(0, {"params": jnp.ones(3)}, {"step": 0})
+  with checkpoint.Checkpointer(other) as new:
+    with pytest.raises(checkpoint.StateLayoutError, match="layout 1.*new --workdir"):
+      new.restore_latest({"params": jnp.zeros(3)})
+  assert sorted(os.listdir(other)) == ["0"]

@@ -1,7 +1,7 @@
 """A small, fast experiment for subprocess tests: digits, MLP, finetune and ER, 5 steps (ER's
 memory of 160 items splits over 2, 4 or 8 devices)."""
 
-from cljax.app.experiment import base_config
+from cljax.app.config_schema import base_config
 
 
 def get_config():

@@ -151,3 +151,22 @@ def test_run_binary_logs_what_results_json_holds(tmp_path, capsys):
     rows = [r for r in table if r["run"] == name and r["kind"] == "eval"]
     assert [(int(r["examples_seen"]), float(r["accuracy"])) for r in rows] == [
         (p["examples_seen"], p["accuracy"]) for p in points]
+
+
+def test_extra_figures_reach_tensorboard_but_not_the_csv_columns(tmp_path):
+  """A step's ``extra`` ({name: mean of the learner's Info.extra figure}) is logged as
+  ``extra/<name>``; the CSV keeps its fixed columns."""
+  record = {"steps": [{"step": 0, "accuracy": 0.8, "accuracy_seen": 0.8, "examples_seen": 40,
+                       "wall_s": 1.0, "examples_per_s": 40.0, "budget_used": 3.0,
+                       "extra": {"buffer_items": 12.0, "none": None}}],
+            "eval_points": []}
+  assert loggers.step_metrics(record["steps"][0])["extra/buffer_items"] == 12.0
+  with loggers.make("tensorboard,csv", str(tmp_path)) as log:
+    log.log_result("er", record)
+  (path,) = glob.glob(str(tmp_path / "tensorboard" / "er" / "events.out.tfevents.*"))
+  tags = {tag: v for _, tag, v in loggers.read_events(path)}
+  assert tags["extra/buffer_items"] == 12.0 and "step/accuracy" in tags
+  assert "extra/none" not in tags and "step/extra/buffer_items" not in tags
+  with open(tmp_path / "metrics.csv") as f:
+    assert next(csv.reader(f)) == ["run", "kind", "step", "examples_seen",
+                                   *loggers.STEP_METRICS, "wall_time"]

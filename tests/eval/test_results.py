@@ -47,3 +47,15 @@ def test_omega_is_none_without_reference_or_with_other_points():
   assert runs["er"]["omega"] is None
   with pytest.raises(ValueError, match="topk"):
     results.add_omega(runs, topk=3)
+
+
+def test_omega_against_another_reference_or_none():
+  """eval.omega_reference: Ω against any run (here er), or none at all ("")."""
+  runs = _runs()
+  results.add_omega(runs, reference="er")
+  assert runs["er"]["omega"] == pytest.approx(1.0)
+  assert runs["offline"]["omega"] == pytest.approx((0.80 / 0.60 + 0.75 / 0.45) / 2)
+  assert runs["offline"]["omega_reference"] == "er"
+  results.add_omega(runs, reference="")
+  assert runs["er"]["omega"] is None and runs["offline"]["omega"] is None
+  assert runs["er"]["omega_reference"] == ""

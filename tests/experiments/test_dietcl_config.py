@@ -5,6 +5,7 @@ import os
 import pytest
 
 from cljax.app import experiment
+from cljax.app import settings
 from experiments.configs import dietcl as cfg_mod
 
 SMALL_VIT = {"patch": 7, "depth": 1, "dim": 16, "dec_dim": 16}  # compile time rules these tests
@@ -33,18 +34,24 @@ def test_config_is_valid_and_complete():
 def test_every_learner_of_the_config_builds():
   """Each run of the config gets its declared inputs (ViT, batch size, stream sizes)."""
   c = cfg_mod.get_config("scratch,small")
-  stream = experiment.make_stream(c)
+  s = settings.from_config(c)
+  stream = experiment.make_stream(s.stream)
+  inputs = experiment.learner_inputs(s, stream)
+
+  def build(name):
+    return experiment.build_learner(s.learner(name), stream.dataset.num_classes, inputs)
+
   for name in experiment.run_names(c):
-    learner = experiment.build_learner(c, name, stream)
+    learner = build(name)
     assert learner.name == experiment.learner_of(c, name)
     if "model" in learner.hparams:
       assert learner.hparams["model"] == "vit_micro"
-  dcl = experiment.build_learner(c, "dietcl", stream)
+  dcl = build("dietcl")
   assert dcl.hparams["threshold"] == cfg_mod.THRESHOLD
   # memory_size -1: every labelled row, in a memory as large as the stream (experiment input).
   assert dcl.hparams["memory_size"] == -1
-  assert dcl.hparams["memory_capacity"] == stream.num_examples
-  assert experiment.build_learner(c, "joint", stream).budgeted is False
+  assert dcl.hparams["stream_size"] == stream.num_examples
+  assert build("joint").budgeted is False
 
 
 def _reduced(c, learners):

@@ -11,6 +11,7 @@ import pytest
 
 from cljax.ops import pq
 from cljax.app import experiment
+from cljax.app import settings
 from cljax.app.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,9 +74,11 @@ def test_remind_beats_finetune_on_real_digits(reduced_run):
 
 def _remind_like(wd, c):
   """A fresh remind state (the target tree for restoring its checkpoints)."""
-  stream = experiment.make_stream(c)
-  base = experiment.base_model(c, stream, wd, log=lambda m: None)
-  lrn = experiment.build_learner(c, "remind", stream, base)
+  s = settings.from_config(c)
+  stream = experiment.make_stream(s.stream)
+  base = experiment.base_model(s, stream, wd, log=lambda m: None)
+  lrn = experiment.build_learner(s.learner("remind"), stream.dataset.num_classes,
+                                 experiment.learner_inputs(s, stream, base))
   idx = stream.steps[0][:c.stream.batch_size]
   example = {"x": stream.dataset.train.batch(idx),
              "y": np.asarray(stream.dataset.train.y[idx], np.int32)}

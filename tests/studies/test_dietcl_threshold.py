@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cljax.app import experiment
+from cljax.app import settings
 from cljax.app import runner
 from experiments.configs import dietcl as dietcl_config
 from experiments.studies import dietcl_threshold as study
@@ -47,7 +48,7 @@ def test_validation_mask_is_stratified_and_keeps_a_label():
 
 def test_validation_stream_removes_the_held_out_rows_from_training():
   c = _tiny_config()
-  stream = experiment.make_stream(c)
+  stream = experiment.make_stream(settings.from_config(c).stream)
   vs = study.validation_stream(stream, 3, 0.2, seed=0)
   assert vs.num_steps == 3 and stream.num_steps == 5
   assert [list(t) for t in vs.tasks] == [list(t) for t in stream.tasks[:3]]
@@ -82,7 +83,7 @@ def test_select_threshold_picks_the_best_candidate_on_training_without_held_out_
     tmp_path, monkeypatch):
   """The selection itself, with the runner replaced by a table of accuracies (no training)."""
   c = _tiny_config()
-  stream = experiment.make_stream(c)
+  stream = experiment.make_stream(settings.from_config(c).stream)
   # Validation accuracy after each step, per (B̄, draw): means 0.5, 0.7, 0.7 after the last step.
   acc = {(0, 0): [0.9, 0.4], (20, 0): [0.8, 0.8], (40, 0): [0.7, 0.6],
          (0, 1): [0.9, 0.6], (20, 1): [0.6, 0.6], (40, 1): [0.5, 0.8]}
@@ -141,5 +142,6 @@ def test_select_threshold_end_to_end_on_a_tiny_config(tmp_path):
   assert res["num_steps"] == 3 and res["val_rows"] > 0
   assert all(len(r["step_accuracy"]) == 3 for r in res["table"])
   assert all(0.0 <= r["accuracy"] <= 1.0 for r in res["table"])
-  vs = study.validation_stream(experiment.make_stream(c), 3, 0.2, int(c.seed))
+  stream = experiment.make_stream(settings.from_config(c).stream)
+  vs = study.validation_stream(stream, 3, 0.2, int(c.seed))
   assert res["val_rows"] == len(vs.dataset.test)

@@ -1,0 +1,169 @@
+"""The workdir record: an experiment's fingerprint, its runs, and the learner-state layout.
+
+A workdir holds one experiment. ``experiment.json`` records its fingerprint (the config keys that
+decide what a run computes, and a digest of the data), every run in it with its learner and
+hyper-parameters, and per run ``state_layout``, the layout of the learner states its checkpoints
+hold (``STATE_LAYOUT``; a record without it was written before typed states: layout 1).
+``results.json`` gathers every run's result. ``check`` compares an experiment with what the
+workdir holds before anything trains, and refuses (``ConfigError``, naming the keys) a
+fingerprint that differs, a run already there unless resuming, and checkpoints of another state
+layout. Plain Python (json, os): the runner uses ``flatten`` and ``fingerprint_diff``
+for its checkpoints' fingerprints too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from cljax.app.config_schema import ConfigError
+
+# The layout of learner states in checkpoints: 1 = dicts of arrays (before issue 26; records
+# without ``state_layout`` hold those), 2 = typed states (a NamedTuple per learner). A checkpoint
+# of another layout is never loaded: a resume is refused with one line (start a new workdir).
+STATE_LAYOUT = 2
+
+# Config keys that do not change what a run computes: left out of the fingerprint, so they may
+# change between a run and its resume (another machine, other reports).
+NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "num_processes", "checkpoint",
+                     "plots", "log",
+                     "eval.batch_size", "eval.omega_topk", "eval.omega_points",
+                     "eval.omega_reference")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (their JSON form)."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def fingerprint_diff(saved: dict, now: dict) -> list:
+  """The keys of two flat fingerprints that differ, as ``"key (saved -> now)"`` strings."""
+  missing = object()
+  return [f"{k} ({saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r})"
+          for k in sorted(set(saved) | set(now))
+          if saved.get(k, missing) != now.get(k, missing)]
+
+
+def fingerprint(config: dict, data_sha256: str) -> dict:
+  """The experiment's fingerprint: every key of ``config`` (the resolved config as a dict,
+  ``Settings.config``) that decides what its runs compute (flat, e.g. ``stream.seed``), and
+  ``data_sha256``, a digest of the data set's arrays."""
+  flat = flatten(dict(config))
+  out = {k: v for k, v in flat.items()
+         if not any(k == x or k.startswith(x + ".") for x in NOT_FINGERPRINTED)}
+  out["data_sha256"] = data_sha256
+  return json.loads(json.dumps(out))  # the JSON form, as read back from experiment.json
+
+
+def run_entry(spec) -> dict:
+  """A run's part of the fingerprint (``spec``: a ``settings.LearnerSpec``): its learner and
+  hyper-parameters (flat)."""
+  hp = flatten({"hparams": dict(spec.hparams)})
+  return json.loads(json.dumps({"learner": spec.learner, **hp}))
+
+
+def read_json(path: str, what: str):
+  """The JSON in ``path`` (None when there is none); ConfigError when it cannot be read."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:120]}); it holds "
+                      f"{what}: restore it, or use a new --workdir") from None
+
+
+def prepare(workdir: str) -> str:
+  """Creates ``workdir`` if needed and checks that files can be written there; returns its
+  absolute path. ConfigError (one line) otherwise."""
+  path = os.path.abspath(workdir)
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"cannot write to --workdir {path} ({e.strerror or e}); choose a writable "
+                      "folder") from None
+  return path
+
+
+def checkpoint_steps(workdir: str, run_name: str) -> list:
+  """The steps saved under ``workdir/checkpoints/<run_name>``, sorted."""
+  d = os.path.join(workdir, "checkpoints", run_name)
+  return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
+
+
+def layout_message(where: str, layout) -> str:
+  """The one line refusing checkpoints of another learner-state layout."""
+  return (f"{where} holds checkpoints of learner-state layout {layout} (1: dict states, "
+          f"written before typed states); this cljax reads layout {STATE_LAYOUT} and never "
+          "loads another: start a new --workdir (results.json keeps the finished runs' figures)")
+
+
+def check(workdir: str, fp: dict, specs: list, resume: bool) -> tuple:
+  """Checks an experiment against what ``workdir`` already holds, before anything trains.
+
+  ``fp``: the experiment's ``fingerprint``; ``specs``: the runs about to be made
+  (``settings.LearnerSpec``). Returns (the record to write, with those runs added; the runs
+  already in results.json). ConfigError (one line) when the fingerprint or a run's
+  hyper-parameters differ from the recorded ones, when a run is already in the workdir and
+  ``resume`` is not set, and when a run to resume has checkpoints of another state layout.
+  """
+  record = read_json(os.path.join(workdir, "experiment.json"),
+                     "the fingerprint of the runs in this workdir")
+  previous = (read_json(os.path.join(workdir, "results.json"), "the results of earlier runs")
+              or {}).get("runs", {})
+  names = [s.name for s in specs]
+  if record is None:
+    old = [n for n in names if checkpoint_steps(workdir, n)] + list(previous)
+    if old:
+      raise ConfigError(f"{workdir} holds runs {sorted(set(old))} but no experiment.json (written "
+                        "by an older cljax, or removed), so their config cannot be checked; use "
+                        "a new --workdir")
+    record = {"version": 1, "fingerprint": fp, "runs": {}, "state_layout": {}}
+  differ = fingerprint_diff(record["fingerprint"], fp)
+  for s in specs:
+    if s.name in record["runs"]:
+      differ += [f"{s.name}: {d}" for d in fingerprint_diff(record["runs"][s.name], run_entry(s))]
+  if differ:
+    raise ConfigError(f"{workdir} holds runs made with another config: {', '.join(differ)}; "
+                      "use the recorded values, another run name (hparams.NAME.learner), or a "
+                      "new --workdir")
+  # Per run: records written before typed states have no ``state_layout`` (their runs: 1).
+  layouts = record.get("state_layout")
+  layouts = dict(layouts) if isinstance(layouts, dict) else {n: 1 for n in record["runs"]}
+  for s in specs:
+    steps = checkpoint_steps(workdir, s.name)
+    if not resume and (steps or s.name in previous):
+      state = ("finished, its results are in results.json" if s.name in previous else
+               f"checkpoints up to step {steps[-1]}")
+      raise ConfigError(f"run {s.name!r} is already in {workdir} ({state}); pass --resume to "
+                        "continue or reuse it, or leave it out of --config.learners (runs not "
+                        "yet in the workdir are added to results.json)")
+    layout = layouts.get(s.name, STATE_LAYOUT)
+    if steps and layout != STATE_LAYOUT:
+      raise ConfigError(layout_message(f"run {s.name!r} in {workdir}", layout))
+    record["runs"][s.name] = run_entry(s)
+    layouts[s.name] = STATE_LAYOUT  # what its checkpoints will hold from now on
+  record["state_layout"] = layouts
+  return record, previous
+
+
+def check_omega_reference(reference: str, names: list, previous: dict) -> None:
+  """ConfigError unless ``reference`` (``eval.omega_reference``) is "" (no Ω), a run of this
+  experiment or of an earlier call in the workdir (``previous``), or the default ``offline``
+  (which may be absent: Ω is then None)."""
+  if reference in ("", "offline") or reference in names or reference in previous:
+    return
+  raise ConfigError(f"eval.omega_reference {reference!r} is not a run of this experiment; "
+                    f"valid: {sorted(set(names) | set(previous))} or '' (no Ω)")
