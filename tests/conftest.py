@@ -48,7 +48,7 @@ LONG_FIRST = ("test_remind_config.py", "test_resume_devices.py", "test_dietcl.py
               "test_quickstart.py", "test_dietcl_config.py", "test_runner.py",
               "test_base_init.py", "test_joint.py", "test_remind.py", "test_finetune_study.py",
               "test_dietcl_threshold.py", "test_dietcl_sweep.py", "test_replay.py",
-              "test_learner.py", "test_gdumb.py", "test_ewc.py", "test_pure.py")
+              "test_learner.py", "test_gdumb.py", "test_penalty.py", "test_pure.py")
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument

@@ -38,18 +38,3 @@ def task_accuracies(learner, state, x, y, tasks):
   """Accuracy of ``state`` on the examples of each task's classes."""
   pred = np.asarray(learner.predict(state, x)).argmax(1)
   return [float((pred == y)[np.isin(y, cls)].mean()) for cls in tasks]
-
-
-def importance_after_one_step(name, x, y):
-  """A ``name`` (ewc or mas) learner's importance after one step of 8 examples with lr 0: returns
-  (the importance tree, the parameters it was computed at)."""
-  import cljax.learners as L  # pylint: disable=import-outside-toplevel
-  learner = L.get(name, num_classes=10, batch_size=8, max_step_size=8, importance_passes=1,
-                  lr=0.0)
-  b = {"x": x[:8], "y": y[:8]}
-  state = learner.init(jax.random.key(0), b)
-  p0 = state["params"]
-  state, _ = learner.update(state, b, jax.random.key(1))
-  state, info = learner.end_of_step(state, jax.random.key(2), 1)
-  assert float(info.extra["importance_passes"]) == 1.0
-  return state["importance"], p0

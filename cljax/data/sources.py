@@ -21,11 +21,10 @@ import dataclasses
 import gzip
 import hashlib
 import importlib.util
-import inspect
 import os
 import pathlib
 import zipfile
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 

@@ -82,11 +82,11 @@ def place(mesh: Mesh, tree, specs=None):
 
 
 def _put(mesh: Mesh, a, spec):
-  sharding = NamedSharding(mesh, spec)
+  where = NamedSharding(mesh, spec)
   if jax.process_count() == 1:
-    return jax.device_put(a, sharding)
+    return jax.device_put(a, where)
   if sharding.is_key(a):
     data = _put(mesh, jax.random.key_data(a), spec)
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
   host = np.asarray(a)
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.make_array_from_callback(host.shape, where, lambda index: host[index])

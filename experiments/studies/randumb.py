@@ -82,6 +82,7 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cljax.models.pure import Net  # pylint: disable=import-outside-toplevel
   from cljax.app import experiment  # pylint: disable=import-outside-toplevel
+  from cljax.app import settings  # pylint: disable=import-outside-toplevel
   from cljax.app.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   from experiments.configs import randumb as cfg  # pylint: disable=import-outside-toplevel
   from experiments.studies import seeds as seeds_lib  # pylint: disable=import-outside-toplevel
@@ -99,13 +100,15 @@ def study(workdir: str, datasets, seeds, embed_dim: int = 0, timed: int = 1000,
     for s in out["seeds"]:
       c = config.copy_and_resolve_references()
       c.seed = s
-      stream = experiment.make_stream(c)
+      st = settings.from_config(c)
+      stream = experiment.make_stream(st.stream)
       train, test = stream.dataset.train, stream.dataset.test
       x = train.batch(np.arange(len(train)))
       y = np.asarray(train.y, np.int32)
       xt = test.batch(np.arange(len(test)))
       yt = np.asarray(test.y, np.int32)
-      learner = experiment.build_learner(c, "randumb", stream)
+      learner = experiment.build_learner(st.learner("randumb"), stream.dataset.num_classes,
+                                         experiment.learner_inputs(st, stream))
       like = learner.init(jax.random.key(0), {"x": x[:1], "y": y[:1]})
       with Checkpointer(os.path.join(dsdir, f"seed{s}", "checkpoints", "randumb")) as ck:
         _, state, _ = ck.restore_latest(like)

@@ -64,6 +64,7 @@ def run_seed(ds, seed: int, base_classes: int, steps: int, model: str, epochs: f
   """All variants and orderings for one seed; returns their cells."""
   import jax  # pylint: disable=import-outside-toplevel
   from cljax import learners  # pylint: disable=import-outside-toplevel
+  from cljax.train import pretrain  # pylint: disable=import-outside-toplevel
   x, y = ds.train.batch(np.arange(len(ds.train))), np.asarray(ds.train.y, np.int32)
   xt, yt = ds.test.batch(np.arange(len(ds.test))), np.asarray(ds.test.y, np.int32)
   rng = np.random.default_rng(seed)
