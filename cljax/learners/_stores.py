@@ -48,6 +48,15 @@ def store_all(seen: jax.Array, cur, mem, batch: dict) -> tuple:
   return seen, buffers.get("append").insert(cur, x, jnp.zeros_like(batch["y"]), valid), mem
 
 
+@jax.jit
+def store_all_update(state, batch: dict, key: jax.Array) -> tuple:
+  """``update`` of the self-supervised learners that train only at the step's end (CaSSLe,
+  DualNet): ``store_all`` into the typed state's ``seen``, ``cur`` and ``mem``; 0 passes."""
+  del key
+  seen, cur, mem = store_all(state.seen, state.cur, state.mem, batch)
+  return state._replace(seen=seen, cur=cur, mem=mem), contract.info()
+
+
 def sample_rows(policy, store, key: jax.Array, n: int) -> tuple:
   """n rows of ``store`` (a state of buffer ``policy``) drawn uniformly with replacement: x [n,
   ...], y [n], weight [n] (all 0 when empty, so an empty source adds nothing to a loss), split

@@ -88,14 +88,6 @@ def ssl_phase(budget: int, fraction: float, ssl_cost: float) -> tuple[int, int]:
 
 
 @jax.jit
-def update(state: State, batch: dict, key: jax.Array) -> tuple:
-  """Stores the batch (every valid row for SSL, labelled rows for fine-tuning); 0 passes."""
-  del key
-  seen, cur, mem = _stores.store_all(state.seen, state.cur, state.mem, batch)
-  return state._replace(seen=seen, cur=cur, mem=mem), contract.info()
-
-
-@jax.jit
 def finish(state: State) -> State:
   """The trained encoder and projector become the next step's frozen teacher."""
   return state._replace(teacher=Teacher(state.params, state.heads.proj),
@@ -235,4 +227,4 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   def predict(state: State, x):
     return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
 
-  return Learner("cassle", init, update, end_of_step, predict)
+  return Learner("cassle", init, _stores.store_all_update, end_of_step, predict)

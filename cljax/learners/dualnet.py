@@ -135,14 +135,6 @@ def fast_logits(net: Net, slow_params: dict, fast: dict, x: jax.Array) -> jax.Ar
 
 
 @jax.jit
-def update(state: State, batch: dict, key: jax.Array) -> tuple:
-  """Stores every valid row (SSL) and the labelled rows (memory); 0 passes."""
-  del key
-  seen, cur, mem = _stores.store_all(state.seen, state.cur, state.mem, batch)
-  return state._replace(seen=seen, cur=cur, mem=mem), contract.info()
-
-
-@jax.jit
 def finish(state: State) -> State:
   return state._replace(cur=append_store.clear(state.cur), step=state.step + 1)
 
@@ -272,4 +264,4 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
     x = jnp.asarray(x, jnp.float32)
     return mask_logits(fast_logits(net, state.slow.params, state.fast, x), state.seen)
 
-  return Learner("dualnet", init, update, end_of_step, predict)
+  return Learner("dualnet", init, _stores.store_all_update, end_of_step, predict)
