@@ -22,5 +22,7 @@ def test_quickstart_executes(tmp_path):
             for line in text.splitlines() if "final accuracy" in line}
   assert finals["er"] > finals["finetune"] + 0.3, finals
   assert finals["slda"] > 0.9, finals
+  cv = float(text.split("slda estimator, 5-fold accuracy:")[1].split()[0])
+  assert cv > 0.9, cv
   assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
              for c in nb.cells for o in c.get("outputs", [])), "the accuracy plot"
