@@ -63,6 +63,7 @@ def _centre_square(img: np.ndarray) -> np.ndarray:
   return img[(h - s) // 2:(h + s) // 2, (w - s) // 2:(w + s) // 2]
 
 
+@pytest.mark.slow  # 33 s: two 224 px compiles of the full network
 def test_direct_call_as_documented_predicts_sklearn_photos(lite0):
   # The documented way, no Net: model(images), model.features(images), on scikit-learn's two
   # bundled photos (a palace in China, a daisy), one image per call and both together.
