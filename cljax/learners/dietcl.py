@@ -68,6 +68,7 @@ from cljax.learners import _phases, _stores, _vit
 from cljax.learners.registry import register
 from cljax.models.pure import Net
 from cljax.ops import buffers
+from cljax.ops.allocation import source_split
 from cljax.ops import mixup as mixup_lib
 from cljax.ops.buffers import append as append_store
 from cljax.ops.losses import mask_logits, seen_classes
@@ -96,25 +97,6 @@ class State(NamedTuple):
   cur_u: Any
   mem: Any
   step: jax.Array
-
-
-def source_split(batch_size: int, allocation: str,
-                 reconstruction: bool = True) -> tuple[int, int, int]:
-  """Rows of a joint batch from (unlabeled, current labeled, buffer) once a buffer exists.
-
-  paper: thirds. reference_code: ``int(0.4 B)`` unlabeled (``unlabeled_data_ratio``), the rest
-  halved between current labels and buffer (``trainer/diet.py`` lines 36-50; 102 / 77 / 77 of
-  256); an odd rest gives the extra row to the buffer, so the three always sum to B. Without
-  ``reconstruction`` (an ablation) there are no unlabeled rows and the labels share the batch.
-  """
-  if not reconstruction:
-    nu = 0
-  elif allocation == "paper":
-    nu = batch_size // 3
-  else:
-    nu = int(batch_size * 0.4)
-  nl = batch_size // 3 if allocation == "paper" and reconstruction else (batch_size - nu) // 2
-  return nu, nl, batch_size - nu - nl
 
 
 def phase_passes(budget: int, step: int, allocation: str, threshold: int,

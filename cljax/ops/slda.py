@@ -72,7 +72,7 @@ class SLDAState(NamedTuple):
     stale: [] bool, True when the statistics changed since ``weights``/``bias`` were computed.
     skip: [] bool, read by the ``slda`` learner only (the kernels here carry it along): True
       while the stream replays a base set that ``fit_base`` already fitted, so its updates are
-      ignored until the first ``end_of_step`` (``cljax.learners.slda``, ``skip_base_step``).
+      ignored until the first ``end_of_step`` (the ``slda`` learner's ``skip_base_step``).
   """
 
   means: jax.Array

@@ -12,7 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from cljax.learners import dietcl as dietcl_lib
+from cljax.ops.allocation import source_split
 
 
 def train_flops(cfg: dict, image_shape, patch: int, num_classes: int, batch_size: int,
@@ -33,7 +33,7 @@ def train_flops(cfg: dict, image_shape, patch: int, num_classes: int, batch_size
   cls_fwd = embed + blocks_fwd(n, d, cfg["depth"], cfg["mlp_ratio"]) + 2 * d * num_classes
   mae_fwd = (embed + blocks_fwd(n_keep, d, cfg["depth"], cfg["mlp_ratio"]) + 2 * d * dd * n_keep
              + blocks_fwd(n, dd, cfg["dec_depth"], cfg["mlp_ratio"]) + 2 * dd * p2c * n)
-  nu, nl, nb = dietcl_lib.source_split(batch_size, allocation)
+  nu, nl, nb = source_split(batch_size, allocation)
   attn_cls = cfg["depth"] * 4 * n * n * d
   return {"tokens": n, "tokens_kept_mae": n_keep, "rows_mae": nu, "rows_cls": nl + nb,
           "train_flops_per_cls_row": 3 * cls_fwd, "train_flops_per_mae_row": 3 * mae_fwd,

@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import learners
-from cljax.learners import remind as remind_lib
 from cljax.models import resnet
 from cljax.ops import buffers
 from cljax.ops import pq
@@ -172,8 +171,9 @@ def bench_remind(res):
     call_s = statistics.median(times)
     out[loop] = {"examples_per_s": b / call_s, "step_ms": 1000 * call_s / b,
                  "first_call_s": first, "compile_s_approx": first - call_s,
-                 "matmul_conv_grad": remind_lib.uses_matmul_conv_grad(
-                     lrn.hparams["matmul_conv_grad"]),
+                 # None: the learner's default, matmul gradients on the CPU backend only
+                 "matmul_conv_grad": lrn.hparams["matmul_conv_grad"],
+                 "backend": jax.default_backend(),
                  "passes_per_call": float(met.passes)}
     del state
   # F alone at top level (plain XLA convolutions): one forward-backward over r + 1 rows, for scale.
