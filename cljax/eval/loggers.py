@@ -16,8 +16,9 @@ mean, ``step_metrics``), and ``anytime/accuracy`` (plus ``anytime/<metric>`` for
 step metrics an evaluation point carries) per evaluation point; the x-axis is the number of
 stream examples seen. None and NaN values are skipped.
 
-* ``TensorBoardLogger``: ``WORKDIR/tensorboard/<run>/events.out.tfevents.<time>.<host>.<pid>.cljax``,
-  one folder per learner so TensorBoard overlays them (``tensorboard --logdir WORKDIR/tensorboard``).
+* ``TensorBoardLogger``:
+  ``WORKDIR/tensorboard/<run>/events.out.tfevents.<time>.<host>.<pid>.cljax``, one folder per
+  learner so TensorBoard overlays them (``tensorboard --logdir WORKDIR/tensorboard``).
   Written by tensorboardX's synchronous ``EventsWriter`` (no TensorFlow or tensorboard needed),
   one ``Event`` of simple-value scalars per call, flushed at once: a live TensorBoard sees it and
   a killed run keeps what it wrote (``SummaryWriter``'s background queue would hold up to
