@@ -21,7 +21,7 @@ def execute(name: str, workdir, timeout: int = 600) -> tuple:
   out = os.environ.get("CLJAX_NOTEBOOK_OUT")
   if out:
     os.makedirs(out, exist_ok=True)
-    nbformat.write(nbformat.from_dict(nbformat.validator.normalize(nb)[1]), os.path.join(out, name))
+    nbformat.write(nb, os.path.join(out, name))
   text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
   return nb, text
