@@ -143,13 +143,14 @@ def _finite_or_none(v):
 
 
 def _scored(predictions: dict) -> dict:
-  """{name: (y [N] int, probabilities [N, K])} of the learners whose predictions hold both."""
+  """{name: (y [N] int, probabilities [N, K])} of the learners whose predictions hold both, with
+  finite scores (a diverged model's NaN logits have no ROC curve or calibration)."""
   out = {}
   for name, p in (predictions or {}).items():
     if p is not None and p.get("y") is not None and p.get("scores") is not None:
-      y = np.asarray(p["y"]).astype(np.int64)
-      if len(y):
-        out[name] = (y, M.probabilities(p["scores"]))
+      y, scores = np.asarray(p["y"]).astype(np.int64), np.asarray(p["scores"], np.float64)
+      if len(y) and np.isfinite(scores).all():
+        out[name] = (y, M.probabilities(scores))
   return out
 
 

@@ -56,8 +56,9 @@ def test_all_four_figures(tmp_path):
 def test_missing_fields_are_skipped(tmp_path):
   # no grid, one learner without predictions, no validation losses anywhere
   runs = {"er": {"steps": [{"step": 0, "loss": 0.7}, {"step": 1}]}, "gdumb": {}}
-  preds = {"er": _predictions(0, grid=False), "gdumb": None, "x": {"y": np.zeros(0, int),
-                                                                   "scores": np.zeros((0, 3))}}
+  preds = {"er": _predictions(0, grid=False), "gdumb": None,
+           "x": {"y": np.zeros(0, int), "scores": np.zeros((0, 3))},
+           "diverged": {"y": np.arange(3), "scores": np.full((3, 3), np.nan)}}
   paths = report.diagnostic_plots(runs, preds, str(tmp_path / "a"))
   assert [os.path.basename(p) for p in paths] == ["loss_curves.png", "roc.png", "calibration.png"]
   # nothing to draw: nothing written, no error
