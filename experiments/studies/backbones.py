@@ -24,6 +24,7 @@ initialisation. Writes DIR/backbones.json and prints two markdown tables.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -86,6 +87,8 @@ def linear_probe(features, x, y, xt, yt, batch: int = 500) -> float:
 
 def study(workdir: str, backbones, learners, seeds, probe_only=False, log=print) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
+  from cljax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from cljax.app import base_init as base_lib  # pylint: disable=import-outside-toplevel
   from cljax.app import experiment, settings  # pylint: disable=import-outside-toplevel
   from cljax.models.pure import Net  # pylint: disable=import-outside-toplevel
   from experiments.studies import seeds as seeds_lib  # pylint: disable=import-outside-toplevel
@@ -104,7 +107,15 @@ def study(workdir: str, backbones, learners, seeds, probe_only=False, log=print)
       params = net.init(jax.random.key(int(c.seed)), x.shape[1:])
       base_dir, base_acc = "", None
     else:
-      base = experiment.run_base_init(c, bdir, log=log)
+      # The app counts a supervised base initialisation as asked for only with base classes
+      # (base_init.classes > 0, which also reshapes the stream) or a checkpoint; with
+      # base_init.dataset alone it trains nothing. ``active`` is forced here for building the
+      # checkpoint; the base set is still base_init.dataset's (base_init._base_data reads it
+      # first), and the learners' runs load the checkpoint.
+      b = st.base_init
+      if b.kind == "supervised":
+        b = dataclasses.replace(b, classes=1)
+      base = base_lib.build(b, stream, bdir, data_lib.load, log)
       net, params = base.net, base.params
       base_dir, base_acc = base.path, base.test_accuracy
     pre_s = time.perf_counter() - t0
