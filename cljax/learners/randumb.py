@@ -30,7 +30,8 @@ trained by gradient descent:
   issue 23.
 
 The reference fits offline, on the whole training set at once, because a one-example-at-a-time
-update was too slow (its README). One deliberate difference: ``gamma="scale"`` (1 / (d · Var X) over the training matrix) is estimated from the stream's first
+update was too slow (its README). One deliberate difference: ``gamma="scale"`` (1 / (d · Var X)
+over the training matrix) is estimated from the stream's first
 ``gamma_rows`` examples (default 256), the data a streaming learner has when it must fix its
 embedding: ``update`` keeps those raw rows in a fixed-size warm-up buffer, and when it fills, fixes
 γ from them, embeds them and streams them into the head; later rows go straight to the head.
@@ -41,7 +42,7 @@ the training set's and 6 points less accuracy (notes/baselines.md). ``gamma`` ma
 float instead (no warm-up). ``experiments/studies/randumb.py`` measures both differences against
 the reference estimator on the same embedding.
 
-Paper settings: D up to 25,000 (``embed_dim``; the default), raw pixels (optionally flip
+Paper settings: D up to 25,000 (``embed_dim``; default 4,096 here), raw pixels (optionally flip
 augmentation), one pass. D x D statistics make the update 2·D² FLOPs per example and the state
 4·D² bytes per covariance (2.5 GB at 25,000; K of them per class): run small D on a CPU, and
 ``covariance="pooled"`` where K·D² floats do not fit.
@@ -67,6 +68,7 @@ from cljax.ops import slda as lda
 
 EMBEDDINGS = ("random_fourier", "random_relu")
 COVARIANCES = ("per_class", "pooled")
+PER_CLASS_MAX_BYTES = 4 * 2**30  # 4·K·D² above this: a one-line error pointing to "pooled"
 _OUTER_ROWS = 4  # update_class_scatter sums outer products up to this many rows, else a dot
 
 
@@ -147,13 +149,14 @@ def update_class_scatter(scatter: jax.Array, means: jax.Array, counts: jax.Array
   else:
     rows = jnp.concatenate([z, shift[:, None, :]], axis=1)               # [P, B + 1, D]
   # Computed once before the D x D products (else XLA:CPU fuses the gathers into every output).
-  rows = lda._materialised((rows,), jnp.sum(use).astype(jnp.int32))[0]  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  rows = lda._materialised((rows,), jnp.sum(use).astype(jnp.int32))[0]
   if rows.shape[1] <= _OUTER_ROWS:
     # A handful of rows: a sum of outer products fuses into the scatter-add; as a dot with a
     # contraction of 2 it ran 3x slower (measured at D = 2,048 on the 2-core CPU).
     upd = sum(rows[:, b, :, None] * rows[:, b, None, :] for b in range(rows.shape[1]))
   else:
-    upd = jnp.einsum("pbi,pbj->pij", rows, rows, precision=lda._HI)  # pylint: disable=protected-access
+    upd = jnp.einsum("pbi,pbj->pij", rows, rows, precision=lda._HI)
   return scatter.at[present].add(upd, mode="drop")
 
 
@@ -339,7 +342,7 @@ def predict(state: State, x, *, net: Net, backbone: Optional[Callable],
 
 
 @register("randumb", inputs=("backbone",))
-def randumb(*, num_classes: int, embedding: str = "random_fourier", embed_dim: int = 25000,
+def randumb(*, num_classes: int, embedding: str = "random_fourier", embed_dim: int = 4096,
             gamma: Union[str, float] = "scale", gamma_rows: int = 256, priors: bool = True,
             covariance: str = "per_class", backbone: Optional[Callable] = None,
             donate: bool = False) -> Learner:
@@ -348,7 +351,8 @@ def randumb(*, num_classes: int, embedding: str = "random_fourier", embed_dim: i
   Args:
     num_classes: K (unseen classes score −inf).
     embedding: ``random_fourier`` (RanDumb) or ``random_relu`` (RanPAC's projection).
-    embed_dim: D, the number of random features (paper: up to 25,000).
+    embed_dim: D, the number of random features (paper: up to 25,000; the default 4,096 keeps
+      the per-class state at 671 MB for K = 10).
     gamma: γ of the Fourier features: ``"scale"`` (1 / (d · Var) of the stream's first
       ``gamma_rows`` examples) or a float. Ignored by ``random_relu``.
     gamma_rows: examples buffered (raw) before γ = "scale" is fixed (module docstring).
@@ -368,6 +372,11 @@ def randumb(*, num_classes: int, embedding: str = "random_fourier", embed_dim: i
                      "('pooled' for large embed_dim x num_classes)")
   if int(embed_dim) < 1:
     raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+  need = 4 * int(num_classes) * int(embed_dim) ** 2
+  if covariance == "per_class" and need > PER_CLASS_MAX_BYTES:
+    raise ValueError(f"covariance='per_class' needs 4·K·D² = {need / 2**30:.1f} GiB of state "
+                     f"(K = {num_classes}, D = {embed_dim}); pass covariance='pooled' "
+                     f"({4 * int(embed_dim) ** 2 / 2**30:.2f} GiB) or a smaller embed_dim")
   if not (gamma == "scale" or (isinstance(gamma, (int, float)) and not isinstance(gamma, bool)
                                and gamma > 0)):
     raise ValueError(f"gamma must be 'scale' or a float > 0, got {gamma!r}")

@@ -182,6 +182,9 @@ def test_bad_arguments_raise():
     L.get("randumb", num_classes=3, gamma_rows=1)
   with pytest.raises(ValueError, match="covariance"):
     L.get("randumb", num_classes=3, covariance="diagonal")
+  with pytest.raises(ValueError, match="covariance='pooled'"):  # 4·10·25,000² bytes = 23 GiB
+    L.get("randumb", num_classes=10, embed_dim=25000)
+  L.get("randumb", num_classes=10, embed_dim=25000, covariance="pooled")  # 2.3 GiB: allowed
 
 
 @pytest.mark.parametrize("hp", [dict(gamma_rows=16), dict(embedding="random_relu")],
