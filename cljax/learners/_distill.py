@@ -53,10 +53,18 @@ class RowMap:
     return jnp.zeros((x.shape[0], *s.shape[1:]), s.dtype)
 
   def __call__(self, params, x, count: int):
+    return self.rows(params, x, 0, count)
+
+  def rows(self, params, x, start: int, stop: int):
+    """Outputs [cap, ...] of rows [start, stop) only (zeros elsewhere) and the forward passes
+    charged for them."""
     out = self._zeros(params, x)
-    for start in range(0, int(count), self.batch_size):
-      out = self._chunk(params, x, out, jnp.int32(start))
-    return out, forward_passes(count, self.batch_size)
+    for s in range(int(start), int(stop), self.batch_size):
+      out = self._chunk(params, x, out, jnp.int32(s))
+    # rows past ``stop`` computed in the last batch are dropped
+    keep = (jnp.arange(x.shape[0]) >= start) & (jnp.arange(x.shape[0]) < stop)
+    out = jnp.where(keep.reshape((-1,) + (1,) * (out.ndim - 1)), out, 0)
+    return out, forward_passes(max(int(stop) - int(start), 0), self.batch_size)
 
 
 def draw_rows(key: jax.Array, count: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:

@@ -10,9 +10,18 @@ rows) and unlabelled rows of the step, and minimises
 * L_X: cross-entropy on MixMatch-interpolated labelled rows with their own labels (``mixup``:
   per row λ ~ Beta(0.75, 0.75), λ ← max(λ, 1 − λ), partners drawn from the shuffled labelled and
   augmented unlabelled rows), the memory part weighted ``memory_penalty``;
-* L_U: interpolation consistency: pseudo-labels = the network's softmax averaged over ``k_aug``
-  weak augmentations (random crops) of each unlabelled row and sharpened (T = 0.5; computed with
-  no gradient), against the softmax on the interpolated augmented rows, mean squared error / K;
+* L_U: interpolation consistency, the reference's rule (``pseudo="reference"``, mammoth
+  ``models/ccic.py`` at e75a491, lines 138-141 and 182): pseudo-labels = the network's raw
+  logits over all K classes averaged over ``k_aug`` weak augmentations (random crops) of each
+  unlabelled row and sharpened as if they were probabilities (``mean ** (1 / T)``, renormalised;
+  T = 0.5; no gradient), regressed by the raw logits on the interpolated augmented rows: mean
+  squared error over rows and classes, / K (:func:`pseudo_labels`, :func:`consistency_loss`).
+  ``pseudo="softmax"`` is this learner's rule before issue 23 (MixMatch's: the mean softmax over
+  the seen classes, sharpened, against the softmax of the interpolated rows), kept as an option.
+  One deliberate difference: the reference builds the k_aug views with ``repeat_interleave``
+  (view-major per image) but averages them with ``reshape(k_aug, -1, K)`` (image-major), so its
+  average mixes views of different images, and tiles the result with ``repeat``; here each row's
+  pseudo-label is the mean over its own image's views;
 * L_triplet: batch-hard triplet loss on the features of the labelled rows (k = batch // 10
   hardest pairs, margin 1; ``cljax.ops.ssl``);
 * L_neg (from the second step): each of the step's unlabelled rows and each memory row of earlier
@@ -23,8 +32,9 @@ ties broken by the distance to each class's nearest memory row (``forward``); th
 cached at each step's end (a forward over the memory, charged). Before the first step ends: the
 network's own outputs.
 
-Reference settings (``models/config/ccic.yaml``, seq-cifar10, buffer 500): Adam lr 1e-4, knn_k 2,
-memory_penalty 0.7, mixmatch α 0.75; parser defaults α = 0.5, k_aug 3, T = 0.5, mixup α 0.75.
+Reference settings (``models/config/ccic.yaml``, seq-cifar10, buffer 500): Adam lr 1e-4 (this
+learner's default; issue 23: the DietCL config ran it at 1e-3), knn_k 2, memory_penalty 0.7,
+mixmatch α 0.75; parser defaults α = 0.5, k_aug 3, T = 0.5, mixup α 0.75.
 Left out: the labelled-only mixup (α = 1) before the triplet term during the first 90 % of each
 task's epochs (the budgeted stream has no epochs), and the reference's running "virtual batches".
 
@@ -56,6 +66,44 @@ from cljax.ops.buffers import append as append_store
 from cljax.ops.herding import normalise
 from cljax.ops.losses import cross_entropy, mask_logits
 from cljax.train.loop import Loop, apply_updates
+
+
+PSEUDO = ("reference", "softmax")
+
+
+def pseudo_labels(logits: jax.Array, k_aug: int, temperature: float, seen: jax.Array,
+                  rule: str = "reference") -> jax.Array:
+  """CCIC's pseudo-labels [k_aug · n, K] for the logits [k_aug · n, K] of k_aug views of n rows
+  (view-major: row v·n + i is view v of row i), no gradient; each row gets its own image's.
+
+  ``reference`` (mammoth ``models/ccic.py`` lines 138-141): the mean over views of the raw
+  logits of all K classes, raised to 1/T and renormalised per row (the sharpening of MixMatch
+  applied to logits, as the reference does). ``softmax``: the mean over views of the softmax
+  over the ``seen`` [K] classes, sharpened (``cljax.ops.ssl.sharpen``).
+  """
+  n_k = logits.shape[-1]
+  if rule == "reference":
+    mean = logits.reshape(k_aug, -1, n_k).mean(0)
+    sharp = jnp.power(mean, 1.0 / temperature)
+    out = sharp / jnp.sum(sharp, axis=-1, keepdims=True)
+  else:
+    probs = jax.nn.softmax(mask_logits(logits, seen)).reshape(k_aug, -1, n_k)
+    out = ssl.sharpen(probs.mean(0), temperature)
+  return jax.lax.stop_gradient(jnp.tile(out, (k_aug, 1)))
+
+
+def consistency_loss(pseudo: jax.Array, logits: jax.Array, weight: jax.Array, seen: jax.Array,
+                     rule: str = "reference") -> jax.Array:
+  """CCIC's L_U: pseudo [N, K] against the logits [N, K] of the interpolated rows, weighted mean
+  over rows (weight [N]) of the mean squared error over the K classes, / K.
+
+  ``reference`` (mammoth ``models/ccic.py`` line 182: ``F.mse_loss(pseudo, outputs) / K``):
+  against the raw logits of all K classes; ``softmax``: against the softmax over ``seen``.
+  """
+  n_k = logits.shape[-1]
+  out = logits if rule == "reference" else jax.nn.softmax(mask_logits(logits, seen))
+  sq = jnp.mean((pseudo - out) ** 2, -1)
+  return jnp.sum(sq * weight) / jnp.maximum(jnp.sum(weight), 1.0) / n_k
 
 
 class State(NamedTuple):
@@ -141,8 +189,9 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
          batch_size: int = 32, lr: float = 1e-4, memory_size: int = 500, alpha: float = 0.5,
          mixmatch_alpha: float = 0.75, memory_penalty: float = 0.7, knn_k: int = 2,
          k_aug: int = 3, sharp_temp: float = 0.5, mixup_alpha: float = 0.75,
-         margin: float = 1.0, epochs_per_step: float = 1.0, max_step_size: int = 4096,
-         chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
+         margin: float = 1.0, pseudo: str = "reference", epochs_per_step: float = 1.0,
+         max_step_size: int = 4096, chunk: int = 8,
+         init_params: Optional[dict] = None) -> Learner:
   """Builds CCIC (see the module docstring; defaults from the reference's ccic.yaml).
 
   Args:
@@ -156,6 +205,8 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     knn_k: neighbours of the prediction vote.
     k_aug, sharp_temp, mixup_alpha: augmentations per unlabelled row, sharpening T, Beta(α, α).
     margin: of both triplet terms.
+    pseudo: L_U's rule, ``"reference"`` (mammoth's: averaged raw logits, sharpened, regressed by
+      raw logits / K) or ``"softmax"`` (MixMatch's, the pre-issue-23 rule); module docstring.
     epochs_per_step: passes without a budget, in epochs over the step's rows.
     max_step_size, chunk: step-store capacity; steps per jitted call (a ``lax.scan``).
   """
@@ -163,6 +214,8 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
                        k_aug=k_aug, max_step_size=max_step_size, chunk=chunk)
   if batch_size < 4:
     raise ValueError(f"batch_size must be >= 4, got {batch_size}")
+  if pseudo not in PSEUDO:
+    raise ValueError(f"unknown pseudo {pseudo!r}; valid: {list(PSEUDO)}")
   net = _vit.vit_net("ccic", model, num_classes, model_kwargs)
   tx = optim.build("adam", lr)
   store, memory = buffers.get("append"), buffers.get("reservoir")
@@ -197,23 +250,21 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     xu = augment.augment_batch(ks[3], xu, "crop", padding=2)
     wu = jnp.tile(unl.weight, (k_aug,))
     seen = state.seen
-    # Pseudo-labels: the mean softmax over the k_aug weak views, sharpened; no gradient.
-    probs = jax.nn.softmax(mask_logits(net.apply(params, xu), seen)).reshape(k_aug, nu, -1)
-    pseudo = jnp.tile(ssl.sharpen(probs.mean(0), sharp_temp), (k_aug, 1))
-    pseudo = jax.lax.stop_gradient(pseudo)
+    # Pseudo-labels from the k_aug weak views (no gradient): pseudo_labels.
+    targets = pseudo_labels(net.apply(params, xu), k_aug, sharp_temp, seen, pseudo)
     # MixMatch partners: the shuffled labelled and augmented unlabelled rows.
     pool = jnp.concatenate([xs, xu])
     perm = jax.random.permutation(ks[4], pool.shape[0])
     lam = jax.random.beta(ks[5], mixup_alpha, mixup_alpha, (pool.shape[0],))
     lam = jnp.maximum(lam, 1.0 - lam)[:, None, None, None]
     mixed = feature_aug.mix(jnp.concatenate([xs, xu]), pool[perm], lam)
-    mixed, ys, wsup, wu, pseudo = sharding.data_rows((mixed, ys, wsup, wu, pseudo))
-    logits = mask_logits(net.apply(params, mixed), seen)
+    mixed, ys, wsup, wu, targets = sharding.data_rows((mixed, ys, wsup, wu, targets))
+    raw = net.apply(params, mixed)
+    logits = mask_logits(raw, seen)
     n_s = nl + nm
     l_x = (cross_entropy(logits[:nl], ys[:nl], wsup[:nl])
            + memory_penalty * cross_entropy(logits[nl:n_s], ys[nl:], wsup[nl:]))
-    sq = jnp.sum((pseudo - jax.nn.softmax(logits[n_s:])) ** 2, -1)
-    l_u = jnp.sum(sq * wu) / jnp.maximum(jnp.sum(wu), 1.0) / num_classes ** 2
+    l_u = consistency_loss(targets, raw[n_s:], wu, seen, pseudo)
     l_t = ssl.batch_hard_triplet(net.features(params, xs), ys, wsup, triplet_k, margin)
     loss = l_t + l_x + mixmatch_alpha * l_u
     if negatives:  # this step's unlabelled rows vs memory rows of earlier steps' classes

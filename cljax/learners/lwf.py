@@ -3,13 +3,18 @@
 Before each time step's training the network is copied (the teacher, frozen). Training on the
 step's labelled rows minimises
 
-    CE over the classes seen so far  +  λ · T² · KL(softmax(teacher / T) ‖ softmax(student / T))
+    CE over the classes seen so far  +  λ · KL(softmax(teacher / T) ‖ softmax(student / T))
 
 with the KL over the teacher's classes only (``cljax.ops.distillation.kd_loss``): the old
 network's softened outputs on the *new* data stand in for the old data, which is never stored.
-Defaults are the paper's λ_o = 1 and T = 2. Reference code: mammoth ``models/lwf.py`` (the same
-loss with α = 0.5 and no T², the cross-entropy form of the KL; it also first warms up the new
-head rows alone, which the paper describes as optional and this learner leaves out).
+Defaults are the paper's λ_o = 1 and T = 2, without a T² factor: Li and Hoiem's Eq. (2) is the
+cross-entropy of the softened outputs, weighted by λ_o alone. Reference code: mammoth
+``models/lwf.py`` at e75a491 (lines 13-19 ``smooth`` / ``modified_kl_div``, 74-77 the loss: the same
+term in its cross-entropy form, which differs from the KL by the teacher's entropy, a constant,
+so the gradients are equal; weight α = 0.5 and no T²; it also first warms up the new head rows
+alone, which the paper describes as optional and this learner leaves out). ``t_squared=True``
+multiplies the term by T² (Hinton et al.'s distillation convention, 4x the paper's weight at
+T = 2): the behaviour of this learner before issue 23, kept as an explicit option.
 
 Streaming semantics: ``update`` stores the step's labelled rows (0 passes; the network learns at
 the step's end); ``end_of_step`` computes the teacher's logits on the stored rows once
@@ -67,7 +72,8 @@ class State(NamedTuple):
 def train_step(net: Net, tx: optax.GradientTransformation, batch_size: int, lam: float,
                temperature: float, carry: tuple, data: State, key: jax.Array) -> tuple:
   """The ``Loop`` step: SGD on ``batch_size`` rows drawn uniformly from the step's rows, CE over
-  the seen classes + λ · distillation towards the teacher's logits."""
+  the seen classes + ``lam`` · KL towards the teacher's softened logits (``lam`` already holds
+  the 1 / T² that cancels ``kd_loss``'s T² unless ``t_squared``)."""
   params, opt = carry
   cur = data.cur
   idx, w = _distill.draw_rows(key, cur.count, batch_size)
@@ -89,7 +95,8 @@ def finish(state: State) -> State:
 
 
 @register("lwf", inputs=NET_INPUTS)
-def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: str = "mlp",
+def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0,
+        t_squared: bool = False, model: str = "mlp",
         model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
         momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
         epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
@@ -100,6 +107,8 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: 
     num_classes: K (unseen classes are masked in training and prediction).
     lam: λ, weight of the distillation term (paper λ_o = 1).
     temperature: T of the softened outputs (paper 2).
+    t_squared: multiply the distillation term by T² (Hinton's convention; not the paper's nor
+      mammoth's: the pre-issue-23 behaviour, 4x the paper's weight at T = 2).
     model, model_kwargs, optimizer, lr, momentum, weight_decay, batch_size, epochs_per_step,
       max_step_size, chunk, init_params: as for ``replay.replay_learner`` (the optimizer state
       carries over steps, as the warm-started fine-tuning it extends).
@@ -108,6 +117,8 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: 
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
   tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay)
+  # kd_loss returns T²·KL; the paper's term is the KL alone.
+  kd_weight = float(lam) if t_squared else float(lam) / float(temperature) ** 2
   net = Net.named(model, num_classes, **(model_kwargs or {}))
   store = buffers.get("append")
   teacher_logits = _distill.RowMap(net.apply, batch_size)
@@ -124,8 +135,8 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0, model: 
 
   update = _distill.store_update
 
-  loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, lam, temperature,
-                                                           carry, data, key),
+  loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, kd_weight,
+                                                           temperature, carry, data, key),
               chunk=chunk, unroll=True)
 
   def end_of_step(state, key, budget=None, progress=None):

@@ -7,7 +7,7 @@ from sklearn.neighbors import NearestNeighbors
 
 import cljax.learners as L
 from cljax import data
-from cljax.learners.ccic import knn_scores, sizes, step_cost
+from cljax.learners.ccic import consistency_loss, knn_scores, pseudo_labels, sizes, step_cost
 from tests.helpers import arrays, run_tasks
 
 TINY_VIT = {"patch": 4, "depth": 1, "dim": 16, "dec_dim": 16}
@@ -28,6 +28,40 @@ def test_knn_vote_matches_sklearn_neighbours():
   near = np.stack([d2[:, y[:100] == c].min(1) for c in range(10)], 1)
   np.testing.assert_allclose(scores, votes - 1e-5 * near, atol=1e-5)
   assert (scores.argmax(1) == votes.argmax(1)).mean() > 0.9
+
+
+def _mammoth_pseudo_and_loss_u(aug_logits, mix_logits, k_aug, sharp_temp):
+  """aimagelab/mammoth ``models/ccic.py`` (at e75a491) in NumPy: lines 138-141, the
+  pseudo-labels (``outputs.reshape(k_aug, -1, K).mean(0) ** (1 / T)``, renormalised, then
+  ``.repeat(k_aug, 1)``), and line 182, ``F.mse_loss(pseudo, unsup_mix_outputs) / K``. The rows
+  are given view-major (row v·n + i = view v of image i), the order that reshape assumes."""
+  n_k = aug_logits.shape[1]
+  mean = aug_logits.reshape(k_aug, -1, n_k).mean(0)
+  sharp = mean ** (1 / sharp_temp)
+  norm = sharp / sharp.sum(1)[:, None]
+  pseudo = np.tile(norm, (k_aug, 1))
+  return pseudo, np.mean((pseudo - mix_logits) ** 2) / n_k
+
+
+def test_pseudo_labels_and_consistency_follow_mammoth():
+  rng = np.random.default_rng(0)
+  k_aug, n, n_k = 3, 5, 10
+  aug = rng.normal(size=(k_aug * n, n_k)).astype(np.float32) * 2
+  mix = rng.normal(size=(k_aug * n, n_k)).astype(np.float32) * 2
+  seen = np.arange(n_k) < 4  # the reference uses every class's logit, seen or not
+  want_p, want_l = _mammoth_pseudo_and_loss_u(aug.astype(np.float64), mix.astype(np.float64),
+                                              k_aug, 0.5)
+  got_p = np.asarray(pseudo_labels(aug, k_aug, 0.5, seen))
+  np.testing.assert_allclose(got_p, want_p, rtol=1e-5, atol=1e-6)
+  got_l = float(consistency_loss(got_p, mix, np.ones(k_aug * n, np.float32), seen))
+  assert got_l == pytest.approx(want_l, rel=1e-5)
+  # padding rows (weight 0) do not count
+  w = np.r_[np.ones(k_aug * n - 2), 0, 0].astype(np.float32)
+  got_pad = float(consistency_loss(got_p, mix, w, seen))
+  assert got_pad == pytest.approx(np.mean((want_p[:-2] - mix[:-2]) ** 2) / n_k, rel=1e-5)
+  # the pre-issue-23 option: MixMatch's softmax over the seen classes
+  soft = np.asarray(pseudo_labels(aug, k_aug, 0.5, seen, "softmax"))
+  assert np.allclose(soft[:, ~seen], 0) and np.allclose(soft.sum(1), 1, atol=1e-5)
 
 
 def test_step_cost_counts_rows():

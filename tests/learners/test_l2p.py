@@ -8,7 +8,7 @@ import pytest
 
 import cljax.learners as L
 from cljax import data
-from cljax.learners.l2p import select_prompts
+from cljax.learners.l2p import select_prompts, step_cost
 from tests.helpers import arrays, run_tasks
 
 TINY_VIT = {"patch": 4, "depth": 1, "dim": 16, "dec_dim": 16}  # 8x8 digits: 4 patches
@@ -45,14 +45,25 @@ def test_selection_matches_reference(batchwise):
   assert float(sim) == pytest.approx(want_sim, rel=1e-5)
 
 
+def test_step_cost_counts_tokens():
+  # ALGORITHMS.md §8 (L2P): "a prompted sequence costs in proportion to its tokens". The issue's
+  # case: vit_micro's 16 patches + 5 prompts of 5 tokens = 41 tokens = 41/16 passes, plus the
+  # query forward over the 16 patch tokens at 1/3 pass.
+  assert step_cost(16, 5, 5) == pytest.approx(41 / 16 + 1 / 3)
+  assert step_cost(4, 2, 2) == pytest.approx(8 / 4 + 1 / 3)
+
+
 @pytest.mark.slow  # two budgeted steps of a tiny prompted ViT (compile bound)
 def test_trains_only_prompts_keys_and_head_within_budget():
   x, y = arrays(data.load("digits"))
   learner = L.get("l2p", num_classes=10, model="vit_micro", model_kwargs=TINY_VIT,
-                  batch_size=16, chunk=4, memory_size=400, checked=False)
+                  batch_size=16, chunk=4, memory_size=400, top_k=2, prompt_length=2,
+                  checked=False)
   state0 = learner.init(jax.random.key(0), {"x": x[:16], "y": y[:16]})
   state, spent = run_tasks(learner, x, y, [[0, 1], [2, 3]], [20, 9], bs=16)
-  assert spent == [20.0, 8.0]  # 15 and 6 steps of 4/3 passes (prompted pass + query pass)
+  # 4 patches + 2 prompts of 2 tokens: 8 tokens = 2 passes, + 1/3 for the query: 7/3 a step;
+  # 8 steps in 20 passes, 3 in 9.
+  assert spent == pytest.approx([8 * 7 / 3, 3 * 7 / 3])
   for a, b in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(state0.frozen)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for a, b in zip(jax.tree.leaves(state.train), jax.tree.leaves(state0.train)):

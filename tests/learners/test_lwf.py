@@ -23,12 +23,24 @@ def _softmax(z):
   return e / e.sum(-1, keepdims=True)
 
 
-@pytest.mark.slow  # two steps of a small MLP on digits (~10 s, compile bound)
-def test_second_step_loss_is_ce_plus_distillation_by_hand(digits):
+def _mammoth_smooth(p, temp):
+  """mammoth ``models/lwf.py`` (aimagelab/mammoth at e75a491, lines 13-15): ``smooth``."""
+  log = p ** (1 / temp)
+  return log / log.sum(1, keepdims=True)
+
+
+def _mammoth_modified_kl_div(old, new):
+  """mammoth ``models/lwf.py`` (e75a491, lines 18-19): ``modified_kl_div``, a cross-entropy."""
+  return -np.mean(np.sum(old * np.log(new), 1))
+
+
+@pytest.mark.slow  # two steps of a small MLP on digits (~10 s each, compile bound)
+@pytest.mark.parametrize("t_squared", [False, True], ids=["paper", "t_squared"])
+def test_second_step_loss_is_ce_plus_distillation_by_hand(digits, t_squared):
   (x, y), _ = digits
   lam, temp, bs = 0.7, 2.0, 16
   learner = L.get("lwf", num_classes=10, lam=lam, temperature=temp, batch_size=bs, chunk=1,
-                  max_step_size=200)
+                  max_step_size=200, **({"t_squared": True} if t_squared else {}))
   state, spent = run_tasks(learner, x, y, TASKS[:1], 10, bs=bs)
   assert spent == [10.0]  # no teacher at the first step: every pass trains
   teacher = state.params
@@ -54,10 +66,14 @@ def test_second_step_loss_is_ce_plus_distillation_by_hand(digits):
   seen = np.isin(np.arange(10), TASKS[0] + TASKS[1])
   old = np.isin(np.arange(10), TASKS[0])
   ce = -np.log(_softmax(z[:, seen])[np.arange(bs), np.searchsorted(np.flatnonzero(seen), yb)])
-  q, p = _softmax(zt[:, old] / temp), _softmax(z[:, old] / temp)
-  kl = (q * (np.log(q) - np.log(p))).sum(1)
-  assert kl.mean() > 1e-4
-  want = ce.mean() + lam * temp ** 2 * kl.mean()
+  # mammoth's term (models/lwf.py lines 76-77: α · modified_kl_div(smooth(softmax(old
+  # logits), T), smooth(softmax(new logits), T)), no T²) minus the teacher's entropy, a constant
+  # of the student: the KL of Li and Hoiem's Eq. (2), weighted by λ alone by default.
+  q = _mammoth_smooth(_softmax(zt[:, old]), temp)
+  xent = _mammoth_modified_kl_div(q, _mammoth_smooth(_softmax(z[:, old]), temp))
+  kl = xent + np.mean(np.sum(q * np.log(q), 1))
+  assert kl > 1e-4
+  want = ce.mean() + lam * (temp ** 2 if t_squared else 1.0) * kl
   assert float(info.loss) == pytest.approx(want, rel=1e-4)
 
 
