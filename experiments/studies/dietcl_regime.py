@@ -73,7 +73,7 @@ BASES = {
     "mae2": _set(base_init__epochs=2.0),
     "mae2_p4": _set(base_init__epochs=2.0, model_kwargs={"patch": 4}),
     "ood": _set(base_init__dataset="mnist5k"),
-    "none": _set(base_init__kind="none", base_init__dataset=""),
+    "none": _set(base_init__kind="supervised", base_init__dataset=""),  # inactive: classes 0
 }
 
 # name: (axis, value shown, base family, config edit, seed)
@@ -125,7 +125,7 @@ def cell_config(name: str, base_ckpt: str = "", overrides: Optional[Callable] = 
   c.seed = int(seed)
   BASES[family](c)
   edit(c)
-  if base_ckpt and c.base_init.kind != "none":
+  if base_ckpt and family != "none":
     c.base_init.checkpoint = base_ckpt
   if overrides is not None:
     overrides(c)
@@ -139,12 +139,17 @@ def _diagonal(run: dict) -> list:
 
 
 def run_regime(workdir: str, cells, base_checkpoints: Optional[dict] = None,
-               overrides: Optional[Callable] = None, log=print) -> dict:
-  """Runs ``cells`` (names of ``CELLS``) in order; returns {"cells": [...], "diff": [...]}."""
+               overrides: Optional[Callable] = None, log=print,
+               reuse: Optional[dict] = None) -> dict:
+  """Runs ``cells`` (names of ``CELLS``) in order; returns {"cells": [...], "diff": [...]}.
+  ``reuse``: {cell: results.json of a run of exactly that cell's config} read instead of run."""
   from cljax.app import experiment  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
   bases = dict(base_checkpoints or {})
   done: dict = {}
+  for cell, path in (reuse or {}).items():
+    with open(path) as f:
+      done[cell] = json.load(f)
   rows, t0 = [], time.perf_counter()
   for i, name in enumerate(cells):
     axis, value, family, _, seed = CELLS[name]
@@ -158,6 +163,8 @@ def run_regime(workdir: str, cells, base_checkpoints: Optional[dict] = None,
       done[src] = res
     res = done[src]
     for learner, run in res["runs"].items():
+      if learner not in LEARNERS.split(","):
+        continue
       rows.append({"cell": name, "axis": axis, "value": value, "seed": seed, "learner": learner,
                    "base": res.get("base_init", {}).get("dataset", "none"),
                    "final_accuracy": run["final_accuracy"],
@@ -239,7 +246,8 @@ def main(argv):
     raise app.UsageError(f"unknown cells {bad}; valid: {list(CELLS)}")
   bases = {"default": F["base_default"].value} if F["base_default"].value else {}
   workdir = F["workdir"].value
-  out = run_regime(workdir, cells, bases, log=lambda m: print(m, flush=True))
+  reuse = dict(r.split("=", 1) for r in F["reuse"].value)
+  out = run_regime(workdir, cells, bases, log=lambda m: print(m, flush=True), reuse=reuse)
   png = plot(out, os.path.join(workdir, "regime.png"))
   print(table(out))
   print(f"[regime] wrote {os.path.join(workdir, 'regime.json')}, {png} ({out['wall_s']:.0f}s)")
@@ -252,4 +260,7 @@ if __name__ == "__main__":
   F["base_default"] = flags.DEFINE_string("base_default", "", "An MAE checkpoint of the "
                                           "config's default base (a dietcl config run's "
                                           "WORKDIR/base_init, seed 0) to load.")
+  F["reuse"] = flags.DEFINE_list("reuse", [], "CELL=results.json of a run of that cell's exact "
+                                 "config (e.g. default=<dietcl config run>/results.json, "
+                                 "learners dietcl,er among its runs).")
   app.run(main)
