@@ -6,7 +6,7 @@ stream does not use, ``vit_micro`` patch 7).
 
   nice -n 10 python experiments/studies/dietcl_regime.py --workdir=/tmp/dietcl_regime
   python experiments/studies/dietcl_regime.py --workdir=DIR --cells=default,rate_0.1 \
-      --base_default=OTHER/base_init      # some cells; reuse a config run's MAE checkpoint
+      --bases=default=OTHER/base_init      # some cells; reuse a config run's MAE checkpoint
 
 Axes (``CELLS``; each cell is one ``cljax.app.experiment.run_experiment`` of the config with
 ``learners = dietcl,er`` and a few fields changed):
@@ -244,7 +244,10 @@ def main(argv):
   bad = [c for c in cells if c not in CELLS]
   if bad:
     raise app.UsageError(f"unknown cells {bad}; valid: {list(CELLS)}")
-  bases = {"default": F["base_default"].value} if F["base_default"].value else {}
+  bases = dict(b.split("=", 1) for b in F["bases"].value)
+  bad = [f for f in bases if f not in BASES]
+  if bad:
+    raise app.UsageError(f"unknown base families {bad}; valid: {list(BASES)}")
   workdir = F["workdir"].value
   reuse = dict(r.split("=", 1) for r in F["reuse"].value)
   out = run_regime(workdir, cells, bases, log=lambda m: print(m, flush=True), reuse=reuse)
@@ -257,9 +260,9 @@ if __name__ == "__main__":
   F["workdir"] = flags.DEFINE_string("workdir", None, "Where regime.json, regime.png and the "
                                      "cells go.", required=True)
   F["cells"] = flags.DEFINE_list("cells", [], "Cells to run (default: all of CELLS).")
-  F["base_default"] = flags.DEFINE_string("base_default", "", "An MAE checkpoint of the "
-                                          "config's default base (a dietcl config run's "
-                                          "WORKDIR/base_init, seed 0) to load.")
+  F["bases"] = flags.DEFINE_list("bases", [], "FAMILY=checkpoint folder to load for a base "
+                                 "family of BASES (e.g. default=<a seed-0 dietcl config run>/"
+                                 "base_init), instead of training it.")
   F["reuse"] = flags.DEFINE_list("reuse", [], "CELL=results.json of a run of that cell's exact "
                                  "config (e.g. default=<dietcl config run>/results.json, "
                                  "learners dietcl,er among its runs).")
