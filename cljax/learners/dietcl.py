@@ -50,6 +50,10 @@ reference's half cosine from the phase's peak down to a floor (``trainer/lr_sche
 half the peak, which is what the buffer-only phase at ×0.1 gets; ``min_lr`` 5e-5 at 1,024
 examples, ``config/base.yaml`` line 56).
 
+``er_diet`` (registered here) is the reference's ER, its ``BaseTrainer``: this learner without
+L_r, with plain CE over the seen classes, half current labels and half a buffer of the earlier
+steps only (``replay_before=False``), every pass joint (the factory's docstring cites the lines).
+
 Training runs through ``cljax.train.loop.Loop`` as a ``lax.scan`` (the ViT has no convolution;
 patch embedding is a matmul, so the XLA:CPU conv-in-loop slowdown does not apply).
 """
