@@ -34,13 +34,27 @@ def load_params(path: str, like) -> dict:
     return ck.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
 
 
+def _same_data(ds, other) -> bool:
+  """Whether data sets ``ds`` and ``other`` are the same (name and training set size)."""
+  return ds.name == other.name and len(ds.train) == len(other.train)
+
+
 def _base_data(b, stream, load_data: Callable):
   """(x [N, ...] float32, y [N] int32, classes, test x, test y) of the base set of settings ``b``
-  (``BaseInitSettings``)."""
+  (``BaseInitSettings``). A ``b.dataset`` that is the stream's own data set gives its training
+  images the stream does not use (in-domain, disjoint: the stream's images arrive over time, a
+  base set holding them would leak the future)."""
   k = stream.dataset.num_classes
   if b.dataset:
     ds = load_data(b.dataset, **dict(b.dataset_kwargs))
-    x, y = ds.train.batch(np.arange(len(ds.train))), np.asarray(ds.train.y, np.int32)
+    keep = np.arange(len(ds.train))
+    if _same_data(ds, stream.dataset):  # in-domain: never the images the stream will bring
+      keep = np.setdiff1d(keep, np.concatenate([np.asarray(s) for s in stream.steps]))
+      if not len(keep):
+        raise ValueError(f"base_init.dataset {b.dataset!r} is the stream's own data set and the "
+                         "stream uses every training image: no disjoint base images are left "
+                         "(cap stream.max_examples_per_step, or name another data set)")
+    x, y = ds.train.batch(keep), np.asarray(ds.train.y, np.int32)[keep]
     if tuple(x.shape[1:]) != tuple(stream.dataset.train.example_shape):
       raise ValueError(f"base_init.dataset {b.dataset!r} has inputs of shape {x.shape[1:]}, the "
                        f"stream's are {stream.dataset.train.example_shape}")

@@ -50,6 +50,10 @@ reference's half cosine from the phase's peak down to a floor (``trainer/lr_sche
 half the peak, which is what the buffer-only phase at ×0.1 gets; ``min_lr`` 5e-5 at 1,024
 examples, ``config/base.yaml`` line 56).
 
+``er_diet`` (registered here) is the reference's ER, its ``BaseTrainer``: this learner without
+L_r, with plain CE over the seen classes, half current labels and half a buffer of the earlier
+steps only (``replay_before=False``), every pass joint (the factory's docstring cites the lines).
+
 Training runs through ``cljax.train.loop.Loop`` as a ``lax.scan`` (the ViT has no convolution;
 patch embedding is a matmul, so the XLA:CPU conv-in-loop slowdown does not apply).
 """
@@ -162,16 +166,18 @@ def finish(state: State) -> State:
 
 
 def joint_loss(net: Net, recipe: _phases.Recipe, split: tuple, lm_mask: str, w_r: float,
-               mask_ratio: float, norm_pix: bool):
+               mask_ratio: float, norm_pix: bool, replay_before: bool = True):
   """``loss(params, state, key) -> (w_r·L_r + L_m + L_b, (L_r, L_m, L_b))`` on one joint batch
-  of ``split`` = (unlabeled, current labeled, buffer) rows (``source_split``)."""
+  of ``split`` = (unlabeled, current labeled, buffer) rows (``source_split``). ``replay_before``:
+  the memory already holds this step's labels (DietCL), else only earlier steps' (the
+  reference's ER), so "no earlier task" is 1 task in memory or 0."""
   nu, nl, nb = split
   store, memory = buffers.get("append"), buffers.get("task_balanced")
 
   def loss(params, state: State, key):
     ku, kl, kb, km, kau, kml, kmb = jax.random.split(key, 7)
     # No earlier task in memory (the first step): the buffer's rows go to the current labels.
-    first = state.mem.tasks <= 1
+    first = state.mem.tasks <= (1 if replay_before else 0)
     xl, yl, wl = _stores.sample_rows(store, state.cur_l, kl, nl + nb)
     xb, yb, wb = _stores.sample_rows(memory, state.mem, kb, nb)
     l_r = jnp.zeros(())
@@ -223,7 +229,8 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
            reconstruction: bool = True, balanced_buffer: bool = True,
            memory_size: int = -1, stream_size: Optional[int] = None,
            max_step_size: int = 4096, max_tasks: int = 256, epochs_per_step: float = 1.0,
-           chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
+           chunk: int = 8, init_params: Optional[dict] = None,
+           replay_before: bool = True) -> Learner:
   """Builds DietCL (see the module docstring).
 
   Args:
@@ -258,6 +265,10 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     epochs_per_step: passes (epochs over the step's rows) when ``end_of_step`` gets no budget.
     chunk: optimizer steps per jitted call (a ``lax.scan``).
     init_params: start from these parameters (e.g. an MAE-pretrained ViT of the same model).
+    replay_before: the step's labels enter the memory before training (DietCL,
+      ``config/trainer/diet.yaml`` line 3), or after it (``False``: the reference's ER,
+      ``config/trainer/base.yaml`` line 3, ``data.py`` lines 34-43), so the buffer half of every
+      batch holds earlier steps only.
   """
   if allocation not in ALLOCATIONS:
     raise ValueError(f"unknown allocation {allocation!r}; valid: {list(ALLOCATIONS)}")
@@ -296,7 +307,7 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
 
   # (experiments/bench/scaling.py finds these two loops by name in end_of_step's closure.)
   joint_loop = Loop(_phases.phase_step(
-      joint_loss(net, recipe, split, lm_mask, w_r, mask_ratio, norm_pix), tx),
+      joint_loss(net, recipe, split, lm_mask, w_r, mask_ratio, norm_pix, replay_before), tx),
       chunk=chunk, unroll=False)
   buffer_loop = Loop(_phases.phase_step(buffer_loss(net, recipe, batch_size), tx), chunk=chunk,
                      unroll=False)
@@ -311,13 +322,17 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
       rows = int(state.cur_l.count) + int(state.cur_u.count)
       budget = contract.default_passes(epochs_per_step, rows, batch_size)
     joint, buf = phase_passes(budget, int(state.step), allocation, threshold, joint_fraction)
-    state = prepare(state)
+    if replay_before:
+      state = prepare(state)
     params, scales = state.params, scales_of(state.params)
     params, s_joint = _phases.run_phase(joint_loop, opt_init, params, state, k_joint, joint,
                                         peak_lr, scales, floor_lr, progress)
     params, s_buf = _phases.run_phase(buffer_loop, opt_init, params, state, k_buf, buf,
                                       peak_lr * buffer_lr_scale, scales, floor_lr, progress)
-    state = finish(state._replace(params=params))
+    state = state._replace(params=params)
+    if not replay_before:  # the reference's ER: the step's labels enter the memory after training
+      state = prepare(state)
+    state = finish(state)
     zero = jnp.zeros((4,))
     s_joint = zero if s_joint is None else s_joint
     s_buf = zero if s_buf is None else s_buf
@@ -333,3 +348,37 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
 
   return Learner(name="dietcl", init=init, update=update, end_of_step=end_of_step,
                  predict=predict)
+
+
+@register("er_diet", inputs=("model", "model_kwargs", "batch_size", "init_params",
+                             "max_step_size", "stream_size"))
+def er_diet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
+            batch_size: int = 64, lr: float = 1e-4, min_lr: float = _phases.MIN_LR,
+            weight_decay: float = 0.05, betas: Sequence[float] = (0.9, 0.95),
+            layer_decay: float = 0.65, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+            mixup_prob: float = 1.0, switch_prob: float = 0.5, label_smoothing: float = 0.1,
+            augment: bool = True, crop_scale: Sequence[float] = (0.08, 1.0), flip: bool = True,
+            balanced_buffer: bool = True, memory_size: int = -1,
+            stream_size: Optional[int] = None, max_step_size: int = 4096, max_tasks: int = 256,
+            epochs_per_step: float = 1.0, chunk: int = 8,
+            init_params: Optional[dict] = None) -> Learner:
+  """ER as DietCL's reference code runs it (its ``BaseTrainer``, ``trainer=base``): the same
+  ViT, start (``init_params``), optimizer, per-step half-cosine lr, layer decay, Mixup/CutMix,
+  label smoothing and crops as DietCL (arguments as ``dietcl``'s), and:
+
+  * each batch is half the step's labelled rows and half the task-balanced buffer
+    (``sampling: batchmix``, ``config/base.yaml`` line 59; ``trainer/base.py`` lines 95-101:
+    ``[batch_size // 2, batch_size // 2]``, all current labels at the first step);
+  * the buffer holds earlier steps only: the step's labels enter it after training
+    (``replay_before: False``, ``config/trainer/base.yaml`` line 3; ``data.py`` lines 34-43);
+  * plain CE over every seen class on both halves (``mask_logits: False``,
+    ``config/trainer/base.yaml`` line 2; ``trainer/base.py`` lines 160-169; the head grows to the
+    classes seen, ``main.py`` lines 138-144), no reconstruction loss, one phase of the whole
+    budget (``trainer/base.py`` lines 177-197).
+
+  It is ``dietcl(reconstruction=False, lm_mask="none", replay_before=False)`` with every pass
+  joint: DietCL's trainer subclasses this one in the reference (``trainer/diet.py`` line 8).
+  """
+  args = dict(locals())
+  return dietcl(**args, reconstruction=False, lm_mask="none", replay_before=False,
+                allocation="paper", threshold=2**31 - 1)

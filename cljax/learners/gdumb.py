@@ -9,6 +9,13 @@ is retrained *from its initialization* (a fresh optimizer too) on the memory onl
 the step's budget of forward-backward passes (the reference's ``train_mem``, same file 45-73,
 retrains a fresh model for a number of epochs instead); its logits are masked to the classes
 present in memory, in training and in prediction.
+
+Regularisation (off by default): the DietCL paper runs its baselines with its reference's recipe
+(wx-zhang/continual-learning-on-a-diet ``config/base.yaml`` lines 41-56: timm Mixup/CutMix with
+label smoothing, RandomResizedCrop + flip, AdamW betas (0.9, 0.95), weight decay 0.05); the same
+recipe (``cljax.learners._phases.Recipe``, the one DietCL uses) is applied to every memory batch
+when ``mixup_alpha``/``cutmix_alpha``/``augment`` ask for it, with the soft-target CE over the
+classes in memory.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import optax
 from cljax import learner as contract
 from cljax import optim
 from cljax.learner import Learner
+from cljax.learners import _phases
 from cljax.learners.registry import register
+from cljax.ops import mixup as mixup_lib
 from cljax.ops.losses import cross_entropy, mask_logits
 from cljax.models.pure import Net
 from cljax.ops import buffers
@@ -63,15 +72,21 @@ def update(state: State, batch, key: jax.Array) -> tuple:
 
 
 def train_step(net: Net, tx: optax.GradientTransformation, batch_size: int, carry: tuple,
-               data: State, key: jax.Array) -> tuple:
-  """The ``Loop`` step: SGD on ``batch_size`` rows of the memory, logits masked to its classes."""
+               data: State, key: jax.Array, recipe: Optional[_phases.Recipe] = None) -> tuple:
+  """The ``Loop`` step: SGD on ``batch_size`` rows of the memory, logits masked to its classes
+  (``recipe``: augmented and mixed first, soft-target CE)."""
   params, opt = carry
-  sample = buffers.get("greedy").sample(data.mem, key, batch_size)
+  k_s, k_r = jax.random.split(key)
+  sample = buffers.get("greedy").sample(data.mem, k_s if recipe else key, batch_size)
   x, y, w = sharding.data_rows((sample.x, sample.y, sample.weight))
   seen = in_memory(data)
-  params, opt, loss = classifier_step(
-      net, tx, params, opt, x, w,
-      lambda p, logits: cross_entropy(mask_logits(logits, seen), y, w))
+  if recipe is None:
+    loss_fn = lambda p, logits: cross_entropy(mask_logits(logits, seen), y, w)
+  else:
+    mixed = recipe.batch(k_r, x, y, w, seen)
+    x, w = mixed.x, mixed.weight
+    loss_fn = lambda p, logits: mixup_lib.soft_cross_entropy(logits, mixed.targets, w, seen)
+  params, opt, loss = classifier_step(net, tx, params, opt, x, w, loss_fn)
   return (params, opt), loss[None]
 
 
@@ -80,7 +95,10 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
           optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
           weight_decay: float = 0.0, batch_size: int = 32, memory_size: int = 500,
           epochs_per_step: float = 10.0, chunk: int = 8,
-          init_params: Optional[dict] = None) -> Learner:
+          init_params: Optional[dict] = None, betas: tuple = (0.9, 0.999),
+          mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mixup_prob: float = 1.0,
+          switch_prob: float = 0.5, label_smoothing: float = 0.0, augment: bool = False,
+          crop_scale: tuple = (0.08, 1.0), flip: bool = True) -> Learner:
   """Builds GDumb (see the module docstring).
 
   Args:
@@ -93,11 +111,21 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
     chunk: SGD steps per jitted call (``cljax.train.loop.Loop``, unrolled).
     init_params: the initialization every step restarts from (e.g. an MAE-pretrained ViT)
       instead of a random one; same network and structure.
+    betas: Adam's (β1, β2) (``adam``/``adamw``).
+    mixup_alpha, cutmix_alpha, mixup_prob, switch_prob, label_smoothing, augment, crop_scale,
+      flip: the DietCL reference's recipe on every memory batch (module docstring; all off by
+      default: plain CE on the stored rows).
   """
   for k, v in (("batch_size", batch_size), ("memory_size", memory_size), ("chunk", chunk)):
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
-  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay)
+  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay,
+                   betas=tuple(betas))
+  recipe = _phases.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
+                          float(switch_prob), float(label_smoothing), bool(augment),
+                          tuple(crop_scale), (0.2, 1.0), bool(flip))
+  if not (recipe.mixing or recipe.augment or label_smoothing):
+    recipe = None
   net = Net.named(model, num_classes, **(model_kwargs or {}))
   memory = buffers.get("greedy")
 
@@ -109,8 +137,8 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
                  mem=memory.init(k_mem, memory_size,
                                  jax.ShapeDtypeStruct(x.shape[1:], jnp.float32), num_classes))
 
-  loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, carry, data, key),
-              chunk=chunk, unroll=True)
+  loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, carry, data, key,
+                                                          recipe), chunk=chunk, unroll=True)
   reset = jax.jit(lambda p: (p, tx.init(p)))
 
   def end_of_step(state, key, budget=None, progress=None):

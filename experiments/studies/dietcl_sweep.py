@@ -9,8 +9,8 @@ al., ICLR 2024, Sec. 5: DietCL is ahead at sparse labels; robust across budgets 
   python experiments/studies/dietcl_sweep.py --workdir=DIR --label_rates=0.05 \
       --learners=dietcl,er,l2p,cassle,dualnet,ccic    # the paper's other baselines (issue 16)
 
-Every cell is one ``experiments/configs/dietcl.py`` run (mnist5k, class-incremental, 5 steps of 2
-classes by default, vit_micro) with ``budget.passes_per_step``, ``stream.label_rate`` and
+Every cell is one ``experiments/configs/dietcl.py`` run (Fashion-MNIST, class-incremental, 5
+steps of 2 classes by default, vit_micro) with ``budget.passes_per_step``, ``stream.label_rate`` and
 ``seed`` from the grid and ``learners`` from ``--learners``: ``dietcl`` (the paper's allocation),
 ``dietcl_ref`` (the reference code's recipe), the baselines, and the ablations of the paper's
 Table 2, each DietCL without one component (``ABLATIONS``: L_m as plain CE over all seen
@@ -68,7 +68,8 @@ def _define_flags() -> None:
                                       "dualnet, ccic) or an ablation.")
   F["mae"] = flags.DEFINE_bool("mae", True, "MAE base initialisation (trained once, shared).")
   F["cps"] = flags.DEFINE_integer("classes_per_step", 2, "Classes per time step (2: 5 steps).")
-  F["max_per_step"] = flags.DEFINE_integer("max_examples_per_step", 0, "Rows per step (0: all).")
+  F["max_per_step"] = flags.DEFINE_integer("max_examples_per_step", 0,
+                                          "Rows per step (0: the config's).")
   F["mae_epochs"] = flags.DEFINE_float("mae_epochs", 0.0, "MAE epochs (0: the config's).")
   F["base"] = flags.DEFINE_string("base", "", "With --mae: an MAE checkpoint folder every cell "
                                   "loads (e.g. a dietcl run's WORKDIR/base_init); '' trains one "
@@ -88,7 +89,8 @@ def cell_config(budget: int, label_rate: float, learners: str, mae: bool, base_c
   c.budget.passes_per_step = int(budget)
   c.stream.label_rate = float(label_rate)
   c.stream.classes_per_step = int(classes_per_step)
-  c.stream.max_examples_per_step = int(max_examples_per_step)
+  if max_examples_per_step:  # else the config's images a step
+    c.stream.max_examples_per_step = int(max_examples_per_step)
   c.plots = False
   if mae:
     if mae_epochs:
@@ -172,7 +174,7 @@ def plot(out: dict, path: str) -> str:
     ax.minorticks_off()
     ax.set_xlabel("label rate")
     ax.set_ylabel("final accuracy (mean ± std over seeds)")
-    ax.set_title(f"DietCL vs baselines, {b} passes/step (mnist5k)")
+    ax.set_title(f"DietCL vs baselines, {b} passes/step")
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

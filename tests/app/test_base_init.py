@@ -351,3 +351,34 @@ def test_pretrain_binary_exits_2_with_the_message(tmp_path):
                      capture_output=True, text=True, timeout=300, check=False)
   assert p.returncode == 2, p.stderr[-2000:]
   assert "error: unknown base_init.kind 'simclr'; valid: ['supervised', 'mae']" in p.stderr
+
+
+def test_in_domain_base_set_leaves_out_the_streams_images(tmp_path, monkeypatch):
+  """``base_init.dataset`` = the stream's own data set: the base set is its training images that
+  no step of the stream uses (in-domain, disjoint), never the stream's (a leak of the future);
+  a stream that uses every image leaves none: a clear error."""
+  seen = {}
+
+  def train_mae(model, x, num_classes, *, key, epochs, batch_size, lr, mask_ratio,
+                model_kwargs, log):
+    seen["x"] = np.asarray(x)
+    net = Net.named(model, num_classes, **model_kwargs)
+    return pretrain.Model(model, model_kwargs, net, net.init(key, x.shape[1:]))
+
+  monkeypatch.setattr(base_init, "train_mae", train_mae)
+  c = _config(kind="mae", classes=0, dataset="digits")
+  c.model = "mlp"
+  c.stream.max_examples_per_step = 50
+  s = settings.from_config(c)
+  stream = experiment.make_stream(s.stream)
+  base = experiment.base_model(s, stream, str(tmp_path), log=lambda m: None)
+  train = stream.dataset.train
+  used = np.concatenate(stream.steps)
+  rest = np.setdiff1d(np.arange(len(train)), used)
+  assert len(base.x) == len(train) - len(np.unique(used)) == len(rest)
+  np.testing.assert_array_equal(seen["x"], train.batch(rest))  # exactly the unused images
+  c.stream.max_examples_per_step = 0  # the stream uses every training image
+  s = settings.from_config(c)
+  with pytest.raises(experiment.ConfigError, match="no disjoint base images"):
+    experiment.base_model(s, experiment.make_stream(s.stream), str(tmp_path / "b"),
+                          log=lambda m: None)

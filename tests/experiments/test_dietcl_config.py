@@ -14,10 +14,21 @@ SMALL_VIT = {"patch": 7, "depth": 1, "dim": 16, "dec_dim": 16}  # compile time r
 def test_config_is_valid_and_complete():
   c = cfg_mod.get_config()
   experiment.validate_config(c)
-  assert {"dietcl", "dietcl_ref", "er", "gdumb", "ewc", "mas", "joint"} <= set(
+  assert {"dietcl", "dietcl_ref", "er", "er_plain", "gdumb", "ewc", "mas", "joint"} <= set(
       experiment.run_names(c))
   assert c.hparams.dietcl_ref.allocation == "reference_code" and c.hparams.dietcl_ref.w_r == 50
-  assert c.stream.label_rate == 0.05 and c.dataset == "mnist5k"
+  # The paper's ratios (docstring): 10 labels a class, about one pass, in-domain MAE base.
+  assert c.stream.label_rate == 0.01 and c.dataset == "fashion_mnist"
+  per_class = c.stream.max_examples_per_step / c.stream.classes_per_step
+  assert per_class * c.stream.label_rate == 10
+  assert c.budget.passes_per_step * c.budget.batch_size / c.stream.max_examples_per_step == (
+      pytest.approx(1.0, abs=0.05))
+  # No silent fallback of the base set: the data set is named without "?".
+  assert c.base_init.dataset == "fashion_mnist"
+  # The reference-built ER and GDumb use DietCL's recipe; the plain ER stays as its own run.
+  assert experiment.learner_of(c, "er") == "er_diet" and c.hparams.er.lr == c.hparams.dietcl.lr
+  assert experiment.learner_of(c, "er_plain") == "er"
+  assert c.hparams.gdumb.mixup_alpha == 0.8 and c.hparams.gdumb.augment
   assert c.base_init.kind == "mae" and c.model.startswith("vit_")
   assert c.hparams.dietcl.threshold == cfg_mod.THRESHOLD
   for opt in ("scratch", "small", "scratch,small", "base=/some/where"):
@@ -82,7 +93,7 @@ def test_reduced_run_with_mae_base_init(tmp_path):
   """The config's path end to end: MAE base init, then dietcl and joint from it (the other
   learners of the config are run in their own tests; each costs a ViT compile here)."""
   c = _reduced(cfg_mod.get_config("small"), "dietcl,joint")
-  c.base_init.epochs = 0.1  # 2 MAE steps of 256 on the stream's 4,000 training images
+  c.base_init.epochs = 0.01  # 2 MAE steps of 256 on Fashion's images outside the stream
   lines = []
   res = experiment.run_experiment(c, str(tmp_path), log=lines.append)
   run = res["runs"]["dietcl"]
@@ -92,5 +103,6 @@ def test_reduced_run_with_mae_base_init(tmp_path):
   assert [s["budget_used"] for s in res["runs"]["joint"]["steps"]] == [4.0, 8.0]
   assert not any("over the budget" in line for line in lines)
   assert any(line.startswith("[base_init] mae") for line in lines)
-  assert res["base_init"]["kind"] == "mae"
+  assert res["base_init"]["kind"] == "mae" and res["base_init"]["dataset"] == "fashion_mnist"
+  assert res["base_init"]["examples"] == 60000 - 2 * 96  # the stream's images left out
   assert os.path.isdir(tmp_path / "base_init")  # the MAE checkpoint every learner started from

@@ -47,3 +47,35 @@ def test_no_recompiles_across_steps_of_different_sizes_and_budgets(digits, compi
     _, spent = run_tasks(learner, x, y, [[1, 2, 3], [4, 5]], [11, 0], bs=16)
   assert spent == [11.0, 0.0]
   assert n[0] == 0, n
+
+
+@pytest.mark.slow
+def test_reference_recipe_mixes_every_memory_batch(digits):
+  """With the DietCL reference's recipe (Mixup/CutMix with label smoothing, as the DietCL config
+  runs GDumb), one step's loss is the soft-target CE of the mixed memory batch, computed here
+  from ``cljax.ops.mixup`` directly; the plain learner's is the hard-label CE."""
+  from cljax.learners import _phases, gdumb as gdumb_mod
+  from cljax.ops import buffers, mixup
+  from cljax.ops.losses import cross_entropy, mask_logits
+  x, y = digits
+  kw = dict(num_classes=10, batch_size=16, memory_size=40, lr=0.0, optimizer="adamw")
+  mixed_l = L.get("gdumb", **kw, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+  plain_l = L.get("gdumb", **kw)
+  key = jax.random.key(3)
+  for learner, mixed in ((mixed_l, True), (plain_l, False)):
+    state = learner.init(key, {"x": x[:16], "y": y[:16]})
+    state, _ = learner.update(state, {"x": x[:40], "y": y[:40]}, key)
+    step_key = jax.random.fold_in(jax.random.key(9), 0)  # the Loop's key of step 0
+    _, info = learner.end_of_step(state, jax.random.key(9), 1)
+    seen = gdumb_mod.in_memory(state)
+    net = gdumb_mod.Net.named("mlp", 10)
+    if mixed:
+      k_s, k_r = jax.random.split(step_key)
+      s = buffers.get("greedy").sample(state.mem, k_s, 16)
+      m = _phases.Recipe(0.8, 1.0, 1.0, 0.5, 0.1, False).batch(k_r, s.x, s.y, s.weight, seen)
+      want = mixup.soft_cross_entropy(net.apply(state.params, m.x), m.targets, m.weight, seen)
+      assert not np.allclose(np.asarray(m.targets).max(1), 1.0)  # soft targets
+    else:
+      s = buffers.get("greedy").sample(state.mem, step_key, 16)
+      want = cross_entropy(mask_logits(net.apply(state.params, s.x), seen), s.y, s.weight)
+    np.testing.assert_allclose(float(info.loss), float(want), rtol=1e-4)

@@ -32,7 +32,7 @@ def test_cell_config_sets_the_grid_and_shares_the_mae_checkpoint():
   experiment.validate_config(c)
   assert c.learners == "dietcl,l2p,cassle,dualnet,ccic"
   for name in ("l2p", "cassle", "dualnet", "ccic"):  # ER's memory: every label of the stream
-    assert c.hparams[name].memory_size == c.hparams.er.memory_size, name
+    assert c.hparams[name].memory_size == c.hparams.er_plain.memory_size, name
 
 
 def test_table_and_plot_from_cells(tmp_path):
