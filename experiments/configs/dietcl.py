@@ -138,7 +138,8 @@ def get_config(options: str = ""):
                           memory_size=STREAM_ROWS)
   c.hparams.dualnet = dict(lr=1e-3, slow_lr=1e-3, threshold=0.5, proj_dim=128, proj_hidden=128,
                            memory_size=STREAM_ROWS)
-  c.hparams.ccic = dict(lr=1e-3, memory_size=STREAM_ROWS)
+  # CCIC at its reference lr 1e-4 (mammoth models/config/ccic.yaml), the learner's default.
+  c.hparams.ccic = dict(memory_size=STREAM_ROWS)
   c.eval.every_examples = 0
   if "small" in opts:
     c.stream.max_examples_per_step = 300
