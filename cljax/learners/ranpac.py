@@ -27,7 +27,8 @@ splits the task's rows, in loader order, into a first 80% and a last 20%; a stre
 20%" known in advance, so here every fifth row of the step (stream positions 4, 9, 14, ...) is a
 validation row, the same 80 / 20 proportions (and every class represented when a step arrives
 class by class). The step's fit and validation statistics are sums too (G_fit, C_fit, G_val,
-C_val), so the rule needs no stored rows: squared error = tr(Wᵀ G_val W) − 2 tr(Wᵀ C_val) + n_val
+C_val; the fit ones are the step's G and C less the validation ones), so the rule needs no
+stored rows: squared error = tr(Wᵀ G_val W) − 2 tr(Wᵀ C_val) + n_val
 (``cljax.ops.analytic.select_ridge``). A float ``ridge`` skips the search (and the step
 statistics). A step with no validation row keeps the previous λ.
 
@@ -35,8 +36,9 @@ Until the first ``end_of_step`` (or after updates since the last one) ``predict`
 fly with the current λ (``ridge_init`` before any search), so predictions are always of the
 current statistics; ``end_of_step`` caches W.
 
-State and cost: G, and with ``ridge="auto"`` the step's G_fit and G_val, each M x M float32
-(400 MB each at M = 10,000: 1.2 GB; run small M on a CPU); 2·M²·B FLOPs per batch; each step end
+State and cost: G, and with ``ridge="auto"`` G at the step's start and the step's G_val, each
+M x M float32 (400 MB each at M = 10,000: 1.2 GB; run small M on a CPU); 2·M²·B FLOPs per batch
+(4·M²·B with the search: G and G_val); each step end
 17 Cholesky solves of M x M for the search plus one for W. On a mesh the batch's projected
 features are gathered and applied alike on every device (as SLDA), so N devices give the
 one-device statistics; partial states over disjoint rows merge by adding their sums
@@ -70,8 +72,10 @@ class State(NamedTuple):
   gram: [M, M] float32 G = Σ hᵀh over every row so far.
   targets: [M, K] float32 C = Σ hᵀy.
   counts: [K] int32 examples of each class (unseen classes score −inf).
-  step_fit, step_fit_targets, step_val, step_val_targets: this step's G and C of its fit rows and
-    of its validation rows ([M, M] and [M, K]; [0, 0] and [0, K] with a fixed ``ridge``).
+  step_start, step_start_targets: G and C as they were when this step began; step_val,
+    step_val_targets: G and C of this step's validation rows. The step's fit statistics are
+    G − G_start − G_val (one product per batch fewer than keeping them apart). [M, M] and
+    [M, K]; [0, 0] and [0, K] with a fixed ``ridge``.
   step_rows: [] int32 rows of this step so far (every ``VAL_EVERY``-th one validates).
   step_val_rows: [] int32 validation rows of this step.
   ridge: [] float32 λ in use.
@@ -83,8 +87,8 @@ class State(NamedTuple):
   gram: jax.Array
   targets: jax.Array
   counts: jax.Array
-  step_fit: jax.Array
-  step_fit_targets: jax.Array
+  step_start: jax.Array
+  step_start_targets: jax.Array
   step_val: jax.Array
   step_val_targets: jax.Array
   step_rows: jax.Array
@@ -121,10 +125,9 @@ def update(state: State, batch, key, *, backbone: Optional[Callable]) -> tuple:
                        used.astype(jnp.int32),
                        step_rows=state.step_rows + used.sum().astype(jnp.int32),
                        stale=jnp.ones((), jnp.bool_))
-  if state.step_fit.shape[0]:  # ridge="auto": the step's split statistics
-    fg, fq = analytic.gram_update(state.step_fit, state.step_fit_targets, h, y, used & ~val)
+  if state.step_val.shape[0]:  # ridge="auto": the step's validation statistics
     vg, vq = analytic.gram_update(state.step_val, state.step_val_targets, h, y, val)
-    new = new._replace(step_fit=fg, step_fit_targets=fq, step_val=vg, step_val_targets=vq,
+    new = new._replace(step_val=vg, step_val_targets=vq,
                        step_val_rows=state.step_val_rows + val.sum().astype(jnp.int32))
   return new, contract.info(examples=used.sum().astype(jnp.int32))
 
@@ -141,15 +144,17 @@ def end_of_step(state: State, *, search: bool) -> tuple:
   Returns (state, ridge [] float32)."""
   ridge = state.ridge
   if search:
-    lam, _ = analytic.select_ridge(state.step_fit, state.step_fit_targets, state.step_val,
-                                   state.step_val_targets, state.step_val_rows,
-                                   jnp.asarray(RIDGES, jnp.float32))
+    fit_g = state.gram - state.step_start - state.step_val
+    fit_q = state.targets - state.step_start_targets - state.step_val_targets
+    lam, _ = analytic.select_ridge(fit_g, fit_q, state.step_val, state.step_val_targets,
+                                   state.step_val_rows, jnp.asarray(RIDGES, jnp.float32))
     ridge = jnp.where(state.step_val_rows > 0, lam, state.ridge)
   state = state._replace(ridge=ridge)
   w = lax.cond(state.stale, solve, lambda s: s.weights, state)
-  zero = lambda a: jnp.zeros_like(a)
+  zero = jnp.zeros_like
+  if search:
+    state = state._replace(step_start=state.gram, step_start_targets=state.targets)
   return state._replace(weights=w, stale=jnp.zeros((), jnp.bool_),
-                        step_fit=zero(state.step_fit), step_fit_targets=zero(state.step_fit_targets),
                         step_val=zero(state.step_val), step_val_targets=zero(state.step_val_targets),
                         step_rows=zero(state.step_rows), step_val_rows=zero(state.step_val_rows)), ridge
 

@@ -63,7 +63,8 @@ def test_statistics_ridge_rule_and_solution_match_numpy_on_digits():
     seen = h[:rows[-1] + 1]
     w = np.linalg.solve(seen.T @ seen + got * np.eye(200), seen.T @ np.eye(10)[y[:rows[-1] + 1]])
     np.testing.assert_allclose(np.asarray(state.weights), w, atol=2e-3 * np.abs(w).max())
-    assert int(state.step_rows) == 0 and float(np.abs(np.asarray(state.step_fit)).max()) == 0
+    assert int(state.step_rows) == 0 and float(np.abs(np.asarray(state.step_val)).max()) == 0
+    np.testing.assert_array_equal(np.asarray(state.step_start), np.asarray(state.gram))
   acc = (np.asarray(learner.predict(state, x)).argmax(1) == y).mean()
   assert acc > 0.95, acc
 
@@ -72,7 +73,7 @@ def test_fixed_ridge_keeps_no_step_statistics_and_stale_predict_solves():
   x, y = _digits()
   learner = cljax.learners.get("ranpac", num_classes=10, projection_dim=0, ridge=1.0)
   state = learner.init(None, {"x": x[:4], "y": y[:4]})
-  assert state.step_fit.shape == (0, 0) and state.projection is None
+  assert state.step_val.shape == (0, 0) == state.step_start.shape and state.projection is None
   state = _feed(learner, state, x, y, [100])
   before = np.asarray(learner.predict(state, x))  # stale: solved on the fly
   state, _ = learner.end_of_step(state, jax.random.key(0))
