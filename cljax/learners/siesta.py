@@ -78,7 +78,7 @@ class CosineTop(nnx.Module):
 
   def __call__(self, x, use_running_average: Optional[bool] = None, mask=None):
     h = self.features(x, use_running_average, mask)
-    return cosine_logits(h, self.f.fc.kernel.value, self.f.fc.bias.value, self.sigma.value)
+    return cosine_logits(h, self.f.fc.kernel[...], self.f.fc.bias[...], self.sigma[...])
 
 
 def cosine_logits(h: jax.Array, kernel: jax.Array, bias: jax.Array, sigma) -> jax.Array:
