@@ -26,8 +26,8 @@ images/s on 2 CPU cores: about 4 minutes, once). Class-incremental, 5 steps of 2
 The argument is ``DATASET[,iid][,maps][,small]``: ``iid`` streams the classes mixed; ``maps`` runs
 REMIND on blocks.10 maps; ``small`` uses a 2,000 / 1,000 stratified subset (smoke runs).
 
-Sizes are those of the CPU runs in notes/frozen_features.md: RanPAC's projection M = 2,048 and
-ACIL's expansion 2,048 instead of the papers' 10,000 and 8,192, KLDA's D = 2,048 (M x M float32
+Sizes are those of the CPU runs in notes/frozen_features.md: RanPAC's projection M = 1,024 and
+ACIL's expansion 1,024 instead of the papers' 10,000 and 8,192, KLDA's D = 1,024 (M x M float32
 statistics: 3 x 400 MB and a 10,000^3 solve per λ at the papers' sizes). On a GPU, the papers'
 sizes at the network's 224 px:
 
@@ -39,7 +39,7 @@ sizes at the network's 224 px:
 from cljax.app.config_schema import base_config
 
 SPLIT = "blocks.10"
-PROJECTION = 2048  # RanPAC M, ACIL D, KLDA D on the CPU (papers: 10,000, 8,192, 5,000-25,000)
+PROJECTION = 1024  # RanPAC M, ACIL D, KLDA D on the CPU (papers: 10,000, 8,192, 5,000-25,000)
 MEMORY_ITEMS = 1000  # ER's and ExStream's buffer, examples (pooled features: 5,120 B each)
 
 
