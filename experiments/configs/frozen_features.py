@@ -13,7 +13,9 @@ caches its pooled 1,280-d features of every image once), then one pass over the 
 
 REMIND and SIESTA learn the top of the network from PQ-compressed mid-network maps, a different
 input (``layer="blocks.10"``): their arm is the ``maps`` variant below, on the same images and
-stream, with its own offline reference on the same trainable top.
+stream, with its own offline reference on the same trainable top, at equal memory (the same
+codebook and number of coded items) and equal rehearsal (SIESTA's sleep budget is the rows
+REMIND replays: 21 per example).
 
 Fashion-MNIST, all 60,000 training and 10,000 test images (extraction measured at about 320
 images/s on 2 CPU cores: about 4 minutes, once). Class-incremental, 5 steps of 2 classes, or iid.
@@ -40,7 +42,10 @@ from cljax.app.config_schema import base_config
 
 SPLIT = "blocks.10"
 PROJECTION = 1024  # RanPAC M, ACIL D, KLDA D on the CPU (papers: 10,000, 8,192, 5,000-25,000)
-MEMORY_ITEMS = 1000  # ER's and ExStream's buffer, examples (pooled features: 5,120 B each)
+MEMORY_ITEMS = 1000  # every replay buffer, examples (pooled features: 5,120 B each; PQ codes: 112 B)
+REHEARSAL_ROWS_PER_EXAMPLE = 21  # REMIND's 1 new + r = 20 mixed replay rows per SGD step
+STEP_EXAMPLES = {"mnist5k": 800, "mnist5k,small": 800, "fashion_mnist": 12000,
+                 "fashion_mnist,small": 400}
 
 
 def _dataset_kwargs(dataset: str, layer: str, small: bool) -> dict:
@@ -72,7 +77,8 @@ def get_config(arg: str = "fashion_mnist"):
   c.budget.batch_size = 32
   sgd = dict(optimizer="sgd", lr=0.01, momentum=0.9, chunk=1)
   if maps:
-    # REMIND as in remind_pretrained.py (F = blocks 11-15 + head, base-trained on step 0).
+    # REMIND as in remind_pretrained.py and SIESTA: F = blocks 11-15 + head, base-trained on
+    # step 0 (the first 2 classes), inputs G's 4 x 4 x 112 maps.
     c.model = "efficientnet_lite0_head"
     c.model_kwargs = dict(split=SPLIT)
     c.base_init.classes = 2
@@ -81,8 +87,15 @@ def get_config(arg: str = "fashion_mnist"):
     c.base_init.lr = 0.01
     c.base_init.momentum = 0.9
     c.base_init.weight_decay = 1e-4
-    c.learners = "remind,offline"
-    c.budget.passes_per_step = 300
+    c.learners = "siesta,remind,offline"
+    # Equal rehearsal: REMIND takes one SGD step of 1 + r = 21 rows per example; SIESTA sleeps
+    # 21 * step_size / 32 passes of 32 rows (mnist5k: 800 examples a step -> 525 passes).
+    c.budget.passes_per_step = REHEARSAL_ROWS_PER_EXAMPLE * STEP_EXAMPLES[c.dataset_kwargs[
+        "source"] + (",small" if "small" in flags else "")] // 32
+    # Equal memory: the same codebook (7 x 256 on the 112-d maps) and MEMORY_ITEMS items of
+    # 4 x 4 x 7 code bytes; SIESTA also keeps its [K, 1280] class means (51 KB).
+    c.hparams.siesta = dict(num_subvectors=7, num_centroids=256, pq_iters=25,
+                            buffer_capacity=MEMORY_ITEMS, sleep_lr=0.05, prefill_buffer=False)
     c.hparams.remind = dict(split="none", num_subvectors=7, num_centroids=256, pq_iters=25,
                             buffer_capacity=MEMORY_ITEMS, replay_size=20, lr_step=30, lr0=0.01,
                             prefill_buffer=False)
