@@ -26,6 +26,7 @@ import jax.numpy as jnp
 _HI = lax.Precision.HIGHEST
 
 INITS = ("normal", "uniform")
+_SMALL_BLOCK = 4  # rls_update: blocks of at most this many rows invert their Cholesky factor
 
 
 def features(x: jax.Array, backbone=None) -> jax.Array:
@@ -130,18 +131,30 @@ def rls_update(r: jax.Array, w: jax.Array, x: jax.Array, y: jax.Array,
 
   with R = (Σ XᵀX + γI)⁻¹ [d, d] and W [d, K] = R Σ XᵀY before and after: the ridge solution of
   every row so far, whatever the blocks. Masked rows are zeroed (a zero row leaves R and W
-  unchanged). K is solved by Cholesky (I + X R Xᵀ is symmetric positive definite) rather than
-  inverted, and R is symmetrised after the update so that rounding does not accumulate an
-  antisymmetric part over a long stream.
+  unchanged). K is applied through a Cholesky factor of I + X R Xᵀ (symmetric positive definite)
+  rather than inverted, as the symmetric product A Aᵀ, A = R Xᵀ L⁻ᵀ, so R stays symmetric.
   """
   onehot, wr = masked_targets(y, mask, w.shape[1])
   x = x * wr[:, None]
   rx = jnp.dot(r, x.T, precision=_HI)  # R Xᵀ [d, B]
   s = jnp.eye(x.shape[0], dtype=jnp.float32) + jnp.dot(x, rx, precision=_HI)
-  cf = jax.scipy.linalg.cho_factor(0.5 * (s + s.T), lower=True)
-  r = r - jnp.dot(rx, jax.scipy.linalg.cho_solve(cf, rx.T), precision=_HI)
-  r = 0.5 * (r + r.T)
+  chol = jnp.linalg.cholesky(0.5 * (s + s.T))  # I + X R Xᵀ = L Lᵀ, [B, B]
+  # R Xᵀ K X R = A Aᵀ with A = R Xᵀ L⁻ᵀ [d, B]: the update is a symmetric rank-B product, so R
+  # stays symmetric without a d x d transpose per block (measured: 29 ms of 180 at d = 1024).
+  if x.shape[0] <= _SMALL_BLOCK:
+    # L⁻¹ by a B x B triangular solve, then one matmul: XLA:CPU's triangular solve against the
+    # d right-hand sides of rxᵀ was 30x slower at B = 1 (31 ms against 1 ms at d = 1024), and
+    # for a few rows the explicit factor inverse loses nothing.
+    l_inv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(x.shape[0], dtype=jnp.float32),
+                                              lower=True)
+    a = jnp.dot(rx, l_inv.T, precision=_HI)
+  else:
+    # Larger blocks: the backward-stable solve (an explicit L⁻¹ of a 22-row block of digits
+    # measured 6e-4 of max |W| off the joint solution, this 1e-4); its cost is shared by B rows.
+    a = jax.scipy.linalg.solve_triangular(chol, rx.T, lower=True).T
+  r = r - jnp.dot(a, a.T, precision=_HI)
   resid = onehot - jnp.dot(x, w, precision=_HI)
+  # The new R times Xᵀ directly: rx − A (Aᵀ Xᵀ) is cheaper but measured 2x less accurate.
   w = w + jnp.dot(jnp.dot(r, x.T, precision=_HI), resid, precision=_HI)
   return r, w
 

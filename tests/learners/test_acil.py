@@ -63,8 +63,8 @@ def test_masked_rows_unseen_classes_and_validation():
   first = np.flatnonzero(y < 3)[:64]
   state, info = learner.update(state, {"x": x[first], "y": y[first], "valid": keep}, None)
   assert int(info.extra["examples"]) == keep.sum()
-  np.testing.assert_allclose(np.asarray(state.weights),
-                             _joint_ridge(x[first][keep], y[first][keep], 0.1), atol=1e-4)
+  ref = _joint_ridge(x[first][keep], y[first][keep], 0.1)
+  np.testing.assert_allclose(np.asarray(state.weights), ref, atol=5e-4 * np.abs(ref).max())
   s = np.asarray(learner.predict(state, x[:5]))
   assert np.isneginf(s[:, 3:]).all()
   for bad in (dict(ridge=0.0), dict(expansion_dim=-1)):
