@@ -17,8 +17,9 @@ and fed the stream's first ``--calls`` + 10 training examples one at a time; the
 (until its result is ready) are reported, with the state's size in bytes (every array leaf; fixed
 shapes, so the size after ``init`` is the size at any point of the stream).
 
-``--table`` prints the markdown table of ``experiments/studies/seeds.py``'s seeds.json files
-(final and average accuracy, Ω, examples/s: mean ± std over the seeds) with the latency columns.
+``--table`` prints the markdown table of ``experiments/studies/seeds.py``'s seeds.json files, or
+of seeds workdirs (the runs their seed*/results.json hold so far), with final and average
+accuracy, Ω and examples/s (mean ± std over the seeds) and the latency columns.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ config_flags.DEFINE_config_file("config", None, "experiment config")
 flags.DEFINE_string("workdir", "", "where the base initialisation is loaded from (or saved)")
 flags.DEFINE_integer("calls", 200, "timed update calls per learner (after 10 warm-up calls)")
 flags.DEFINE_string("out", "", "JSON file for the latency and memory records")
-flags.DEFINE_string("table", "", "comma-separated seeds.json files to tabulate")
+flags.DEFINE_string("table", "", "comma-separated seeds.json files or seeds workdirs")
 flags.DEFINE_string("latency", "", "comma-separated latency JSON files (--out) for the table")
 
 
@@ -93,6 +94,22 @@ def _fmt(m, s, scale=1.0, digits=3):
   return f"{m * scale:.{digits}f} ± {(s or 0.0) * scale:.{digits}f}"
 
 
+def _summary(path: str) -> dict:
+  """A seeds.json, or for a seeds workdir still running (or stopped), the summary of the runs
+  its seed*/results.json files hold so far (``seeds.summarize`` of ``seeds.cells_of``)."""
+  if path.endswith(".json"):
+    with open(path) as fh:
+      return json.load(fh)
+  from experiments.studies import seeds  # pylint: disable=import-outside-toplevel
+  cells = []
+  for sub in sorted(os.listdir(path)):
+    res = os.path.join(path, sub, "results.json")
+    if sub.startswith("seed") and os.path.exists(res):
+      with open(res) as fh:
+        cells += seeds.cells_of(json.load(fh), seed=int(sub[4:]))
+  return {"summary": seeds.summarize(cells)}
+
+
 def table(seed_files: list, latency_files: list) -> str:
   """Markdown rows: run, final, average, Ω, ex/s (mean ± std), state bytes, latency median/p99."""
   lat = {}
@@ -103,9 +120,9 @@ def table(seed_files: list, latency_files: list) -> str:
   lines = ["| stream | run | seeds | final acc | average acc | Ω | examples/s | state bytes | "
            "update ms, median / p99 (batch 1) |", "|---|---|---|---|---|---|---|---|---|"]
   for f in seed_files:
-    with open(f) as fh:
-      d = json.load(fh)
-    name = os.path.basename(os.path.dirname(os.path.abspath(f)))
+    d = _summary(f)
+    name = os.path.basename(os.path.dirname(os.path.abspath(f))) if f.endswith(".json") else \
+        os.path.basename(os.path.abspath(f))
     for r in d["summary"]:
       lr = lat.get(r["learner"], {})
       lines.append(
@@ -113,7 +130,7 @@ def table(seed_files: list, latency_files: list) -> str:
           f" | {_fmt(r.get('average_accuracy_mean'), r.get('average_accuracy_std'))} | "
           f"{_fmt(r.get('omega_mean'), r.get('omega_std'))} | "
           f"{_fmt(r.get('examples_per_s_mean'), r.get('examples_per_s_std'), digits=0)} | "
-          f"{lr.get('state_bytes', '-'):,} | "
+          + (f"{lr['state_bytes']:,} | " if lr else "- | ")
           + (f"{lr['latency_ms_median']:.2f} / {lr['latency_ms_p99']:.2f} |" if lr else "- |"))
   return "\n".join(lines)
 
