@@ -32,6 +32,17 @@ def test_slda_passes_sklearn_estimator_checks(estimator, check):
   check(estimator)
 
 
+@parametrize_with_checks([StreamingClassifier("ncm")])
+def test_ncm_passes_sklearn_estimator_checks(estimator, check):
+  check(estimator)
+
+
+@pytest.mark.slow  # about 13 s on 2 cores
+@parametrize_with_checks([StreamingClassifier("acil", hparams={"expansion_dim": 0})])
+def test_acil_passes_sklearn_estimator_checks(estimator, check):
+  check(estimator)
+
+
 @pytest.mark.slow
 @parametrize_with_checks([StreamingClassifier("randumb", hparams={"embed_dim": 256})])
 def test_randumb_passes_sklearn_estimator_checks(estimator, check):

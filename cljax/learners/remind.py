@@ -71,6 +71,7 @@ from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import feature_aug
 from cljax.ops import pq
+from cljax.ops import pq_maps
 from cljax.train.loop import Loop
 from cljax.train.loop import apply_updates
 
@@ -124,43 +125,18 @@ def uses_matmul_conv_grad(matmul_conv_grad: Optional[bool] = None) -> bool:
   return jax.default_backend() == "cpu" if matmul_conv_grad is None else bool(matmul_conv_grad)
 
 
-def quantize(codebook: jax.Array, feats: jax.Array) -> jax.Array:
-  """Codes [N, H, W, M] uint8 of maps [N, H, W, D]: the nearest centroid of each sub-vector."""
-  n, h, w, d = feats.shape
-  return pq.encode(codebook, feats.reshape(n * h * w, d), batch_size=None).reshape(
-      n, h, w, codebook.shape[0])
-
-
-def dequantize(codebook: jax.Array, codes: jax.Array) -> jax.Array:
-  """Maps [N, H, W, D] float32 decoded from codes [N, H, W, M]."""
-  m, _, ds = codebook.shape
-  n, h, w, _ = codes.shape
-  return pq.decode(codebook, codes.reshape(n * h * w, m)).reshape(n, h, w, m * ds)
+# The map-shaped PQ kernels live in cljax.ops.pq_maps (shared with SIESTA); the names REMIND
+# has always exported stay.
+quantize = pq_maps.encode
+dequantize = pq_maps.decode
+capacity_for = pq_maps.capacity_for
 
 
 def features(x: jax.Array, g_fn: Optional[Callable], codebook_shape: tuple) -> jax.Array:
   """G's maps [B, H, W, D] float32 of inputs x (x itself without ``g_fn``); D must be the
   codebook's M * D / M."""
-  feats = g_fn(x) if g_fn is not None else x
-  m, _, ds = codebook_shape
-  if feats.ndim != 4 or feats.shape[-1] != m * ds:
-    raise ValueError(f"features must be [B, H, W, {m * ds}] for a codebook of shape "
-                     f"{tuple(codebook_shape)}, got {feats.shape}")
-  return feats.astype(jnp.float32)
+  return pq_maps.check_maps(g_fn(x) if g_fn is not None else x, codebook_shape)
 
-
-def capacity_for(buffer_capacity: int, buffer_bytes: int, codebook_shape: tuple, h: int,
-                 w: int) -> int:
-  """Buffer slots: ``buffer_capacity``, or the items whose [h, w, M] codes fit in
-  ``buffer_bytes`` once the float32 codebook is paid for (``pq.capacity_for_bytes``) when > 0."""
-  if buffer_bytes <= 0:
-    return int(buffer_capacity)
-  m, c, ds = codebook_shape
-  cap = pq.capacity_for_bytes(int(buffer_bytes), m, c, m * ds, vectors_per_item=h * w)
-  if cap < 1:
-    raise ValueError(f"buffer_bytes={buffer_bytes} does not even pay for the codebook "
-                     f"({pq.memory_bytes(0, m, c, m * ds)['codebook']} B)")
-  return cap
 
 class _Head:
   """F as pure functions: ``Net.of(F)``, plus a second graph of the same variables whose
