@@ -125,13 +125,6 @@ def uses_matmul_conv_grad(matmul_conv_grad: Optional[bool] = None) -> bool:
   return jax.default_backend() == "cpu" if matmul_conv_grad is None else bool(matmul_conv_grad)
 
 
-# The map-shaped PQ kernels live in cljax.ops.pq_maps (shared with SIESTA); the names REMIND
-# has always exported stay.
-quantize = pq_maps.encode
-dequantize = pq_maps.decode
-capacity_for = pq_maps.capacity_for
-
-
 def features(x: jax.Array, g_fn: Optional[Callable], codebook_shape: tuple) -> jax.Array:
   """G's maps [B, H, W, D] float32 of inputs x (x itself without ``g_fn``); D must be the
   codebook's M * D / M."""
@@ -267,7 +260,7 @@ def sgd_step(small: tuple, buffer, codebook: jax.Array, new_codes: jax.Array, y:
     codes = jnp.concatenate([new_codes, replay.x])
   else:
     codes = new_codes
-  x = dequantize(codebook, codes)  # [b + 2r, H, W, D]
+  x = pq_maps.decode(codebook, codes)  # [b + 2r, H, W, D]
   if crop is not None:
     x = feature_aug.random_resized_crop(k_crop, x, *crop)
   use_f = use.astype(jnp.float32)
@@ -316,7 +309,7 @@ def loop_step(state: State, data: tuple, key: jax.Array, i: jax.Array, stop: jax
   """
   del key, i, stop
   codebook, (x, y, use, k) = data
-  new_codes = quantize(codebook, x)
+  new_codes = pq_maps.encode(codebook, x)
   small = (state.params, state.opt, state.class_seen)
   taken = jnp.any(use)
   if masked:
@@ -354,7 +347,7 @@ def update(state: State, batch, key: jax.Array, *, features: Callable, new_per_s
 
 def predict(state: State, x: jax.Array, *, features: Callable, net: Net) -> jax.Array:
   """Logits [B, K]: F in eval mode on the encoded-then-decoded maps of x."""
-  recon = dequantize(state.codebook, quantize(state.codebook, features(x)))
+  recon = pq_maps.decode(state.codebook, pq_maps.encode(state.codebook, features(x)))
   return net.apply(state.params, recon)
 
 
@@ -474,8 +467,8 @@ def remind(*, num_classes: int,
   def init(key, example_batch):
     state = init_state(key, example_batch, features=feats_of, net=head.net, params=head.params,
                        tx=tx, num_classes=num_classes, codebook=codebook,
-                       capacity=functools.partial(capacity_for, buffer_capacity, buffer_bytes,
-                                                  codebook.shape))
+                       capacity=functools.partial(pq_maps.capacity_for, buffer_capacity,
+                                                  buffer_bytes, codebook.shape))
     if base_features is not None and prefill_buffer:
       state = fill_buffer(state, base_features, base_labels)
     return state
@@ -492,8 +485,8 @@ def remind(*, num_classes: int,
 
 @functools.partial(jax.jit, donate_argnums=0)
 def _fill_chunk(state: State, feats, labels, mask) -> State:
-  return state._replace(buffer=CODES.insert(state.buffer, quantize(state.codebook, feats), labels,
-                                            mask))
+  codes = pq_maps.encode(state.codebook, feats)
+  return state._replace(buffer=CODES.insert(state.buffer, codes, labels, mask))
 
 
 def fill_buffer(state: State, features, labels, chunk: int = 512) -> State:

@@ -55,6 +55,8 @@ DOCUMENTED_OPTIONS = {
     "class_incremental": [None], "demo": [None], "exstream": [None], "slda": [None],
     "dietcl": [None, "scratch", "small", "scratch,small", "base=/w/base_init"],
     "exstream_pretrained": [None, "fashion_mnist", "mnist5k"],
+    "frozen_features": [None, "fashion_mnist", "mnist5k", "mnist5k,iid", "fashion_mnist,maps",
+                        "mnist5k,maps", "fashion_mnist,small"],
     "randumb": [None, "mnist5k", "fashion_mnist"],
     "remind": [None, "mnist5k", "fashion_mnist"],
     "remind_pretrained": [None, "fashion_mnist", "mnist5k"],

@@ -19,7 +19,7 @@ def test_names_and_declared_inputs():
 
 def test_unknown_names_and_hparams_list_the_valid_ones():
   with pytest.raises(ValueError,
-                     match=r"unknown learner 'nope'; valid learners: \['cassle', 'ccic', 'dietcl'"):
+                     match=r"unknown learner 'nope'; valid learners: \['acil', 'cassle', 'ccic', 'dietcl'"):
     L.get("nope", num_classes=3)
   with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['lrr'\].*valid: .*'lr'"):
     L.get("er", num_classes=3, lrr=0.1)
