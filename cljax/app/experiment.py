@@ -18,6 +18,7 @@ are added.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -113,6 +114,7 @@ def prepare(settings: Settings, workdir: str, resume: bool, log: Callable[[str],
   built here once), the workdir's record. ``specs``: the runs about to be made (default: every
   run of the settings)."""
   workdir = workdir_lib.prepare(workdir)
+  workdir_lib.check_unlocked(workdir)  # another run writing there: refused before any work
   stream = make_stream(settings.stream)
   if stream.dataset.inferred_num_classes:
     log(f"data: num_classes not given: {stream.dataset.num_classes} classes inferred from the "
@@ -152,6 +154,21 @@ def pretrain_base(settings: Settings, workdir: str,
     raise ConfigError(
         f"base_init.checkpoint is set ({b.checkpoint}): nothing to pretrain; "
         "clear it (--config.base_init.checkpoint='') to train one")
+  with _writer_lock(workdir, log):
+    return _pretrain_base(settings, workdir, log)
+
+
+def _writer_lock(workdir: str, log: Callable[[str], None]):
+  """``cljax.app.workdir.lock`` of ``workdir`` in the process that writes (the primary): one run
+  per workdir, whatever its process count (the others are refused in ``prepare``)."""
+  if not distributed.primary():
+    return contextlib.nullcontext()
+  return workdir_lib.lock(workdir_lib.prepare(workdir), log)
+
+
+def _pretrain_base(settings: Settings, workdir: str, log: Callable[[str], None]
+                   ) -> pretrain.BaseInit:
+  b = settings.base_init
   # The base network belongs to the experiment: recorded, so that run.py in this workdir
   # refuses a config that would have trained another one.
   p = prepare(settings, workdir, resume=True, log=log, specs=[])
@@ -179,7 +196,15 @@ def run(settings: Settings, workdir: str, resume: bool = False,
   base initialisation they may need. results.json keeps the runs of earlier calls in
   ``workdir``. ``settings.log`` names the loggers (``cljax.eval.loggers``) that get each step's
   metrics and evaluation points while the runs go.
+
+  One run writes to a workdir at a time (``cljax.app.workdir.lock``): another run holding it
+  makes this one refuse (``ConfigError`` naming its pid and host) before anything is read.
   """
+  with _writer_lock(workdir, log):
+    return _run(settings, workdir, resume, log)
+
+
+def _run(settings: Settings, workdir: str, resume: bool, log: Callable[[str], None]) -> dict:
   p = prepare(settings, workdir, resume, log)
   workdir, stream = p.workdir, p.stream
   # Several processes: every one checks the workdir before the primary, alone, writes to it.
