@@ -49,7 +49,8 @@ def make_stream(s: settings_lib.StreamSettings):
   return data_lib.make_stream(
       ds, s.ordering, classes_per_step=s.classes_per_step, num_steps=s.num_steps,
       label_rate=s.label_rate, seed=s.seed, max_examples_per_step=s.max_examples_per_step,
-      first_step_classes=s.first_step_classes, label_noise=s.label_noise)
+      first_step_classes=s.first_step_classes, label_noise=s.label_noise,
+      val_fraction=s.val_fraction, val_folds=s.val_folds, val_fold=s.val_fold)
 
 
 def learner_inputs(settings: Settings, stream, base: Optional[pretrain.BaseInit] = None) -> dict:
