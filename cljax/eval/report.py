@@ -9,7 +9,11 @@ from typing import Optional
 
 import numpy as np
 
+from cljax.eval import metrics as M
 from cljax.eval.results import COLUMNS
+
+# A step record's losses drawn by ``loss_curves.png``: (key, legend label, line style).
+LOSSES = (("loss", "train", "-"), ("val_loss", "validation", "--"), ("test_loss", "test", ":"))
 
 
 def _clean(v):
@@ -53,13 +57,27 @@ def table(runs: dict) -> str:
   return "\n".join(lines)
 
 
-def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
-  """accuracy over the stream (all learners), and per learner an accuracy-matrix heatmap and a
-  confusion matrix. Returns the written paths."""
+def _pyplot():
+  """matplotlib's pyplot on the Agg backend (files only: no display needed), imported late
+  because matplotlib costs ~0.5 s to import and a run without plots never needs it."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
 
+
+def _save(plt, fig, outdir: str, name: str, paths: list) -> None:
+  """Writes ``fig`` to ``outdir/name``, closes it and appends the path to ``paths``."""
+  fig.tight_layout()
+  paths.append(os.path.join(outdir, name))
+  fig.savefig(paths[-1], dpi=110)
+  plt.close(fig)
+
+
+def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
+  """accuracy over the stream (all learners), and per learner an accuracy-matrix heatmap and a
+  confusion matrix. Returns the written paths."""
+  plt = _pyplot()
   os.makedirs(outdir, exist_ok=True)
   paths = []
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -74,10 +92,7 @@ def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
   ax.grid(alpha=0.3)
   ax.legend()
   ax.set_title("Accuracy over the stream")
-  fig.tight_layout()
-  paths.append(os.path.join(outdir, "accuracy.png"))
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
+  _save(plt, fig, outdir, "accuracy.png", paths)
 
   for name, r in runs.items():
     acc = np.asarray([[np.nan if v is None else v for v in row] for row in r["accuracy_matrix"]],
@@ -93,10 +108,7 @@ def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
     ax.set_ylabel("after step t")
     ax.set_title(f"{name}: a[t, j]")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    paths.append(os.path.join(outdir, f"accuracy_matrix_{name}.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    _save(plt, fig, outdir, f"accuracy_matrix_{name}.png", paths)
 
     cm = np.asarray(r.get("confusion_matrix") or [], float)
     if cm.size:
@@ -110,8 +122,163 @@ def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
       ax.set_ylabel("true")
       ax.set_title(f"{name}: confusion (final, row-normalised)")
       fig.colorbar(im, ax=ax, fraction=0.046)
-      fig.tight_layout()
-      paths.append(os.path.join(outdir, f"confusion_{name}.png"))
-      fig.savefig(paths[-1], dpi=110)
-      plt.close(fig)
+      _save(plt, fig, outdir, f"confusion_{name}.png", paths)
+  return paths
+
+
+# --- diagnostics of the final models ----------------------------------------------------------
+
+def _grid(plt, n: int, width: float = 4.0, height: float = 3.4):
+  """A figure of ``n`` panels in rows of at most 3; returns (fig, [n] axes), spare axes hidden."""
+  cols = min(max(n, 1), 3)
+  rows = -(-max(n, 1) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+  axes = list(axes.ravel())
+  for ax in axes[n:]:
+    ax.set_visible(False)
+  return fig, axes[:n]
+
+
+def _finite_or_none(v):
+  return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def _scored(predictions: dict) -> dict:
+  """{name: (y [N] int, probabilities [N, K])} of the learners whose predictions hold both."""
+  out = {}
+  for name, p in (predictions or {}).items():
+    if p is not None and p.get("y") is not None and p.get("scores") is not None:
+      y = np.asarray(p["y"]).astype(np.int64)
+      if len(y):
+        out[name] = (y, M.probabilities(p["scores"]))
+  return out
+
+
+def _loss_curves(plt, runs: dict, outdir: str, paths: list) -> None:
+  drawn = {name: r for name, r in runs.items() if any(
+      _finite_or_none(s.get(key)) is not None for s in (r or {}).get("steps") or []
+      for key, _, _ in LOSSES)}
+  if not drawn:
+    return
+  fig, axes = _grid(plt, len(drawn))
+  for ax, (name, r) in zip(axes, drawn.items()):
+    steps = r["steps"]
+    for key, label, style in LOSSES:
+      pts = [(s.get("step", i), _finite_or_none(s.get(key))) for i, s in enumerate(steps)]
+      pts = [(t, v) for t, v in pts if v is not None]
+      if pts:
+        ax.plot(*zip(*pts), style, marker="o", markersize=3, label=label)
+    ax.set_xlabel("time step")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title(name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle("Loss per step: train (the step's mean), validation, test (seen classes)")
+  _save(plt, fig, outdir, "loss_curves.png", paths)
+
+
+def _roc(plt, scored: dict, outdir: str, paths: list, class_names) -> None:
+  fig, axes = _grid(plt, len(scored))
+  for ax, (name, (y, p)) in zip(axes, scored.items()):
+    auc = M.roc_auc(y, p)
+    k = p.shape[1]
+    many = len(np.unique(y)) > 10  # beyond 10 curves a legend of classes is unreadable
+    for c in range(k):
+      if not np.isfinite(auc["per_class"][c]):
+        continue  # class absent from the test labels: no curve
+      fpr, tpr, _ = M.roc_curve(y == c, p[:, c])
+      label = None if many else (
+          f"{class_names[c] if class_names else c}: {auc['per_class'][c]:.3f}")
+      ax.plot(fpr, tpr, lw=0.8 if many else 1.2, alpha=0.5 if many else 0.9, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls=":")
+    ax.plot([], [], " ", label=f"macro AUC {auc['macro']:.4f}")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
+           ylim=(0, 1.01), title=f"{name}: one-vs-rest ROC")
+    ax.legend(fontsize=7, loc="lower right")
+  _save(plt, fig, outdir, "roc.png", paths)
+
+
+def _calibration(plt, scored: dict, outdir: str, paths: list, bins: int) -> None:
+  fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.6, 6.2), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 1]})
+  ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="perfectly calibrated")
+  for name, (y, p) in scored.items():
+    t = M.reliability_table(y, p, bins)
+    ece = M.expected_calibration_error(y, p, bins)
+    ok = t["count"] > 0
+    line, = ax.plot(t["confidence"][ok], t["accuracy"][ok], marker="o", markersize=4,
+                    label=f"{name} (ECE {ece:.4f})")
+    hist.stairs(t["count"] / t["count"].sum(), t["edges"], color=line.get_color())
+  ax.set(ylabel="accuracy of the bin", xlim=(0, 1), ylim=(0, 1),
+         title=f"Reliability diagram (top-1 confidence, {bins} bins)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="upper left")
+  hist.set(xlabel="confidence", ylabel="fraction of\nexamples")
+  _save(plt, fig, outdir, "calibration.png", paths)
+
+
+def _decision_boundary(plt, predictions: dict, outdir: str, paths: list) -> None:
+  grids = {name: p for name, p in (predictions or {}).items() if p is not None and all(
+      p.get(k) is not None for k in ("grid_u", "grid_v", "grid_pred"))}
+  if not grids:
+    return
+  k = 1 + max(int(np.max(p["grid_pred"])) for p in grids.values())
+  for p in grids.values():
+    if p.get("y") is not None and len(p["y"]):
+      k = max(k, 1 + int(np.max(p["y"])))
+  k = max(k, 2)
+  if k <= 20:  # the first k distinct qualitative colours, one per class
+    from matplotlib.colors import ListedColormap  # pylint: disable=import-outside-toplevel
+    cmap = ListedColormap(plt.get_cmap("tab10" if k <= 10 else "tab20").colors[:k])
+  else:
+    cmap = plt.get_cmap("turbo", k)
+  fig, axes = _grid(plt, len(grids), 4.2, 3.8)
+  for ax, (name, p) in zip(axes, grids.items()):
+    u, v = np.asarray(p["grid_u"], float), np.asarray(p["grid_v"], float)
+    # grid_pred[i, j] is the class at (u[i], v[j]): rows along u, so transpose for pcolormesh
+    ax.pcolormesh(u, v, np.asarray(p["grid_pred"]).T, cmap=cmap, vmin=-0.5, vmax=cmap.N - 0.5,
+                  shading="nearest", alpha=0.35)
+    if p.get("test_uv") is not None:
+      uv = np.asarray(p["test_uv"], float)
+      colors = (np.asarray(p["y"]) if p.get("y") is not None and len(p["y"]) == len(uv)
+                else np.zeros(len(uv), int))
+      ax.scatter(uv[:, 0], uv[:, 1], c=colors, cmap=cmap, vmin=-0.5, vmax=cmap.N - 0.5, s=9,
+                 edgecolors="k", linewidths=0.3)
+    ax.set(xlabel="principal component 1", ylabel="principal component 2",
+           xlim=(u.min(), u.max()), ylim=(v.min(), v.max()), title=name)
+  fig.suptitle("Predicted class over the plane of the test inputs' first two principal "
+               "components (points: test examples, coloured by true class)", fontsize=9)
+  _save(plt, fig, outdir, "decision_boundary.png", paths)
+
+
+def diagnostic_plots(runs: dict, predictions: dict, outdir: str,
+                     class_names: Optional[list] = None, bins: int = 15) -> list:
+  """The diagnostics of a run's final models, written into ``outdir``; returns the paths.
+
+  ``runs``: results.json's ``runs`` ({learner: record}); each record's ``steps`` are dicts with
+  ``loss`` (the step's training loss) and, when measured, ``val_loss`` and ``test_loss``.
+  ``predictions``: {learner: {"y": [N] int test labels, "scores": [N, K] logits (or
+  probabilities) of the final model, optionally "grid_u" [G], "grid_v" [G], "grid_pred" [G, G]
+  int (the predicted class at mean + u·pc1 + v·pc2, ``metrics.pca_plane``; rows follow u) and
+  "test_uv" [N, 2] (the test inputs' coordinates in that plane)}}.
+
+  * ``loss_curves.png``: train / validation / test loss per step, one panel per learner;
+  * ``roc.png``: one-vs-rest ROC curves per class (``metrics.roc_curve``), macro AUC in the
+    legend, one panel per learner;
+  * ``calibration.png``: reliability diagram of every learner (``metrics.reliability_table``,
+    ``bins`` equal-width bins), ECE in the legend, with the confidence histogram below;
+  * ``decision_boundary.png``: each learner's predicted class over the grid, test points on top.
+
+  A figure whose inputs are missing (no losses, no scores, no grid) is skipped, not an error.
+  """
+  plt = _pyplot()
+  os.makedirs(outdir, exist_ok=True)
+  paths: list = []
+  _loss_curves(plt, runs or {}, outdir, paths)
+  scored = _scored(predictions)
+  if scored:
+    _roc(plt, scored, outdir, paths, class_names)
+    _calibration(plt, scored, outdir, paths, bins)
+  _decision_boundary(plt, predictions, outdir, paths)
   return paths
