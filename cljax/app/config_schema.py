@@ -55,8 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
   # What a run does when a learner diverges (its loss or parameters non-finite, or its loss
   # orders of magnitude above its value at the step's start): "stop" (one line `error: ...`,
   # exit status 2, the saved steps kept) or "rollback" (restore the last good step, halve that
-  # learner's learning rates and go on; at most 3 times per run, recorded as `rollbacks`).
+  # learner's learning rates and go on; at most max_rollbacks times per run, then stop; recorded
+  # as `rollbacks` in results.json and the table).
   c.on_divergence = "stop"
+  c.max_rollbacks = 3
   c.num_devices = 0
   # JAX processes the run spans (jax.distributed). experiments/run.py starts them all on this
   # machine, or, with --coordinator_address and --process_id, joins them one per host.

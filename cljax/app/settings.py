@@ -129,7 +129,7 @@ class Settings:
   model / model_kwargs / batch_size: what learners that declare those inputs get
   (``cljax.learners.INPUTS``). num_devices: 0 for all; num_processes: the run's JAX processes.
   plots: write PNGs; log: the loggers' spec (``cljax.eval.loggers.make``).
-  on_divergence: "stop" or "rollback" (``config_schema``'s comment).
+  on_divergence / max_rollbacks: what a divergence does (``config_schema``'s comment).
   """
 
   config: Mapping
@@ -146,6 +146,7 @@ class Settings:
   plots: bool
   log: str
   on_divergence: str = "stop"
+  max_rollbacks: int = 3
 
   @property
   def run_names(self) -> list:
@@ -201,6 +202,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.eval.val_fraction:
       raise ConfigError("eval.val_fraction and eval.val_folds both set: hold out a fraction or "
                         "a fold, not both (set the other to 0)")
+  _number("max_rollbacks", config.max_rollbacks, 0)
   if config.on_divergence not in ON_DIVERGENCE:
     raise ConfigError(f"on_divergence must be one of {list(ON_DIVERGENCE)}, got "
                       f"{config.on_divergence!r}")
@@ -364,4 +366,5 @@ def from_config(config: ml_collections.ConfigDict,
                   batch_size=int(config.budget.batch_size),
                   num_devices=int(config.num_devices),
                   num_processes=int(config.num_processes), plots=bool(config.plots),
-                  log=str(config.log), on_divergence=str(config.on_divergence))
+                  log=str(config.log), on_divergence=str(config.on_divergence),
+                  max_rollbacks=int(config.max_rollbacks))

@@ -407,10 +407,12 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
            "valid": valid, "labeled": np.r_[labeled[s:s + n], np.zeros(pad, bool)] & valid}
 
 
-def iterate_test(src: ArraySource, batch_size: int) -> Iterator[tuple]:
-  """(x [B, ...], n_valid) over the whole test source in fixed-size padded batches."""
-  n = len(src)
-  for s in range(0, n, batch_size):
-    idx = np.arange(s, min(s + batch_size, n))
+def iterate_test(src: ArraySource, batch_size: int, index: Optional[np.ndarray] = None
+                 ) -> Iterator[tuple]:
+  """(x [B, ...], n_valid) over the whole source (or its rows ``index`` [M], in that order) in
+  fixed-size padded batches (the padding repeats row 0)."""
+  index = np.arange(len(src)) if index is None else np.asarray(index, np.int64)
+  for s in range(0, len(index), batch_size):
+    idx = index[s:s + batch_size]
     pad = batch_size - len(idx)
     yield src.batch(np.concatenate([idx, np.zeros(pad, np.int64)])), len(idx)

@@ -54,7 +54,7 @@ COLUMNS = (
     ("state_MB", "{:>8.3f}", lambda r: _scaled(r.get("state_bytes"), 2.0 ** -20)),
     ("lat_ms", "{:>7.3f}", lambda r: (r.get("latency_ms") or {}).get("median")),
     ("p99_ms", "{:>7.3f}", lambda r: (r.get("latency_ms") or {}).get("p99")),
-    ("rollbk", "{:>6d}", lambda r: len(r["rollbacks"]) if "rollbacks" in r else None),
+    ("rollbk", "{:>6.0f}", lambda r: len(r["rollbacks"]) if "rollbacks" in r else None),
 )
 
 
