@@ -145,71 +145,80 @@ def _key_for(seed: int, run_name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(run_name.encode()) & 0x7FFFFFFF)
 
 
-_CHUNK = 256  # batches per chunk at most (streams.chunk_specs); keys and passes go in this size
+_CHUNK = 256  # batches per chunk at most (streams.chunk_specs)
+# Info figures are summed on device in groups of this many calls: one fixed-shape call per group
+# (no host sync, no recompile). A program's XLA compile time on CPU grows with its number of
+# operands (one 256-operand sum took 0.5 s to compile); 16 compiles in about 0.05 s and costs one
+# dispatch per 16 batches.
+_GROUP = 16
 
 
 @jax.jit
-def _chunk_keys(key: jax.Array, first: jax.Array) -> tuple:
-  """The keys of batches first .. first + _CHUNK - 1: one call returning _CHUNK keys (unstacking
-  an array of keys costs several times more per batch)."""
-  return tuple(jax.random.fold_in(key, first + i) for i in range(_CHUNK))
+def _batch_key(key: jax.Array, batch: jax.Array) -> jax.Array:
+  """The key of batch number ``batch``: ``fold_in(key, batch)``, one small compiled program
+  called once per batch. (Deriving a chunk's keys in one call costs less per batch, about 5 us,
+  but a program with 256 key outputs compiles for 3-16 s on 2 CPU cores.)"""
+  return jax.random.fold_in(key, batch)
 
 
 @jax.jit
-def _sum_infos(passes: tuple, losses: tuple) -> jax.Array:
-  p = jnp.sum(jnp.stack(passes).astype(jnp.float32))
-  loss = jnp.stack(losses).astype(jnp.float32)
-  ok = jnp.isfinite(loss)  # NaN: the call trained nothing (cljax.learner.Info)
-  return jnp.stack([p, jnp.sum(jnp.where(ok, loss, 0.0)), jnp.sum(ok.astype(jnp.float32))])
-
-
-_ZERO, _NAN = np.float32(0), np.float32(np.nan)
-
-
-@jax.jit
-def _sum_extras(values: dict) -> dict:
-  """name -> [sum of the finite values, their number] of ``Info.extra`` figures (each value
-  reduced to its mean when not a scalar)."""
+def _sum_group(values: dict) -> dict:
+  """{part: {name: [sum of the finite values, their number]}} of figures ``values[part][name]``
+  of up to _GROUP calls (each value reduced to its mean when not a scalar; NaN means "nothing to
+  report", e.g. a loss of a call that trained nothing)."""
   out = {}
-  for name, vs in values.items():
-    v = jnp.stack([jnp.mean(jnp.asarray(x, jnp.float32)) for x in vs])
-    ok = jnp.isfinite(v)
-    out[name] = jnp.stack([jnp.sum(jnp.where(ok, v, 0.0)), jnp.sum(ok.astype(jnp.float32))])
+  for part, figures in values.items():
+    out[part] = {}
+    for name, vs in figures.items():
+      v = jnp.stack([jnp.mean(jnp.asarray(x, jnp.float32)) for x in vs])
+      ok = jnp.isfinite(v)
+      out[part][name] = jnp.stack([jnp.sum(jnp.where(ok, v, 0.0)),
+                                   jnp.sum(ok.astype(jnp.float32))])
   return out
 
 
-def _chunk_extras(infos: list) -> Optional[dict]:
-  """``_sum_extras`` of up to _CHUNK ``Info``s in one fixed-shape call (calls that do not report
-  a figure, and the padding, count as NaN); None when none reports any."""
+_NAN = np.float32(np.nan)
+
+
+def _chunk_sums(infos: list) -> list:
+  """``_sum_group`` of a chunk's ``Info``s, one fixed-shape call per _GROUP of them (the last
+  one padded with NaN): ``passes`` and ``loss`` in part ``info``, the ``Info.extra`` figures in
+  part ``extra`` (calls that do not report a figure count as NaN)."""
   names = sorted({k for i in infos for k in i.extra})
-  if not names:
-    return None
-  pad = (_NAN,) * (_CHUNK - len(infos))
-  return _sum_extras({k: tuple(i.extra.get(k, _NAN) for i in infos) + pad for k in names})
+  out = []
+  for g in range(0, len(infos), _GROUP):
+    group = infos[g:g + _GROUP]
+    pad = (_NAN,) * (_GROUP - len(group))
+    out.append(_sum_group({
+        "info": {"passes": tuple(i.passes for i in group) + pad,
+                 "loss": tuple(i.loss for i in group) + pad},
+        "extra": {k: tuple(i.extra.get(k, _NAN) for i in group) + pad for k in names}}))
+  return out
 
 
-def _step_extras(chunk_sums: list, end_info) -> dict:
-  """{name: mean over the step's calls} from the chunks' ``_chunk_extras`` and the
-  ``end_of_step`` Info (None where no call gave a finite value)."""
-  tot: dict = {}
-  for sums in jax.device_get([c for c in chunk_sums if c is not None]):
-    for k, (v, n) in sums.items():
-      a = tot.setdefault(k, [0.0, 0.0])
-      a[0], a[1] = a[0] + float(v), a[1] + float(n)
+def _step_totals(sums: list) -> tuple:
+  """(passes spent, sum of the finite losses, their number, {name: [sum, number]} of the
+  extras) over a step's ``_chunk_sums`` (one transfer to the host, at the step's end)."""
+  tot: dict = {"info": {"passes": [0.0, 0.0], "loss": [0.0, 0.0]}, "extra": {}}
+  for group in jax.device_get(sums):
+    for part, figures in group.items():
+      for k, (v, n) in figures.items():
+        a = tot[part].setdefault(k, [0.0, 0.0])
+        a[0], a[1] = a[0] + float(v), a[1] + float(n)
+  (passes, _), (loss_sum, loss_n) = tot["info"]["passes"], tot["info"]["loss"]
+  return passes, loss_sum, loss_n, tot["extra"]
+
+
+def _step_extras(tot: dict, end_info) -> dict:
+  """{name: mean over the step's calls} from ``_step_totals``' extras and the ``end_of_step``
+  Info (None where no call gave a finite value)."""
+  tot = {k: list(v) for k, v in tot.items()}
   for k, v in jax.device_get(dict(end_info.extra)).items():
     v = float(np.mean(np.asarray(v, np.float64)))
     a = tot.setdefault(k, [0.0, 0.0])
     if np.isfinite(v):
       a[0], a[1] = a[0] + v, a[1] + 1
   return {k: (v / n if n else None) for k, (v, n) in sorted(tot.items())}
-
-
-def _chunk_totals(infos: list) -> jax.Array:
-  """[passes spent, sum of the finite losses, number of finite losses] of up to _CHUNK ``Info``s,
-  in one fixed-shape call (padded: no host sync, no recompile)."""
-  pad = _CHUNK - len(infos)
-  return _sum_infos(tuple(i.passes for i in infos) + (_ZERO,) * pad,
-                    tuple(i.loss for i in infos) + (_NAN,) * pad)
 
 
 def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_size: int,
@@ -385,8 +394,7 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
   meta = None
   logged = len(eval_points)  # eval points handed to the logger
   t0 = time.perf_counter()
-  step_t0, step_totals, step_examples = time.perf_counter(), [], 0  # one per chunk
-  step_extras = []  # one per chunk
+  step_t0, step_sums, step_examples = time.perf_counter(), [], 0  # one per group of calls
   total = stream.num_examples
   for chunk in it:
     t = int(chunk["step"])
@@ -402,19 +410,18 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
     else:
       _check_chunk(chunk, example_shape, num_classes, where)
     n = chunk["y"].shape[0]
-    keys = _chunk_keys(k_batch, jnp.int32(b0))
     counts = chunk["valid"].sum(1).tolist()
     chunk_infos = []
     update = learner.update
     if next_eval is None:  # the hot path: nothing but the calls
-      for batch, key in zip(_batches_of(mesh, chunk, rows), keys):
-        state, info = update(state, batch, key)
+      for i, batch in enumerate(_batches_of(mesh, chunk, rows)):
+        state, info = update(state, batch, _batch_key(k_batch, b0 + i))
         chunk_infos.append(info)
       examples_seen += sum(counts)
       step_examples += sum(counts)
     else:
       for i, batch in enumerate(_batches_of(mesh, chunk, rows)):
-        state, info = update(state, batch, keys[i])
+        state, info = update(state, batch, _batch_key(k_batch, b0 + i))
         chunk_infos.append(info)
         examples_seen += counts[i]
         step_examples += counts[i]
@@ -425,14 +432,12 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
                               "accuracy": ev["accuracy"], "top5": ev["top5"]})
           while next_eval <= examples_seen:
             next_eval += every
-    step_totals.append(_chunk_totals(chunk_infos))
-    step_extras.append(_chunk_extras(chunk_infos))
+    step_sums.extend(_chunk_sums(chunk_infos))
     if _STOP[0] is not None and not multi:  # several processes stop together (_agree_chunk)
       raise Interrupted(_STOP[0])
     if not chunk["ends_step"]:
       continue
-    used, loss_sum, loss_n = np.sum(jax.device_get(step_totals), axis=0, dtype=np.float64)
-    used = float(used)
+    used, loss_sum, loss_n, extra_sums = _step_totals(step_sums)
     remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
     # Long training inside end_of_step (offline retraining, large budgets) logs rate and ETA.
     state, info = learner.end_of_step(
@@ -459,7 +464,7 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
                   "examples_per_s": step_examples / wall if wall > 0 else None,
                   "budget_used": step_budget,
                   "loss": float(loss_sum / loss_n) if loss_n else None,
-                  "extra": _step_extras(step_extras, info)})
+                  "extra": _step_extras(extra_sums, info)})
     elapsed = wall_before + now - t0
     meta = {"run_name": run_name, "fingerprint": fingerprint, "steps": steps,
             "acc_rows": acc_rows, "eval_points": eval_points, "examples_seen": examples_seen,
@@ -478,7 +483,7 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
     log(f"[{run_name}] step {t + 1}/{stream.num_steps} | {examples_seen}/{total} ex | "
         f"A(t)={ev['A']:.4f} | {step_examples / wall:,.0f} ex/s | budget {step_budget:g} | "
         f"ETA {eta:.0f}s")
-    step_t0, step_totals, step_examples, step_extras = time.perf_counter(), [], 0, []
+    step_t0, step_sums, step_examples = time.perf_counter(), [], 0
   ck.wait()
   if meta is None or len(acc_rows) != stream.num_steps:
     raise RunError(f"[{run_name}] the stream ended after {len(acc_rows)} of "
