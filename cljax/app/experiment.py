@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import re
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -82,6 +84,27 @@ def build_learner(spec: LearnerSpec, num_classes: int, inputs: dict
     return learners_lib.get(spec.learner, num_classes=num_classes, checked=False, **hp)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"learner {spec.learner!r} (run {spec.name!r}): {e}") from None
+
+
+# Hyper-parameters that are learning rates (``lr``, ``slow_lr``, ``min_lr``, REMIND's ``lr0``),
+# not factors or schedules of one (``buffer_lr_scale``, ``lr_gamma``, ``lr_step``).
+_LEARNING_RATE = re.compile(r"(\w+_)?lr\d*")
+
+
+def rescaled_learner(spec: LearnerSpec, num_classes: int, inputs: dict,
+                     learner: learners_lib.registry.Learner, scale: float
+                     ) -> Optional[learners_lib.registry.Learner]:
+  """Run ``spec``'s learner rebuilt with every learning rate of its effective hyper-parameters
+  (``learner.hparams``: the spec's values and the factory's defaults) times ``scale``: what
+  ``on_divergence="rollback"`` continues with. None when the learner has no learning rate
+  (nothing to halve). Its state has the same structure: the runner goes on with the old one."""
+  rates = {k: v * scale for k, v in learner.hparams.items()
+           if _LEARNING_RATE.fullmatch(k) and isinstance(v, (int, float))
+           and not isinstance(v, bool)}
+  if not rates:
+    return None
+  return build_learner(dataclasses.replace(spec, hparams={**dict(spec.hparams), **rates}),
+                       num_classes, inputs)
 
 
 def base_model(settings: Settings, stream, workdir: str,
@@ -229,9 +252,15 @@ def _run(settings: Settings, workdir: str, resume: bool, log: Callable[[str], No
   try:
     for name, learner in built.items():
       opts = dataclasses.replace(settings.run, mesh=p.mesh,
-                                 fingerprint={**fp, **p.record["runs"][name]})
+                                 fingerprint={**fp, **p.record["runs"][name]},
+                                 on_divergence=settings.on_divergence,
+                                 max_rollbacks=settings.max_rollbacks)
+      spec = settings.learner(name)
+      rescaled = functools.partial(rescaled_learner, spec, stream.dataset.num_classes, inputs,
+                                   learner)
       results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
-                                                 resume=resume, log=log, logger=logger)
+                                                 resume=resume, log=log, logger=logger,
+                                                 rescaled=rescaled)
       if writes:
         _write_results(path, results, settings.eval)
   finally:
@@ -242,7 +271,10 @@ def _run(settings: Settings, workdir: str, resume: bool, log: Callable[[str], No
     return results
   _write_results(path, results, settings.eval)
   if settings.plots:
-    report.plots(results["runs"], os.path.join(workdir, "plots"), stream.dataset.class_names)
+    plots = os.path.join(workdir, "plots")
+    report.plots(results["runs"], plots, stream.dataset.class_names)
+    report.diagnostic_plots(results["runs"], runner.read_predictions(workdir, results["runs"]),
+                            plots, stream.dataset.class_names)
   log("\n" + report.table(results["runs"]))
   log(f"results: {path}")
   return results
