@@ -19,4 +19,6 @@ def get_config():
   c.hparams.er = dict(lr=1e-3, memory_size=500, buffer="reservoir")
   c.hparams.offline = dict(lr=1e-3, epochs_per_step=6.0)
   c.eval.every_examples = 400
+  # 10 % of each class of each step held out: val_loss / val_accuracy per step (loss_curves.png)
+  c.eval.val_fraction = 0.1
   return c

@@ -54,13 +54,13 @@ def run_folds(config, folds: int, workdir: str, log: Callable = print) -> dict:
   if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
     raise ConfigError(f"--folds must be an integer >= 2, got {folds!r}")
   if config.eval.val_fraction:
-    raise ConfigError("the config sets eval.val_fraction; k-fold holds out one fold instead: "
-                      "set it to 0 (--config.eval.val_fraction=0.0)")
+    log(f"[kfold] the config's eval.val_fraction={config.eval.val_fraction} is replaced by the "
+        "held-out fold")
   os.makedirs(workdir, exist_ok=True)
   cells, t0 = [], time.perf_counter()
   for f in range(folds):
     c = config.copy_and_resolve_references()
-    c.eval.val_folds, c.eval.val_fold = folds, f
+    c.eval.val_fraction, c.eval.val_folds, c.eval.val_fold = 0.0, folds, f
     res = experiment.run_experiment(c, os.path.join(workdir, f"fold{f}"), log=log)
     cells += cells_of(res, f)
     el = time.perf_counter() - t0
