@@ -4,15 +4,32 @@
   whose updates are to be multiplied by ``-lr``). Learners whose lr changes per step inside jit
   (REMIND's per-class schedule, DietCL's per-layer half-cosine) scale it themselves.
 * ``build(name, lr, ...)``: the optimizer with its learning rate (a float or an optax schedule).
+* ``accumulate_gradients(tx, k)`` (or ``accumulate=k`` of both): gradient accumulation, one
+  optimizer step per k micro-batches with their mean gradient (a batch k times larger in the
+  memory of one).
 
-``sgd`` and ``adam`` add weight decay to the gradient (PyTorch's ``weight_decay``, L2); ``adamw``
-decays the weights directly (decoupled). Decay applies where ``decay_mask(params)`` is True:
-by default everything but batch-norm running statistics (``not_stats``), which are not weights.
+``OPTIMIZERS`` by name (the usual optax/PyTorch meanings):
+
+========  =================================================================================
+sgd       d = momentum·d + g + wd·θ (torch order: decay, then momentum; momentum 0: plain SGD)
+momentum  sgd whose ``momentum`` must be > 0 (heavy ball; the name users look for)
+adam      Adam moments of g + wd·θ (L2, torch's ``Adam(weight_decay=)``)
+adamw     Adam moments of g, plus wd·θ decoupled (Loshchilov and Hutter)
+rmsprop   g / sqrt(ν + eps), ν ← rms_decay·ν + (1 − rms_decay)·g², of g + wd·θ (``optax.rmsprop``)
+adagrad   g / sqrt(Σg² + eps), Σg² from 0.1 (``optax.adagrad``), of g + wd·θ
+lamb      Adam direction plus decoupled wd·θ, scaled per leaf by ‖θ‖ / ‖direction‖ (You et al.
+          2020; ``optax.lamb``)
+========  =================================================================================
+
+``momentum`` is read by sgd and momentum only; ``betas`` by adam, adamw and lamb. ``eps`` None
+takes optax's default of the optimizer (1e-8; adagrad 1e-7; lamb 1e-6). Decay applies where
+``decay_mask(params)`` is True: by default everything but batch-norm running statistics
+(``not_stats``), which are not weights.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +37,8 @@ import optax
 
 from cljax.models.pure import path_names
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "lamb")
+_EPS = {"adagrad": 1e-7, "lamb": 1e-6}  # optax's defaults; every other optimizer: 1e-8
 _STAT_LEAVES = ("mean", "var")  # nnx.BatchNorm's running statistics in a pure dict
 
 
@@ -40,30 +58,60 @@ def matrices(params) -> dict:
 
 
 def direction(name: str, *, momentum: float = 0.9, weight_decay: float = 0.0,
-              betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-              decay_mask: Callable = not_stats) -> optax.GradientTransformation:
-  """Optimizer ``name`` (one of ``OPTIMIZERS``) without the learning rate.
-
-  sgd: d = momentum·d + g + wd·θ (torch order: decay then momentum); adam: Adam moments of
-  g + wd·θ; adamw: Adam moments of g, plus wd·θ decoupled. Multiply the updates by -lr.
-  """
+              betas: Sequence[float] = (0.9, 0.999), eps: Optional[float] = None,
+              decay_mask: Callable = not_stats, rms_decay: float = 0.9,
+              accumulate: int = 1) -> optax.GradientTransformation:
+  """Optimizer ``name`` (one of ``OPTIMIZERS``, module docstring) without the learning rate;
+  multiply its updates by -lr. ``accumulate`` k > 1: ``accumulate_gradients(..., k)``."""
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}")
+  if name == "momentum" and not momentum > 0:
+    raise ValueError(f"optimizer 'momentum' needs momentum > 0, got {momentum!r}; "
+                     "use 'sgd' with momentum=0 for plain SGD")
+  eps = _EPS.get(name, 1e-8) if eps is None else eps
   decay = optax.masked(optax.add_decayed_weights(weight_decay), decay_mask)
-  if name == "sgd":
-    return optax.chain(decay, optax.trace(decay=momentum) if momentum else optax.identity())
-  if name == "adam":
-    return optax.chain(decay, optax.scale_by_adam(*betas, eps=eps))
-  return optax.chain(optax.scale_by_adam(*betas, eps=eps), decay)
+  if name in ("sgd", "momentum"):
+    tx = optax.chain(decay, optax.trace(decay=momentum) if momentum else optax.identity())
+  elif name == "adam":
+    tx = optax.chain(decay, optax.scale_by_adam(*betas, eps=eps))
+  elif name == "adamw":
+    tx = optax.chain(optax.scale_by_adam(*betas, eps=eps), decay)
+  elif name == "rmsprop":
+    tx = optax.chain(decay, optax.scale_by_rms(decay=rms_decay, eps=eps))
+  elif name == "adagrad":
+    tx = optax.chain(decay, optax.scale_by_rss(eps=eps))
+  else:  # lamb
+    tx = optax.chain(optax.scale_by_adam(*betas, eps=eps), decay, optax.scale_by_trust_ratio())
+  return accumulate_gradients(tx, accumulate)
 
 
 def build(name: str, lr, *, momentum: float = 0.9, weight_decay: float = 0.0,
-          betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-          decay_mask: Callable = not_stats) -> optax.GradientTransformation:
-  """``direction(name, ...)`` followed by the learning rate ``lr`` (float or optax schedule)."""
-  return optax.chain(direction(name, momentum=momentum, weight_decay=weight_decay, betas=betas,
-                               eps=eps, decay_mask=decay_mask),
-                     optax.scale_by_learning_rate(lr))
+          betas: Sequence[float] = (0.9, 0.999), eps: Optional[float] = None,
+          decay_mask: Callable = not_stats, rms_decay: float = 0.9,
+          accumulate: int = 1) -> optax.GradientTransformation:
+  """``direction(name, ...)`` followed by the learning rate ``lr`` (float or optax schedule;
+  a schedule counts optimizer steps, i.e. every ``accumulate`` micro-batches)."""
+  tx = optax.chain(direction(name, momentum=momentum, weight_decay=weight_decay, betas=betas,
+                             eps=eps, decay_mask=decay_mask, rms_decay=rms_decay),
+                   optax.scale_by_learning_rate(lr))
+  return accumulate_gradients(tx, accumulate)
+
+
+def accumulate_gradients(tx: optax.GradientTransformation,
+                         k: int) -> optax.GradientTransformation:
+  """``tx`` applied once every ``k`` calls to the mean of the k gradients given since its last
+  step; the other calls return zero updates and leave ``tx``'s state as it was
+  (``optax.MultiSteps``). k = 1: ``tx`` itself.
+
+  Gradient accumulation: k micro-batches of size b train like one batch of k·b (DietCL's
+  reference reaches batch 1,024 this way) in the memory of one. Every micro-batch is one
+  forward-backward pass, so a learner charges k passes per optimizer step. The state's fixed
+  shapes (a counter and a gradient sum shaped like the parameters) keep the update jittable.
+  """
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"accumulate must be an integer >= 1 (micro-batches per optimizer step), "
+                     f"got {k!r}")
+  return tx if k == 1 else optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
 
 
 def step_schedule(lr: float, total_steps: int, milestones: Sequence[float] = (),

@@ -40,6 +40,10 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": sources.digits,
     "mnist5k": sources.mnist5k,
     "fashion_mnist": sources.fashion_mnist,
+    # scikit-learn's tables of real measurements (features [d], z-scored): 3, 3 and 2 classes
+    "iris": sources.iris,
+    "wine": sources.wine,
+    "breast_cancer": sources.breast_cancer,
     "npz": sources.npz,
     "image_folder": sources.image_folder,
     # another data set through a frozen pretrained backbone, cached (cljax.data.features)

