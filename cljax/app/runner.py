@@ -764,7 +764,8 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger, 
     ck.save(t, state, meta)  # the step is printed as done once its save is handed over
     if logger is not None:
       for p in eval_points[logged:]:
-        logger.log_eval(run_name, p["step"], p["examples_seen"], p["accuracy"])
+        logger.log_eval(run_name, p["step"], p["examples_seen"], p["accuracy"],
+                        {k: p[k] for k in _EVAL_FIGURES if k in p})
       logged = len(eval_points)
       logger.log_step(run_name, t, examples_seen, loggers_lib.step_metrics(steps[-1]))
     done_frac = examples_seen / total
