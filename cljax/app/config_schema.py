@@ -49,9 +49,12 @@ def base_config() -> ml_collections.ConfigDict:
   # split (stratified, seed-determined, the same rows for every learner); with it every step
   # record gains val_loss and val_accuracy. val_folds / val_fold: hold out fold val_fold of a
   # stratified val_folds-fold split of the training rows instead (experiments/studies/kfold.py).
+  # latency_calls: batch-1 `update` calls timed on a copy of each learner's final state for
+  # latency_ms (median, p99) in results.json and the table (0: not measured).
   c.eval = ml_collections.ConfigDict(dict(every_examples=0, batch_size=250, omega_topk=1,
                                           omega_points="step_ends", omega_reference="offline",
-                                          val_fraction=0.0, val_folds=0, val_fold=0))
+                                          val_fraction=0.0, val_folds=0, val_fold=0,
+                                          latency_calls=100))
   # What a run does when a learner diverges (its loss or parameters non-finite, or its loss
   # orders of magnitude above its value at the step's start): "stop" (one line `error: ...`,
   # exit status 2, the saved steps kept) or "rollback" (restore the last good step, halve that

@@ -90,7 +90,7 @@ class RunOptions:
   mesh: Optional[jax.sharding.Mesh] = None
   on_divergence: str = "stop"
   max_rollbacks: int = 3
-  latency_calls: int = 50
+  latency_calls: int = 100
 
 
 class RunError(RuntimeError):

@@ -203,6 +203,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("eval.val_fraction and eval.val_folds both set: hold out a fraction or "
                         "a fold, not both (set the other to 0)")
   _number("max_rollbacks", config.max_rollbacks, 0)
+  _number("eval.latency_calls", config.eval.latency_calls, 0, hint=" (0: latency not measured)")
   if config.on_divergence not in ON_DIVERGENCE:
     raise ConfigError(f"on_divergence must be one of {list(ON_DIVERGENCE)}, got "
                       f"{config.on_divergence!r}")
@@ -355,7 +356,8 @@ def from_config(config: ml_collections.ConfigDict,
       batch_size=int(s.batch_size), budget=config.budget.passes_per_step,
       eval_every_examples=int(e.every_examples), eval_batch_size=int(e.batch_size),
       num_devices=int(config.num_devices) or None,
-      max_to_keep=int(config.checkpoint.max_to_keep), seed=seed)
+      max_to_keep=int(config.checkpoint.max_to_keep), seed=seed,
+      latency_calls=int(e.latency_calls))
   ev = EvalSettings(every_examples=int(e.every_examples), batch_size=int(e.batch_size),
                     omega_topk=int(e.omega_topk), omega_points=str(e.omega_points),
                     omega_reference=str(e.omega_reference))

@@ -42,7 +42,7 @@ STATE_LAYOUT = 2
 NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "num_processes", "checkpoint",
                      "plots", "log", "on_divergence", "max_rollbacks",
                      "eval.batch_size", "eval.omega_topk", "eval.omega_points",
-                     "eval.omega_reference")
+                     "eval.omega_reference", "eval.latency_calls")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

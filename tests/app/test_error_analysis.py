@@ -7,6 +7,7 @@ which does not change what the run computes."""
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -106,7 +107,7 @@ def test_plots_table_state_bytes_and_latency(run):
     import jax  # pylint: disable=import-outside-toplevel
     assert r["state_bytes"] == sum(np.asarray(a).nbytes for a in jax.tree.leaves(saved))
     lat = r["latency_ms"]
-    assert lat["n"] == 50 and 0 < lat["median"] <= lat["p99"], lat
+    assert lat["n"] == 100 and 0 < lat["median"] <= lat["p99"], lat
     assert r["rollbacks"] == []
 
 
@@ -120,3 +121,30 @@ def test_latency_timing_changes_nothing(tmp_path):
   assert recs[0]["latency_ms"] is None and recs[1]["latency_ms"]["n"] == 5
   a, b = ({"r": {k: v for k, v in r.items() if k != "latency_ms"}} for r in recs)
   assert faults.differences(faults.without_timings(a), faults.without_timings(b)) == []
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("eval.val_fraction", 1.0, "eval.val_fraction must be a number in [0, 1)"),
+    ("eval.val_folds", 1, "eval.val_folds must be an integer >= 2"),
+    ("eval.latency_calls", -1, "eval.latency_calls must be an integer >= 0"),
+    ("on_divergence", "ignore", "on_divergence must be one of ['stop', 'rollback']"),
+    ("max_rollbacks", -1, "max_rollbacks must be an integer >= 0"),
+])
+def test_bad_settings_are_one_line(key, value, says):
+  from cljax.app import settings  # pylint: disable=import-outside-toplevel
+  c = _config()
+  node, *rest = key.split(".")
+  if rest:
+    c[node][rest[0]] = value
+  else:
+    c[key] = value
+  with pytest.raises(experiment.ConfigError, match=r"^" + re.escape(says)):
+    settings.from_config(c)
+
+
+def test_both_splits_refused():
+  from cljax.app import settings  # pylint: disable=import-outside-toplevel
+  c = _config()
+  c.eval.val_folds = 5
+  with pytest.raises(experiment.ConfigError, match="not both"):
+    settings.from_config(c)

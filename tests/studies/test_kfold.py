@@ -28,6 +28,7 @@ def _config():
   return c
 
 
+@pytest.mark.slow  # three experiment runs: about 38 s of CPU
 def test_kfold_study(tmp_path):
   k, logs = 3, []
   out = kfold.run_folds(_config(), k, str(tmp_path), log=logs.append)
