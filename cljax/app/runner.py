@@ -377,6 +377,7 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
 
 
 GRID = 60  # decision-boundary grid: GRID x GRID points of the test inputs' PCA plane
+PCA_ROWS = 5000  # test inputs the plane is computed from, at most (a seeded sample)
 
 
 def predictions(learner: Learner, state, stream: streams_lib.Stream, final: dict,
@@ -385,12 +386,18 @@ def predictions(learner: Learner, state, stream: streams_lib.Stream, final: dict
   [N] and ``scores`` [N, K] (``final``: ``evaluate(..., full=True)``), and the decision
   boundary: ``grid_pred`` [G, G] (the predicted class at mean + u[i]·pc1 + v[j]·pc2 of the
   plane of the first two principal components of the seen classes' test inputs,
-  ``metrics.pca_plane``), ``grid_u`` / ``grid_v`` [G] (their range plus 10 %) and ``test_uv``
-  [N, 2] (the test inputs' coordinates)."""
+  ``metrics.pca_plane``, from at most ``PCA_ROWS`` of them), ``grid_u`` / ``grid_v`` [G] (the
+  test inputs' range plus 10 %) and ``test_uv`` [N, 2] (the test inputs' coordinates)."""
   test = stream.dataset.test
   seen_idx = np.flatnonzero(np.isin(test.y, stream.seen_classes(stream.num_steps - 1)))
-  x = test.batch(seen_idx)
-  mean, pcs, uv = M.pca_plane(x)
+  # The plane from at most PCA_ROWS test inputs (a large image test set is not loaded at once),
+  # every seen test input projected onto it batch by batch.
+  rows = seen_idx
+  if len(rows) > PCA_ROWS:
+    rows = np.sort(np.random.default_rng(stream.seed).choice(rows, PCA_ROWS, replace=False))
+  mean, pcs, _ = M.pca_plane(test.batch(rows))
+  uv = np.concatenate([(x[:n].reshape(n, -1) - mean) @ pcs.T
+                       for x, n in streams_lib.iterate_test(test, batch_size, seen_idx)])
   lo, hi = uv.min(0), uv.max(0)
   pad = 0.1 * np.maximum(hi - lo, 1e-6)
   u = np.linspace(lo[0] - pad[0], hi[0] + pad[0], GRID)
