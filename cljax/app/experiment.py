@@ -10,6 +10,10 @@ the workdir record, ``cljax.app.workdir``) -> the base initialisation (``cljax.a
 -> each run's learner (``build_learner``, its inputs from ``learner_inputs``) -> the runner
 (``cljax.app.runner``) -> results.json, plots, the table (``cljax.eval``).
 
+One run writes to a workdir at a time (``cljax.app.workdir.lock``). After the runs, results.json,
+the table, and the plots: ``report.plots`` and ``report.diagnostic_plots`` (loss curves, ROC,
+calibration, decision boundary, from each run's ``predictions/<run>.npz``).
+
 A workdir holds one experiment (``cljax.app.workdir``): before anything trains, ``prepare``
 refuses (``ConfigError``, naming the keys) a config whose fingerprint differs from the one
 recorded, and a run already in the workdir unless ``resume`` is set; runs not yet in the workdir

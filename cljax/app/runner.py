@@ -7,8 +7,14 @@ Per time step t:
   1. every batch of the step: ``state, info = update(state, batch, key)``; anytime evaluation
      every ``eval_every_examples`` examples if set;
   2. ``end_of_step(state, key, remaining budget)`` (``None`` when no budget is set);
-  3. evaluation on every task's test set -> row t of the accuracy matrix;
-  4. a checkpoint of the whole run: learner state, grain iterator state, metrics so far.
+  3. evaluation on every task's test set -> row t of the accuracy matrix, the test loss, and the
+     validation loss and accuracy when the stream holds rows out (``evaluate``);
+  4. the divergence check (``divergence``): stop (``Diverged``) or roll back, per
+     ``RunOptions.on_divergence``;
+  5. a checkpoint of the whole run: learner state, grain iterator state, metrics so far.
+
+After the last step: the state's bytes, the batch-1 ``update`` latency (on a copy of the state),
+and the final model's predictions for the diagnostic plots (``predictions``).
 
 The runner drives the bare jitted functions (``cljax.learners.get(..., checked=False)``) after its
 own checks. Its overhead is kept off the per-batch path: batches arrive in chunks (one gather, one
