@@ -64,13 +64,20 @@ def fingerprint_diff(saved: dict, now: dict) -> list:
           if saved.get(k, missing) != now.get(k, missing)]
 
 
+# Keys added after workdirs existed, left out of the fingerprint at the value that computes what
+# the runs computed before them, so those workdirs still resume (a key missing from a recorded
+# fingerprint would count as a difference).
+OFF_VALUES = {"eval.val_fraction": 0.0, "eval.val_folds": 0, "eval.val_fold": 0}
+
+
 def fingerprint(config: dict, data_sha256: str) -> dict:
   """The experiment's fingerprint: every key of ``config`` (the resolved config as a dict,
-  ``Settings.config``) that decides what its runs compute (flat, e.g. ``stream.seed``), and
-  ``data_sha256``, a digest of the data set's arrays."""
+  ``Settings.config``) that decides what its runs compute (flat, e.g. ``stream.seed``; the
+  ``OFF_VALUES`` keys only when set), and ``data_sha256``, a digest of the data set's arrays."""
   flat = flatten(dict(config))
   out = {k: v for k, v in flat.items()
-         if not any(k == x or k.startswith(x + ".") for x in NOT_FINGERPRINTED)}
+         if not any(k == x or k.startswith(x + ".") for x in NOT_FINGERPRINTED)
+         and not (k in OFF_VALUES and v == OFF_VALUES[k])}
   out["data_sha256"] = data_sha256
   return json.loads(json.dumps(out))  # the JSON form, as read back from experiment.json
 

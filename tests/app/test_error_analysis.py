@@ -148,3 +148,15 @@ def test_both_splits_refused():
   c.eval.val_folds = 5
   with pytest.raises(experiment.ConfigError, match="not both"):
     settings.from_config(c)
+
+
+def test_workdirs_from_before_the_split_still_fit():
+  """A config without a validation split has the fingerprint it had before the keys existed (so
+  older workdirs resume); a split is part of the fingerprint."""
+  from cljax.app import settings, workdir  # pylint: disable=import-outside-toplevel
+  c = _config()
+  c.eval.val_fraction = 0.0
+  fp = workdir.fingerprint(settings.from_config(c).config, "sha")
+  assert not any(k.startswith("eval.val_") for k in fp)
+  c.eval.val_fraction = 0.1
+  assert workdir.fingerprint(settings.from_config(c).config, "sha")["eval.val_fraction"] == 0.1
