@@ -142,7 +142,8 @@ def prepare(settings: Settings, workdir: str, resume: bool, log: Callable[[str],
   built here once), the workdir's record. ``specs``: the runs about to be made (default: every
   run of the settings)."""
   workdir = workdir_lib.prepare(workdir)
-  workdir_lib.check_unlocked(workdir)  # another run writing there: refused before any work
+  if distributed.primary():  # the launcher, or process 0 (which holds the lock itself)
+    workdir_lib.check_unlocked(workdir)  # another run writing there: refused before any work
   stream = make_stream(settings.stream)
   if stream.dataset.inferred_num_classes:
     log(f"data: num_classes not given: {stream.dataset.num_classes} classes inferred from the "
