@@ -11,6 +11,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+# What a run does when a learner diverges (``on_divergence``; cljax.app.runner).
+ON_DIVERGENCE = ("stop", "rollback")
+
 # Keys whose groups take any keys (values passed on as keyword arguments).
 FREE_GROUPS = ("hparams", "dataset_kwargs", "model_kwargs")
 
@@ -42,8 +45,23 @@ def base_config() -> ml_collections.ConfigDict:
   # omega_reference: the run Ω compares every run against ("" for no Ω); a run of this
   # experiment or of an earlier call in the workdir. The default, "offline", may be absent (then
   # Ω is None); any other name must be a run.
+  # val_fraction: fraction of each class of each step held out of training as the validation
+  # split (stratified, seed-determined, the same rows for every learner); with it every step
+  # record gains val_loss and val_accuracy. val_folds / val_fold: hold out fold val_fold of a
+  # stratified val_folds-fold split of the training rows instead (experiments/studies/kfold.py).
+  # latency_calls: batch-1 `update` calls timed on a copy of each learner's final state for
+  # latency_ms (median, p99) in results.json and the table (0: not measured).
   c.eval = ml_collections.ConfigDict(dict(every_examples=0, batch_size=250, omega_topk=1,
-                                          omega_points="step_ends", omega_reference="offline"))
+                                          omega_points="step_ends", omega_reference="offline",
+                                          val_fraction=0.0, val_folds=0, val_fold=0,
+                                          latency_calls=100))
+  # What a run does when a learner diverges (its loss or parameters non-finite, or its loss
+  # orders of magnitude above its value at the step's start): "stop" (one line `error: ...`,
+  # exit status 2, the saved steps kept) or "rollback" (restore the last good step, halve that
+  # learner's learning rates and go on; at most max_rollbacks times per run, then stop; recorded
+  # as `rollbacks` in results.json and the table).
+  c.on_divergence = "stop"
+  c.max_rollbacks = 3
   c.num_devices = 0
   # JAX processes the run spans (jax.distributed). experiments/run.py starts them all on this
   # machine, or, with --coordinator_address and --process_id, joins them one per host.

@@ -10,6 +10,10 @@ the workdir record, ``cljax.app.workdir``) -> the base initialisation (``cljax.a
 -> each run's learner (``build_learner``, its inputs from ``learner_inputs``) -> the runner
 (``cljax.app.runner``) -> results.json, plots, the table (``cljax.eval``).
 
+One run writes to a workdir at a time (``cljax.app.workdir.lock``). After the runs, results.json,
+the table, and the plots: ``report.plots`` and ``report.diagnostic_plots`` (loss curves, ROC,
+calibration, decision boundary, from each run's ``predictions/<run>.npz``).
+
 A workdir holds one experiment (``cljax.app.workdir``): before anything trains, ``prepare``
 refuses (``ConfigError``, naming the keys) a config whose fingerprint differs from the one
 recorded, and a run already in the workdir unless ``resume`` is set; runs not yet in the workdir
@@ -18,8 +22,11 @@ are added.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
+import re
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -48,7 +55,8 @@ def make_stream(s: settings_lib.StreamSettings):
   return data_lib.make_stream(
       ds, s.ordering, classes_per_step=s.classes_per_step, num_steps=s.num_steps,
       label_rate=s.label_rate, seed=s.seed, max_examples_per_step=s.max_examples_per_step,
-      first_step_classes=s.first_step_classes, label_noise=s.label_noise)
+      first_step_classes=s.first_step_classes, label_noise=s.label_noise,
+      val_fraction=s.val_fraction, val_folds=s.val_folds, val_fold=s.val_fold)
 
 
 def learner_inputs(settings: Settings, stream, base: Optional[pretrain.BaseInit] = None) -> dict:
@@ -82,6 +90,27 @@ def build_learner(spec: LearnerSpec, num_classes: int, inputs: dict
     raise ConfigError(f"learner {spec.learner!r} (run {spec.name!r}): {e}") from None
 
 
+# Hyper-parameters that are learning rates (``lr``, ``slow_lr``, ``min_lr``, REMIND's ``lr0``),
+# not factors or schedules of one (``buffer_lr_scale``, ``lr_gamma``, ``lr_step``).
+_LEARNING_RATE = re.compile(r"(\w+_)?lr\d*")
+
+
+def rescaled_learner(spec: LearnerSpec, num_classes: int, inputs: dict,
+                     learner: learners_lib.registry.Learner, scale: float
+                     ) -> Optional[learners_lib.registry.Learner]:
+  """Run ``spec``'s learner rebuilt with every learning rate of its effective hyper-parameters
+  (``learner.hparams``: the spec's values and the factory's defaults) times ``scale``: what
+  ``on_divergence="rollback"`` continues with. None when the learner has no learning rate
+  (nothing to halve). Its state has the same structure: the runner goes on with the old one."""
+  rates = {k: v * scale for k, v in learner.hparams.items()
+           if _LEARNING_RATE.fullmatch(k) and isinstance(v, (int, float))
+           and not isinstance(v, bool)}
+  if not rates:
+    return None
+  return build_learner(dataclasses.replace(spec, hparams={**dict(spec.hparams), **rates}),
+                       num_classes, inputs)
+
+
 def base_model(settings: Settings, stream, workdir: str,
                log: Callable[[str], None] = distributed.log) -> Optional[pretrain.BaseInit]:
   """``cljax.app.base_init.build`` of ``settings.base_init``, with bad settings reported as
@@ -113,6 +142,8 @@ def prepare(settings: Settings, workdir: str, resume: bool, log: Callable[[str],
   built here once), the workdir's record. ``specs``: the runs about to be made (default: every
   run of the settings)."""
   workdir = workdir_lib.prepare(workdir)
+  if distributed.primary():  # the launcher, or process 0 (which holds the lock itself)
+    workdir_lib.check_unlocked(workdir)  # another run writing there: refused before any work
   stream = make_stream(settings.stream)
   if stream.dataset.inferred_num_classes:
     log(f"data: num_classes not given: {stream.dataset.num_classes} classes inferred from the "
@@ -152,6 +183,21 @@ def pretrain_base(settings: Settings, workdir: str,
     raise ConfigError(
         f"base_init.checkpoint is set ({b.checkpoint}): nothing to pretrain; "
         "clear it (--config.base_init.checkpoint='') to train one")
+  with _writer_lock(workdir, log):
+    return _pretrain_base(settings, workdir, log)
+
+
+def _writer_lock(workdir: str, log: Callable[[str], None]):
+  """``cljax.app.workdir.lock`` of ``workdir`` in the process that writes (the primary): one run
+  per workdir, whatever its process count (the others are refused in ``prepare``)."""
+  if not distributed.primary():
+    return contextlib.nullcontext()
+  return workdir_lib.lock(workdir_lib.prepare(workdir), log)
+
+
+def _pretrain_base(settings: Settings, workdir: str, log: Callable[[str], None]
+                   ) -> pretrain.BaseInit:
+  b = settings.base_init
   # The base network belongs to the experiment: recorded, so that run.py in this workdir
   # refuses a config that would have trained another one.
   p = prepare(settings, workdir, resume=True, log=log, specs=[])
@@ -179,7 +225,15 @@ def run(settings: Settings, workdir: str, resume: bool = False,
   base initialisation they may need. results.json keeps the runs of earlier calls in
   ``workdir``. ``settings.log`` names the loggers (``cljax.eval.loggers``) that get each step's
   metrics and evaluation points while the runs go.
+
+  One run writes to a workdir at a time (``cljax.app.workdir.lock``): another run holding it
+  makes this one refuse (``ConfigError`` naming its pid and host) before anything is read.
   """
+  with _writer_lock(workdir, log):
+    return _run(settings, workdir, resume, log)
+
+
+def _run(settings: Settings, workdir: str, resume: bool, log: Callable[[str], None]) -> dict:
   p = prepare(settings, workdir, resume, log)
   workdir, stream = p.workdir, p.stream
   # Several processes: every one checks the workdir before the primary, alone, writes to it.
@@ -203,9 +257,15 @@ def run(settings: Settings, workdir: str, resume: bool = False,
   try:
     for name, learner in built.items():
       opts = dataclasses.replace(settings.run, mesh=p.mesh,
-                                 fingerprint={**fp, **p.record["runs"][name]})
+                                 fingerprint={**fp, **p.record["runs"][name]},
+                                 on_divergence=settings.on_divergence,
+                                 max_rollbacks=settings.max_rollbacks)
+      spec = settings.learner(name)
+      rescaled = functools.partial(rescaled_learner, spec, stream.dataset.num_classes, inputs,
+                                   learner)
       results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
-                                                 resume=resume, log=log, logger=logger)
+                                                 resume=resume, log=log, logger=logger,
+                                                 rescaled=rescaled)
       if writes:
         _write_results(path, results, settings.eval)
   finally:
@@ -216,7 +276,10 @@ def run(settings: Settings, workdir: str, resume: bool = False,
     return results
   _write_results(path, results, settings.eval)
   if settings.plots:
-    report.plots(results["runs"], os.path.join(workdir, "plots"), stream.dataset.class_names)
+    plots = os.path.join(workdir, "plots")
+    report.plots(results["runs"], plots, stream.dataset.class_names)
+    report.diagnostic_plots(results["runs"], runner.read_predictions(workdir, results["runs"]),
+                            plots, stream.dataset.class_names)
   log("\n" + report.table(results["runs"]))
   log(f"results: {path}")
   return results

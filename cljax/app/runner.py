@@ -7,8 +7,14 @@ Per time step t:
   1. every batch of the step: ``state, info = update(state, batch, key)``; anytime evaluation
      every ``eval_every_examples`` examples if set;
   2. ``end_of_step(state, key, remaining budget)`` (``None`` when no budget is set);
-  3. evaluation on every task's test set -> row t of the accuracy matrix;
-  4. a checkpoint of the whole run: learner state, grain iterator state, metrics so far.
+  3. evaluation on every task's test set -> row t of the accuracy matrix, the test loss, and the
+     validation loss and accuracy when the stream holds rows out (``evaluate``);
+  4. the divergence check (``divergence``): stop (``Diverged``) or roll back, per
+     ``RunOptions.on_divergence``;
+  5. a checkpoint of the whole run: learner state, grain iterator state, metrics so far.
+
+After the last step: the state's bytes, the batch-1 ``update`` latency (on a copy of the state),
+and the final model's predictions for the diagnostic plots (``predictions``).
 
 The runner drives the bare jitted functions (``cljax.learners.get(..., checked=False)``) after its
 own checks. Its overhead is kept off the per-batch path: batches arrive in chunks (one gather, one
@@ -36,7 +42,7 @@ import json
 import os
 import time
 import zlib
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +55,7 @@ from cljax.eval import loggers as loggers_lib
 from cljax.eval import metrics as M
 from cljax.eval import results as results_lib
 from cljax.learner import Learner
+from cljax.ops import sharding as sharding_lib
 from cljax import progress as progress_lib
 from cljax.app import distributed
 from cljax.app.checkpoint import Checkpointer
@@ -71,6 +78,11 @@ class RunOptions:
   fingerprint: what else defines the run (e.g. the experiment's data set, stream, learner and
     hyper-parameters; flat JSON-able dict), saved with every checkpoint and compared on resume
     together with the options above.
+  on_divergence: "stop" (a diverged learner stops the run: ``Diverged``) or "rollback" (its last
+    good step is restored, its learning rates halved, and the run goes on; at most
+    ``max_rollbacks`` times, then it stops). Neither is part of the fingerprint: a stopped run
+    may resume with them.
+  latency_calls: batch-1 ``update`` calls timed after the last step for ``latency_ms`` (0: none).
   """
 
   batch_size: int = 32
@@ -82,10 +94,27 @@ class RunOptions:
   seed: int = 0
   fingerprint: Optional[dict] = None
   mesh: Optional[jax.sharding.Mesh] = None
+  on_divergence: str = "stop"
+  max_rollbacks: int = 3
+  latency_calls: int = 100
 
 
 class RunError(RuntimeError):
   """The run cannot go on as asked (e.g. a resume under another configuration)."""
+
+
+class Diverged(RunError):
+  """A learner diverged (``divergence``) and the run stopped: one line naming the run, the step,
+  the loss and the way out. The steps saved before it are kept."""
+
+
+# Divergence (``divergence``): a training loss above EXPLODE times its reference (the loss at
+# the step's start: its first finite loss, or the previous step's when that is lower, as when
+# the blow-up happened at the step boundary; at least ln K, the loss of a uniform guess over
+# the K classes), an infinite loss, or a non-finite parameter. The ln K floor keeps a learner
+# whose loss starts a step near 0 from tripping on an ordinary rise; ER at lr 1e6 on digits
+# reaches 4.7e21.
+EXPLODE = 1e3
 
 
 class Interrupted(BaseException):
@@ -163,9 +192,11 @@ def _batch_key(key: jax.Array, batch: jax.Array) -> jax.Array:
 
 @jax.jit
 def _sum_group(values: dict) -> dict:
-  """{part: {name: [sum of the finite values, their number]}} of figures ``values[part][name]``
-  of up to _GROUP calls (each value reduced to its mean when not a scalar; NaN means "nothing to
-  report", e.g. a loss of a call that trained nothing)."""
+  """{part: {name: [sum of the finite values, their number, the largest of them (-inf if none),
+  the first of them (NaN if none), the number of infinite values]}} of figures
+  ``values[part][name]`` of up to _GROUP calls (each value reduced to its mean when not a
+  scalar; NaN means "nothing to report", e.g. a loss of a call that trained nothing). The last
+  three watch the loss for ``divergence``."""
   out = {}
   for part, figures in values.items():
     out[part] = {}
@@ -173,8 +204,60 @@ def _sum_group(values: dict) -> dict:
       v = jnp.stack([jnp.mean(jnp.asarray(x, jnp.float32)) for x in vs])
       ok = jnp.isfinite(v)
       out[part][name] = jnp.stack([jnp.sum(jnp.where(ok, v, 0.0)),
-                                   jnp.sum(ok.astype(jnp.float32))])
+                                   jnp.sum(ok.astype(jnp.float32)),
+                                   jnp.max(jnp.where(ok, v, -jnp.inf)),
+                                   jnp.where(jnp.any(ok), v[jnp.argmax(ok)], jnp.nan),
+                                   jnp.sum(jnp.isinf(v).astype(jnp.float32))])
   return out
+
+
+@jax.jit
+def _all_finite(state) -> jax.Array:
+  """Whether every floating-point leaf of ``state`` is finite (one bool)."""
+  leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(state)
+            if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+class LossWatch(NamedTuple):
+  """A step's training losses as ``divergence`` sees them (``_step_totals``): the largest finite
+  one (-inf if none), the first finite one (the loss at the step's start; None if none), and
+  the number of infinite ones."""
+
+  top: float
+  first: Optional[float]
+  infinite: int
+
+
+def divergence(watch: LossWatch, end_loss: float, params_finite: bool, num_classes: int,
+               previous: Optional[float] = None, test_loss: Optional[float] = None
+               ) -> Optional[tuple]:
+  """(reason, loss) when a step diverged, else None.
+
+  ``watch``: the step's ``update`` losses; ``end_loss``: the ``end_of_step`` loss (NaN: none);
+  ``params_finite``: ``_all_finite`` of the state after the step; ``previous``: the start loss
+  of the last good step (None: none); ``test_loss``: the model's test loss after the step
+  (``evaluate``). Divergence: a non-finite parameter, an infinite loss, a training loss above
+  ``EXPLODE`` times the reference max(min(the step's first finite loss, ``previous``), ln K), or
+  a test loss above ``EXPLODE`` times ln K (which catches a blow-up in the step's last updates,
+  whose training loss only the next step would see).
+  """
+  firsts = [f for f in (watch.first, previous) if f is not None]
+  losses = [x for x in (watch.top, end_loss) if np.isfinite(x)]
+  top = max(losses) if losses else float("nan")
+  if not params_finite:
+    return ("its parameters are no longer finite (NaN or Inf)", top)
+  if watch.infinite or np.isinf(end_loss):
+    return ("its loss is infinite", float("inf"))
+  chance = float(np.log(max(num_classes, 2)))
+  ref = max(min(firsts) if firsts else 0.0, chance)
+  if losses and top > EXPLODE * ref:
+    start = f"{min(firsts):.3g} at the step's start" if firsts else "no loss at its start"
+    return (f"its loss exploded to {top:.3g} ({start}, over {EXPLODE:g}x that or ln K)", top)
+  if test_loss is not None and test_loss > EXPLODE * chance:
+    return (f"its test loss exploded to {test_loss:.3g} (over {EXPLODE:g}x ln K = "
+            f"{EXPLODE * chance:.3g})", test_loss)
+  return None
 
 
 _NAN = np.float32(np.nan)
@@ -198,15 +281,21 @@ def _chunk_sums(infos: list) -> list:
 
 def _step_totals(sums: list) -> tuple:
   """(passes spent, sum of the finite losses, their number, {name: [sum, number]} of the
-  extras) over a step's ``_chunk_sums`` (one transfer to the host, at the step's end)."""
+  extras, the losses' ``LossWatch``) over a step's ``_chunk_sums`` (one transfer to the host,
+  at the step's end)."""
   tot: dict = {"info": {"passes": [0.0, 0.0], "loss": [0.0, 0.0]}, "extra": {}}
+  top, first, infinite = -np.inf, None, 0
   for group in jax.device_get(sums):
     for part, figures in group.items():
-      for k, (v, n) in figures.items():
+      for k, (v, n, *_) in figures.items():
         a = tot[part].setdefault(k, [0.0, 0.0])
         a[0], a[1] = a[0] + float(v), a[1] + float(n)
+    _, _, g_top, g_first, g_inf = (float(x) for x in group["info"]["loss"])
+    top, infinite = max(top, g_top), infinite + int(g_inf)
+    if first is None and np.isfinite(g_first):
+      first = g_first
   (passes, _), (loss_sum, loss_n) = tot["info"]["passes"], tot["info"]["loss"]
-  return passes, loss_sum, loss_n, tot["extra"]
+  return passes, loss_sum, loss_n, tot["extra"], LossWatch(top, first, infinite)
 
 
 def _step_extras(tot: dict, end_info) -> dict:
@@ -221,23 +310,46 @@ def _step_extras(tot: dict, end_info) -> dict:
   return {k: (v / n if n else None) for k, (v, n) in sorted(tot.items())}
 
 
-def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_size: int,
-             mesh=None, full: bool = False) -> dict:
-  """Accuracy of ``state`` on every task's test set after step t.
-
-  Returns ``row`` [J] (None for tasks not yet seen), ``accuracy`` and ``top5`` (top-1 and top-5
-  over the test examples of all seen classes: α(t) of Ω) and ``A`` (mean of the row over seen
-  tasks). With ``full``, also mean-per-class accuracy, the confusion matrix and per-class
-  precision/recall/F1.
-  """
-  test = stream.dataset.test
+def _predict(learner: Learner, state, batches, mesh=None) -> np.ndarray:
+  """[M, K] logits of ``state`` over ``batches`` ((x [B, ...], n valid rows) pairs of one fixed
+  size), as numpy (float32)."""
   logits, sizes = [], []
-  for x, n in streams_lib.iterate_test(test, batch_size):
+  for x, n in batches:
     xd = mesh_lib.shard_batch(mesh, {"x": x})["x"] if mesh is not None else x
     logits.append(learner.predict(state, xd))
     sizes.append(n)
+  if not logits:
+    return np.zeros((0, 0), np.float32)
   # One gather of all the logits (a collective when other processes hold parts of them).
-  logits = np.concatenate([l[:n] for l, n in zip(distributed.to_host(logits), sizes)])
+  return np.concatenate([l[:n] for l, n in zip(distributed.to_host(logits), sizes)])
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> Optional[float]:
+  """Mean cross-entropy, in nats, of ``logits`` [N, K] for labels ``y`` [N] (float64; None for
+  N = 0 or non-finite logits)."""
+  if len(y) == 0:
+    return None
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(1, keepdims=True)
+  ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
+  v = float(ce.mean())
+  return v if np.isfinite(v) else None
+
+
+def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_size: int,
+             mesh=None, full: bool = False) -> dict:
+  """Accuracy and loss of ``state`` on every task's test set after step t.
+
+  Returns ``row`` [J] (None for tasks not yet seen), ``accuracy`` and ``top5`` (top-1 and top-5
+  over the test examples of all seen classes: α(t) of Ω), ``A`` (mean of the row over seen
+  tasks) and ``test_loss`` (mean cross-entropy over the test examples of all seen classes);
+  with a validation split (``stream.has_validation``), ``val_loss`` and ``val_accuracy`` on the
+  held-out rows of steps 0..t. With ``full``, also mean-per-class accuracy, the confusion matrix,
+  per-class precision/recall/F1, ``roc_auc`` (macro, one-vs-rest) and ``roc_auc_per_class``,
+  ``ece`` (15 bins), and ``y`` / ``scores``: the seen classes' test labels and logits.
+  """
+  test = stream.dataset.test
+  logits = _predict(learner, state, streams_lib.iterate_test(test, batch_size), mesh)
   pred = logits.argmax(1)
   correct = pred == test.y
   seen_tasks = stream.tasks_seen(t)
@@ -247,13 +359,106 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
   y = test.y[seen_idx]
   out = {"row": row, "accuracy": float(correct[seen_idx].mean()),
          "top5": float(M.topk_correct(logits[seen_idx], y, 5).mean()),
-         "A": float(np.mean([r for r in row if r is not None]))}
+         "A": float(np.mean([r for r in row if r is not None])),
+         "test_loss": cross_entropy(logits[seen_idx], y)}
+  if stream.has_validation:
+    vi = stream.val_index(t)
+    vy = stream.dataset.train.y[vi].astype(np.int64)
+    vl = _predict(learner, state, streams_lib.iterate_test(stream.dataset.train, batch_size,
+                                                            vi), mesh)
+    out.update(val_loss=cross_entropy(vl, vy),
+               val_accuracy=float((vl.argmax(1) == vy).mean()) if len(vy) else None)
   if full:
     cm = M.confusion_matrix(y, pred[seen_idx], stream.dataset.num_classes)
+    finite = bool(np.isfinite(logits[seen_idx]).all())
+    auc = M.roc_auc(y, logits[seen_idx]) if finite else None
     out.update(mean_per_class=M.mean_per_class_accuracy(y, pred[seen_idx]),
                confusion_matrix=cm.tolist(),
-               **{k: v.tolist() for k, v in M.precision_recall_f1(cm).items()})
+               **{k: v.tolist() for k, v in M.precision_recall_f1(cm).items()},
+               roc_auc=auc["macro"] if auc else None,
+               roc_auc_per_class=auc["per_class"] if auc else None,
+               ece=M.expected_calibration_error(y, logits[seen_idx]) if finite else None,
+               y=y, scores=logits[seen_idx])
   return out
+
+
+GRID = 60  # decision-boundary grid: GRID x GRID points of the test inputs' PCA plane
+PCA_ROWS = 5000  # test inputs the plane is computed from, at most (a seeded sample)
+
+
+def predictions(learner: Learner, state, stream: streams_lib.Stream, final: dict,
+                batch_size: int, mesh=None) -> dict:
+  """What ``cljax.eval.report.diagnostic_plots`` draws of the final model (numpy arrays): ``y``
+  [N] and ``scores`` [N, K] (``final``: ``evaluate(..., full=True)``), and the decision
+  boundary: ``grid_pred`` [G, G] (the predicted class at mean + u[i]·pc1 + v[j]·pc2 of the
+  plane of the first two principal components of the seen classes' test inputs,
+  ``metrics.pca_plane``, from at most ``PCA_ROWS`` of them), ``grid_u`` / ``grid_v`` [G] (the
+  test inputs' range plus 10 %) and ``test_uv`` [N, 2] (the test inputs' coordinates)."""
+  test = stream.dataset.test
+  seen_idx = np.flatnonzero(np.isin(test.y, stream.seen_classes(stream.num_steps - 1)))
+  # The plane from at most PCA_ROWS test inputs (a large image test set is not loaded at once),
+  # every seen test input projected onto it batch by batch.
+  rows = seen_idx
+  if len(rows) > PCA_ROWS:
+    rows = np.sort(np.random.default_rng(stream.seed).choice(rows, PCA_ROWS, replace=False))
+  mean, pcs, _ = M.pca_plane(test.batch(rows))
+  uv = np.concatenate([(x[:n].reshape(n, -1) - mean) @ pcs.T
+                       for x, n in streams_lib.iterate_test(test, batch_size, seen_idx)])
+  lo, hi = uv.min(0), uv.max(0)
+  pad = 0.1 * np.maximum(hi - lo, 1e-6)
+  u = np.linspace(lo[0] - pad[0], hi[0] + pad[0], GRID)
+  v = np.linspace(lo[1] - pad[1], hi[1] + pad[1], GRID)
+  uu, vv = np.meshgrid(u, v, indexing="ij")  # [G, G]: rows follow u
+  points = (mean + uu.reshape(-1, 1) * pcs[0] + vv.reshape(-1, 1) * pcs[1]).astype(np.float32)
+  points = points.reshape(-1, *test.example_shape)
+  batches = ((b["x"], int(b["valid"].sum()))
+             for b in streams_lib.array_batches(points, np.zeros(len(points), np.int32),
+                                                batch_size))
+  grid = _predict(learner, state, batches, mesh).argmax(1).reshape(GRID, GRID)
+  return {"y": np.asarray(final["y"], np.int64), "scores": np.asarray(final["scores"]),
+          "grid_u": u, "grid_v": v, "grid_pred": grid.astype(np.int32), "test_uv": uv}
+
+
+def predictions_path(workdir: str, run_name: str) -> str:
+  return os.path.join(workdir, "predictions", f"{run_name}.npz")
+
+
+def read_predictions(workdir: str, run_names) -> dict:
+  """{run: its ``predictions`` (dict of arrays)} of the runs whose file is in ``workdir``."""
+  out = {}
+  for name in run_names:
+    path = predictions_path(workdir, name)
+    if os.path.exists(path):
+      with np.load(path) as f:
+        out[name] = {k: f[k] for k in f.files}
+  return out
+
+
+def state_bytes(state) -> int:
+  """Bytes of every array of a learner state (global shapes; typed keys by their key data)."""
+  return int(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(
+      jax.tree.map(lambda a: jax.random.key_data(a) if sharding_lib.is_key(a) else a, state))))
+
+
+def update_latency(learner: Learner, state, batch: dict, key: jax.Array, calls: int,
+                   mesh=None) -> Optional[dict]:
+  """{"median", "p99", "n"}: milliseconds of one ``update`` of a batch-1 ``batch`` (each call
+  waited for), over ``calls`` calls after one untimed call (its compile), chained from a copy of
+  ``state`` whose results are dropped: the run's own state and keys are untouched. None for
+  ``calls`` = 0."""
+  if calls <= 0:
+    return None
+  if mesh is not None and mesh.devices.size > 1:
+    batch = mesh_lib.shard_batch(mesh, batch)
+  s = jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state)
+  times = []
+  for i in range(calls + 1):
+    t0 = time.perf_counter()
+    s, info = learner.update(s, batch, jax.random.fold_in(key, i))
+    jax.block_until_ready((s, info))
+    times.append(time.perf_counter() - t0)
+  ms = 1e3 * np.asarray(times[1:])
+  return {"median": float(np.median(ms)), "p99": float(np.percentile(ms, 99)), "n": calls}
 
 
 def _check_chunk(chunk: dict, example_shape: tuple, num_classes: int, where: str,
@@ -302,7 +507,8 @@ def _batches_of(mesh, chunk: dict, rows: Optional[slice] = None) -> list:
 
 def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opts: RunOptions,
                 workdir: str, resume: bool = False,
-                log: Callable[[str], None] = print, logger=None) -> dict:
+                log: Callable[[str], None] = print, logger=None,
+                rescaled: Optional[Callable[[float], Optional[Learner]]] = None) -> dict:
   """Runs one learner over the whole stream; returns its result record (``cljax.eval.results``).
 
   ``learner``: its bare functions (``get(..., checked=False)``); the runner checks every chunk
@@ -315,22 +521,36 @@ def run_learner(run_name: str, learner: Learner, stream: streams_lib.Stream, opt
   (``log_step``: accuracy A(t), accuracy_seen, loss, budget_used, examples_per_s), the values
   of the result record. A step redone after a resume is logged again.
 
+  Divergence (``divergence``, checked at every step end before the step is saved): with
+  ``opts.on_divergence == "stop"`` the run raises ``Diverged`` (the steps saved before are kept);
+  with ``"rollback"`` the newest saved step (or the stream's start) is restored and the run goes
+  on with ``rescaled(scale)``: the same learner with its learning rates times ``scale`` (halved
+  at each rollback; None: it has none, and the run stops). ``rollbacks`` in the result record
+  and the checkpoints' metadata; a resumed run goes on with the rates it had.
+
+  After the last step: ``state_bytes`` and ``latency_ms`` (``update_latency``, on a copy of the
+  final state) join the record, and the final model's ``predictions`` are saved to
+  ``workdir/predictions/<run_name>.npz`` (``read_predictions``).
+
   The run happens under ``jax.set_mesh(mesh)``, so learners that sample their training batches
   inside jit can split them over the devices (``cljax.ops.sharding.data_rows``): ``opts.mesh``,
   or one built from ``opts.num_devices``.
   """
   mesh = opts.mesh if opts.mesh is not None else mesh_lib.data_mesh(opts.num_devices)
   with jax.set_mesh(mesh):
-    return _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, logger)
+    return _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, logger,
+                        rescaled)
 
 
-def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, logger) -> dict:
+def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, logger,
+                 rescaled) -> dict:
   ckdir = os.path.join(workdir, "checkpoints", run_name)
   check_stop()
   ck = Checkpointer(ckdir, max_to_keep=opts.max_to_keep)
   try:
     with ck:
-      return _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger)
+      return _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger,
+                         rescaled, predictions_path(workdir, run_name))
   except BaseException as e:  # pylint: disable=broad-except
     if _STOP[0] is None:
       raise
@@ -343,24 +563,52 @@ def _run_on_mesh(mesh, run_name, learner, stream, opts, workdir, resume, log, lo
     raise stop from e
 
 
-def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) -> dict:
+def _position(meta: Optional[dict], every: int) -> tuple:
+  """(steps, acc_rows, eval_points, examples_seen, next_eval, wall_s before) after the saved step
+  whose metadata is ``meta``, or at the stream's start (None)."""
+  if meta is None:
+    return [], [], [], 0, every or None, 0.0
+  return (meta["steps"], meta["acc_rows"], meta["eval_points"], meta["examples_seen"],
+          meta["next_eval"], meta["wall_s"])
+
+
+def _diverged_message(run_name: str, t: int, num_steps: int, reason: str, learner: Learner,
+                      saved: Optional[int], rollbacks: list, directory: str,
+                      max_rollbacks: int) -> str:
+  kept = (f"steps up to {saved + 1} are saved in {directory}" if saved is not None
+          else "no step of it was saved")
+  lr = learner.hparams.get("lr")
+  rate = f"--config.hparams.{run_name}.lr" + (f", now {lr:g}" if isinstance(lr, float) else "")
+  if rollbacks:
+    return (f"run {run_name!r} diverged at step {t + 1} of {num_steps}: {reason}, after "
+            f"{len(rollbacks)} rollbacks (learning rates x{rollbacks[-1]['lr_scale']:g}); {kept}; "
+            f"lower its learning rate ({rate}) or allow more rollbacks "
+            f"(--config.max_rollbacks, now {max_rollbacks}) and rerun with --resume")
+  return (f"run {run_name!r} diverged at step {t + 1} of {num_steps}: {reason}; {kept}; lower "
+          f"its learning rate ({rate}) or rerun with --config.on_divergence=rollback --resume "
+          f"(restores the last good step and halves the learning rate, at most "
+          f"--config.max_rollbacks={max_rollbacks} times)")
+
+
+def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger, rescaled,
+                preds_path) -> dict:
   fingerprint = run_fingerprint(run_name, stream, opts)
   multi = distributed.count() > 1
   rows = distributed.local_rows(mesh, opts.batch_size)  # None: this process loads whole batches
   it = streams_lib.chunks(stream, opts.batch_size, max_batches=_CHUNK, rows=rows)
+  stream_start = it.get_state()
   key = _key_for(opts.seed, run_name)
   k_batch, k_step = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
   example_shape = stream.dataset.train.example_shape
   num_classes = stream.dataset.num_classes
   first = stream.steps[0][:opts.batch_size]
-  state = learner.init(jax.random.fold_in(key, 0),
-                       {"x": stream.dataset.train.batch(first),
-                        "y": np.asarray(stream.labels[0][:opts.batch_size], np.int32)})
+  first_batch = {"x": stream.dataset.train.batch(first),
+                 "y": np.asarray(stream.labels[0][:opts.batch_size], np.int32)}
+  state = learner.init(jax.random.fold_in(key, 0), first_batch)
 
-  steps, acc_rows, eval_points = [], [], []
-  examples_seen, wall_before = 0, 0.0
   every = opts.eval_every_examples
-  next_eval = every or None
+  steps, acc_rows, eval_points, examples_seen, next_eval, wall_before = _position(None, every)
+  rollbacks, lr_scale, start = [], 1.0, None  # start: the last good step's start loss
   if ck.steps() and not resume:
     raise RunError(f"{ck.directory} already holds checkpoints (steps {ck.steps()}); pass "
                    "--resume to continue that run, or use a new --workdir")
@@ -383,20 +631,30 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
       raise RunError(f"the checkpoints in {ck.directory} belong to a run with another "
                      f"configuration: {', '.join(differ)}; resume with the saved values or use "
                      "a new --workdir")
-    steps, acc_rows, eval_points = meta["steps"], meta["acc_rows"], meta["eval_points"]
-    examples_seen, next_eval, wall_before = meta["examples_seen"], meta["next_eval"], meta["wall_s"]
+    steps, acc_rows, eval_points, examples_seen, next_eval, wall_before = _position(meta, every)
     it.set_state(meta["iterator"])
     ck.saved_step = step
     log(f"[{run_name}] resumed after step {step} ({examples_seen} examples seen)")
     if step + 1 >= stream.num_steps:
       return meta["result"]
+    rollbacks, start = list(meta.get("rollbacks", [])), meta.get("start_loss")
+    if rollbacks:  # go on with the learning rates the run had when it was saved
+      lr_scale = rollbacks[-1]["lr_scale"]
+      if rescaled is None:
+        raise RunError(f"the checkpoints in {ck.directory} were saved after {len(rollbacks)} "
+                       "rollbacks (learning rates rescaled): resume them through "
+                       "experiments/run.py, which rebuilds the learner")
+      learner = rescaled(lr_scale)
   state = mesh_lib.place_state(mesh, state)
   meta = None
   logged = len(eval_points)  # eval points handed to the logger
   t0 = time.perf_counter()
   step_t0, step_sums, step_examples = time.perf_counter(), [], 0  # one per group of calls
   total = stream.num_examples
-  for chunk in it:
+  while True:
+    chunk = next(it, None)
+    if chunk is None:
+      break
     t = int(chunk["step"])
     b0 = int(chunk["first_batch"])
     where = f"step {t} batches {b0}+"
@@ -429,7 +687,7 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
         if examples_seen >= next_eval and not last:
           ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh)
           eval_points.append({"step": t, "examples_seen": examples_seen, "step_end": False,
-                              "accuracy": ev["accuracy"], "top5": ev["top5"]})
+                              **_point(ev)})
           while next_eval <= examples_seen:
             next_eval += every
     step_sums.extend(_chunk_sums(chunk_infos))
@@ -437,23 +695,55 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
       raise Interrupted(_STOP[0])
     if not chunk["ends_step"]:
       continue
-    used, loss_sum, loss_n, extra_sums = _step_totals(step_sums)
+    used, loss_sum, loss_n, extra_sums, watch = _step_totals(step_sums)
     remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
     # Long training inside end_of_step (offline retraining, large budgets) logs rate and ETA.
     state, info = learner.end_of_step(
         state, jax.random.fold_in(k_step, t), remaining,
         progress=progress_lib.Reporter(log, f"[{run_name}] step {t} end_of_step"))
+    end_loss = float(info.loss)
+    is_final = t == stream.num_steps - 1
+    ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh, full=is_final)
+    diverged = divergence(watch, end_loss, bool(_all_finite(state)), num_classes, start,
+                          ev["test_loss"])
+    if diverged is not None:
+      reason, loss = diverged
+      new = None
+      if opts.on_divergence == "rollback" and len(rollbacks) < opts.max_rollbacks:
+        new = rescaled(lr_scale * 0.5) if rescaled is not None else None
+        if new is None:
+          reason += " (it has no learning rate to halve: rollback cannot help)"
+      if new is None:
+        ck.wait()
+        raise Diverged(_diverged_message(run_name, t, stream.num_steps, reason, learner,
+                                         ck.saved_step, rollbacks, ck.directory,
+                                         opts.max_rollbacks))
+      learner, lr_scale = new, lr_scale * 0.5
+      rollbacks.append({"step": t, "loss": loss, "reason": reason, "lr_scale": lr_scale})
+      ck.wait()
+      state = learner.init(jax.random.fold_in(key, 0), first_batch)  # the stream's start
+      restored = ck.restore_latest(state) if ck.saved_step is not None else None
+      back = _position(restored[2] if restored else None, every)
+      steps, acc_rows, eval_points, examples_seen, next_eval, _ = back
+      start = restored[2].get("start_loss") if restored else None
+      it.set_state(restored[2]["iterator"] if restored else stream_start)
+      state = mesh_lib.place_state(mesh, restored[1] if restored else state)
+      logged = len(eval_points)
+      log(f"[{run_name}] step {t + 1}: {reason}; rolled back to "
+          f"{f'step {restored[0] + 1}' if restored else 'the start'} with its learning rates "
+          f"x{lr_scale:g} (rollback {len(rollbacks)} of at most {opts.max_rollbacks})")
+      step_t0, step_sums, step_examples = time.perf_counter(), [], 0
+      continue
+    start = watch.first if watch.first is not None else start
     step_budget = used + float(info.passes)
-    if np.isfinite(float(info.loss)):
-      loss_sum, loss_n = loss_sum + float(info.loss), loss_n + 1
+    if np.isfinite(end_loss):
+      loss_sum, loss_n = loss_sum + end_loss, loss_n + 1
     if (opts.budget is not None and step_budget > opts.budget + 1e-6 and learner.budgeted):
       log(f"[{run_name}] warning: step {t} spent {step_budget:g} passes, over the budget "
           f"{opts.budget}")
-    is_final = t == stream.num_steps - 1
-    ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh, full=is_final)
     acc_rows.append(ev["row"])
     eval_points.append({"step": t, "examples_seen": examples_seen, "step_end": True,
-                        "accuracy": ev["accuracy"], "top5": ev["top5"]})
+                        **_point(ev)})
     if next_eval is not None:
       while next_eval <= examples_seen:
         next_eval += every
@@ -464,18 +754,31 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
                   "examples_per_s": step_examples / wall if wall > 0 else None,
                   "budget_used": step_budget,
                   "loss": float(loss_sum / loss_n) if loss_n else None,
+                  **{k: ev[k] for k in _EVAL_FIGURES if k in ev},
                   "extra": _step_extras(extra_sums, info)})
     elapsed = wall_before + now - t0
     meta = {"run_name": run_name, "fingerprint": fingerprint, "steps": steps,
             "acc_rows": acc_rows, "eval_points": eval_points, "examples_seen": examples_seen,
-            "next_eval": next_eval, "wall_s": elapsed, "iterator": it.get_state()}
+            "next_eval": next_eval, "wall_s": elapsed, "iterator": it.get_state(),
+            "rollbacks": rollbacks, "start_loss": start}
     if is_final:
+      one = {"x": stream.dataset.train.batch(stream.steps[-1][:1]),
+             "y": np.asarray(stream.labels[-1][:1], np.int32), "valid": np.ones(1, bool),
+             "labeled": np.ones(1, bool)}
+      latency = update_latency(learner, state, one, jax.random.fold_in(key, 3),
+                               opts.latency_calls, mesh)
       meta["result"] = results_lib.record(acc_rows, stream.task_step, steps, eval_points, ev,
-                                          elapsed)
+                                          elapsed, state_bytes=state_bytes(state),
+                                          latency_ms=latency, rollbacks=rollbacks)
+      preds = predictions(learner, state, stream, ev, opts.eval_batch_size, mesh)
+      if distributed.primary():
+        os.makedirs(os.path.dirname(preds_path), exist_ok=True)
+        np.savez(preds_path, **preds)
     ck.save(t, state, meta)  # the step is printed as done once its save is handed over
     if logger is not None:
       for p in eval_points[logged:]:
-        logger.log_eval(run_name, p["step"], p["examples_seen"], p["accuracy"])
+        logger.log_eval(run_name, p["step"], p["examples_seen"], p["accuracy"],
+                        {k: p[k] for k in _EVAL_FIGURES if k in p})
       logged = len(eval_points)
       logger.log_step(run_name, t, examples_seen, loggers_lib.step_metrics(steps[-1]))
     done_frac = examples_seen / total
@@ -489,3 +792,15 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger) 
     raise RunError(f"[{run_name}] the stream ended after {len(acc_rows)} of "
                    f"{stream.num_steps} steps")
   return meta["result"]
+
+
+# The figures of an evaluation (``evaluate``) recorded in each step and evaluation point beside
+# accuracy: losses on test and validation data, validation accuracy (when measured).
+_EVAL_FIGURES = ("test_loss", "val_loss", "val_accuracy")
+
+
+def _point(ev: dict) -> dict:
+  """An evaluation point's figures: accuracy and top-5 on the seen classes' test examples, and
+  the losses (``_EVAL_FIGURES``) measured."""
+  return {"accuracy": ev["accuracy"], "top5": ev["top5"],
+          **{k: ev[k] for k in _EVAL_FIGURES if k in ev}}

@@ -28,7 +28,7 @@ from cljax import data as data_lib
 from cljax import learners as learners_lib
 from cljax import models as models_lib
 from cljax import optim
-from cljax.app.config_schema import FREE_GROUPS, ConfigError, base_config
+from cljax.app.config_schema import FREE_GROUPS, ON_DIVERGENCE, ConfigError, base_config
 from cljax.app.runner import RunOptions
 from cljax.eval import loggers as loggers_lib
 from cljax.eval import results as results_lib
@@ -56,6 +56,9 @@ class StreamSettings:
   max_examples_per_step: Optional[int]
   first_step_classes: int
   label_noise: float
+  val_fraction: float = 0.0
+  val_folds: int = 0
+  val_fold: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +129,7 @@ class Settings:
   model / model_kwargs / batch_size: what learners that declare those inputs get
   (``cljax.learners.INPUTS``). num_devices: 0 for all; num_processes: the run's JAX processes.
   plots: write PNGs; log: the loggers' spec (``cljax.eval.loggers.make``).
+  on_divergence / max_rollbacks: what a divergence does (``config_schema``'s comment).
   """
 
   config: Mapping
@@ -141,6 +145,8 @@ class Settings:
   num_processes: int
   plots: bool
   log: str
+  on_divergence: str = "stop"
+  max_rollbacks: int = 3
 
   @property
   def run_names(self) -> list:
@@ -188,6 +194,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number("budget.batch_size", config.budget.batch_size, 1)
   _number("eval.every_examples", config.eval.every_examples, 0)
   _number("eval.batch_size", config.eval.batch_size, 1)
+  _number("eval.val_fraction", config.eval.val_fraction, 0.0, 1.0, float, "in [0, 1)",
+          open_high=True)
+  if config.eval.val_folds:
+    _number("eval.val_folds", config.eval.val_folds, 2, hint=" (0: no k-fold split)")
+    _number("eval.val_fold", config.eval.val_fold, 0, config.eval.val_folds - 1)
+    if config.eval.val_fraction:
+      raise ConfigError("eval.val_fraction and eval.val_folds both set: hold out a fraction or "
+                        "a fold, not both (set the other to 0)")
+  _number("max_rollbacks", config.max_rollbacks, 0)
+  _number("eval.latency_calls", config.eval.latency_calls, 0, hint=" (0: latency not measured)")
+  if config.on_divergence not in ON_DIVERGENCE:
+    raise ConfigError(f"on_divergence must be one of {list(ON_DIVERGENCE)}, got "
+                      f"{config.on_divergence!r}")
   if config.eval.omega_topk not in results_lib.OMEGA_TOPK:
     raise ConfigError(f"eval.omega_topk must be one of {results_lib.OMEGA_TOPK}, got "
                       f"{config.eval.omega_topk!r}")
@@ -323,7 +342,8 @@ def from_config(config: ml_collections.ConfigDict,
       classes_per_step=int(s.classes_per_step), num_steps=int(s.num_steps),
       label_rate=float(s.label_rate), seed=seed if s.seed < 0 else int(s.seed),
       max_examples_per_step=int(s.max_examples_per_step) or None,
-      first_step_classes=int(b.classes), label_noise=float(s.label_noise))
+      first_step_classes=int(b.classes), label_noise=float(s.label_noise),
+      val_fraction=float(e.val_fraction), val_folds=int(e.val_folds), val_fold=int(e.val_fold))
   base = BaseInitSettings(
       kind=str(b.kind), classes=int(b.classes), checkpoint=str(b.checkpoint),
       dataset=str(b.dataset), dataset_kwargs=dict(dkw) if b.dataset == config.dataset else {},
@@ -336,7 +356,8 @@ def from_config(config: ml_collections.ConfigDict,
       batch_size=int(s.batch_size), budget=config.budget.passes_per_step,
       eval_every_examples=int(e.every_examples), eval_batch_size=int(e.batch_size),
       num_devices=int(config.num_devices) or None,
-      max_to_keep=int(config.checkpoint.max_to_keep), seed=seed)
+      max_to_keep=int(config.checkpoint.max_to_keep), seed=seed,
+      latency_calls=int(e.latency_calls))
   ev = EvalSettings(every_examples=int(e.every_examples), batch_size=int(e.batch_size),
                     omega_topk=int(e.omega_topk), omega_points=str(e.omega_points),
                     omega_reference=str(e.omega_reference))
@@ -347,4 +368,5 @@ def from_config(config: ml_collections.ConfigDict,
                   batch_size=int(config.budget.batch_size),
                   num_devices=int(config.num_devices),
                   num_processes=int(config.num_processes), plots=bool(config.plots),
-                  log=str(config.log))
+                  log=str(config.log), on_divergence=str(config.on_divergence),
+                  max_rollbacks=int(config.max_rollbacks))

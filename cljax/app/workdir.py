@@ -9,13 +9,24 @@ workdir holds before anything trains, and refuses (``ConfigError``, naming the k
 fingerprint that differs, a run already there unless resuming, and checkpoints of another state
 layout. Plain Python (json, os): the runner uses ``flatten`` and ``fingerprint_diff``
 for its checkpoints' fingerprints too.
+
+One writer per workdir: ``lock(workdir)`` holds ``WORKDIR/.lock`` (an exclusive ``flock``, plus
+the holder's pid, host and start time written in the file) while a run writes there; a second
+run is refused with one line naming the holder. The kernel drops a ``flock`` when its process
+dies, however it dies (SIGKILL included), so a lock left by a killed run is stale by
+construction: the next run takes it over (and says whose it was), and ``--resume`` after a
+SIGKILL works.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
 import os
-from typing import Optional
+import socket
+from typing import Iterator, Optional
 
 from cljax.app.config_schema import ConfigError
 
@@ -26,10 +37,12 @@ STATE_LAYOUT = 2
 
 # Config keys that do not change what a run computes: left out of the fingerprint, so they may
 # change between a run and its resume (another machine, other reports).
+# (``on_divergence`` and ``max_rollbacks`` too: a run stopped by a divergence may be resumed
+# with rollback.)
 NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "num_processes", "checkpoint",
-                     "plots", "log",
+                     "plots", "log", "on_divergence", "max_rollbacks",
                      "eval.batch_size", "eval.omega_topk", "eval.omega_points",
-                     "eval.omega_reference")
+                     "eval.omega_reference", "eval.latency_calls")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -51,13 +64,20 @@ def fingerprint_diff(saved: dict, now: dict) -> list:
           if saved.get(k, missing) != now.get(k, missing)]
 
 
+# Keys added after workdirs existed, left out of the fingerprint at the value that computes what
+# the runs computed before them, so those workdirs still resume (a key missing from a recorded
+# fingerprint would count as a difference).
+OFF_VALUES = {"eval.val_fraction": 0.0, "eval.val_folds": 0, "eval.val_fold": 0}
+
+
 def fingerprint(config: dict, data_sha256: str) -> dict:
   """The experiment's fingerprint: every key of ``config`` (the resolved config as a dict,
-  ``Settings.config``) that decides what its runs compute (flat, e.g. ``stream.seed``), and
-  ``data_sha256``, a digest of the data set's arrays."""
+  ``Settings.config``) that decides what its runs compute (flat, e.g. ``stream.seed``; the
+  ``OFF_VALUES`` keys only when set), and ``data_sha256``, a digest of the data set's arrays."""
   flat = flatten(dict(config))
   out = {k: v for k, v in flat.items()
-         if not any(k == x or k.startswith(x + ".") for x in NOT_FINGERPRINTED)}
+         if not any(k == x or k.startswith(x + ".") for x in NOT_FINGERPRINTED)
+         and not (k in OFF_VALUES and v == OFF_VALUES[k])}
   out["data_sha256"] = data_sha256
   return json.loads(json.dumps(out))  # the JSON form, as read back from experiment.json
 
@@ -167,3 +187,82 @@ def check_omega_reference(reference: str, names: list, previous: dict) -> None:
     return
   raise ConfigError(f"eval.omega_reference {reference!r} is not a run of this experiment; "
                     f"valid: {sorted(set(names) | set(previous))} or '' (no Ω)")
+
+
+# --- one writer per workdir ---------------------------------------------------------------------
+
+LOCK_FILE = ".lock"
+_HELD: dict = {}  # absolute workdir -> the open lock file of this process
+
+
+def _holder(path: str) -> dict:
+  """The holder record in lock file ``path`` ({} when empty or unreadable)."""
+  try:
+    with open(path) as f:
+      rec = json.loads(f.read() or "{}")
+    return rec if isinstance(rec, dict) else {}
+  except (OSError, ValueError):
+    return {}
+
+
+def _busy(workdir: str, holder: dict) -> ConfigError:
+  return ConfigError(
+      f"--workdir {workdir} is in use by another run (pid {holder.get('pid', '?')} on host "
+      f"{holder.get('host', '?')}, started {holder.get('started', '?')}); only one run may write "
+      "to a workdir: wait for it to end (then --resume), stop it, or use another --workdir")
+
+
+def _try_lock(workdir: str):
+  """(the open lock file, locked) or raises ConfigError naming the holder."""
+  path = os.path.join(workdir, LOCK_FILE)
+  f = open(path, "a+")  # pylint: disable=consider-using-with  # held until release
+  try:
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.close()
+    raise _busy(workdir, _holder(path)) from None
+  return f
+
+
+def check_unlocked(workdir: str) -> None:
+  """ConfigError (one line naming the holder's pid and host) when another run holds ``workdir``
+  (``lock``); a no-op when this process holds it. Takes nothing: a launcher's check."""
+  workdir = os.path.abspath(workdir)
+  if workdir in _HELD or not os.path.exists(os.path.join(workdir, LOCK_FILE)):
+    return
+  _try_lock(workdir).close()
+
+
+@contextlib.contextmanager
+def lock(workdir: str, log=lambda msg: None) -> Iterator[None]:
+  """Holds ``workdir`` (which exists) for this process while the block runs (module docstring).
+
+  ConfigError (one line naming the holder's pid, host and start time) when another process holds
+  it. A lock file whose holder died is taken over, with one ``log`` line naming that holder.
+  Re-entrant within a process (a nested ``lock`` of the same workdir is a no-op).
+  """
+  workdir = os.path.abspath(workdir)
+  if workdir in _HELD:
+    yield
+    return
+  f = _try_lock(workdir)
+  try:
+    old = _holder(f.name)
+    if old:  # the lock is ours, so its last holder is gone without releasing it
+      log(f"workdir: took over the lock of a run that ended without releasing it (pid "
+          f"{old.get('pid', '?')} on host {old.get('host', '?')}, started "
+          f"{old.get('started', '?')})")
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                        "started": datetime.datetime.now().isoformat(timespec="seconds")}))
+    f.flush()
+    _HELD[workdir] = f
+    yield
+  finally:
+    _HELD.pop(workdir, None)
+    try:
+      f.seek(0)
+      f.truncate()  # released cleanly: an empty file (a holder in it means a run that died)
+    finally:
+      f.close()  # drops the flock

@@ -16,6 +16,15 @@ Orderings (Stream-51 / CORe50 protocol, plus the class- and data-incremental set
 ``label_rate`` keeps labels on that fraction of each step (at least one example per step when the
 rate is positive); the rest are streamed with ``labeled=False``.
 
+Validation (``val_fraction`` or ``val_folds``/``val_fold``): part of each step's training
+examples is held out before the stream is laid out in batches, the same rows for every learner
+and decided by the seed alone (a generator of its own, so a stream without validation is the one
+it always was): ``val_fraction`` holds out round(fraction * n_c) random examples of each class c
+of each step (stratified); ``val_folds`` = k splits every class's training rows into k folds
+(stratified k-fold, ``experiments/studies/kfold.py``) and holds out fold ``val_fold``. The held-out
+rows of step t are ``val_steps[t]``; after step t the validation set is those of steps 0..t
+(``val_index(t)``), labelled with their true labels.
+
 Evaluation tasks: task j holds the classes first introduced at step j (or all classes when the
 ordering is not class-grouped); its test set is the test examples of those classes, which gives
 the accuracy matrix a[t, j].
@@ -55,10 +64,22 @@ class Stream:
   task_step: list
   test_index: list
   labels: list = None  # [n_t] int32 per step: the label streamed with each example
+  val_steps: list = None  # [v_t] int64 per step: its held-out validation rows (None: none)
 
   def __post_init__(self):
     if self.labels is None:
       self.labels = [self.dataset.train.y[s].astype(np.int32) for s in self.steps]
+
+  @property
+  def has_validation(self) -> bool:
+    return self.val_steps is not None and sum(len(v) for v in self.val_steps) > 0
+
+  def val_index(self, t: int) -> np.ndarray:
+    """[V] indices into ``dataset.train`` of the validation rows of steps 0..t (empty without a
+    validation split)."""
+    if self.val_steps is None:
+      return np.zeros(0, np.int64)
+    return np.concatenate([np.zeros(0, np.int64)] + list(self.val_steps[:t + 1]))
 
   @property
   def num_steps(self) -> int:
@@ -82,9 +103,11 @@ class Stream:
   def describe(self) -> str:
     sizes = [len(s) for s in self.steps]
     lab = sum(int(l.sum()) for l in self.labeled)
+    val = (f", {sum(len(v) for v in self.val_steps)} held out for validation"
+           if self.has_validation else "")
     return (f"{self.dataset.name} {self.ordering}: {self.num_steps} steps "
             f"({min(sizes)}-{max(sizes)} examples each, {self.num_examples} total, "
-            f"{lab} labelled), {len(self.tasks)} eval tasks")
+            f"{lab} labelled{val}), {len(self.tasks)} eval tasks")
 
 
 def _chunks(order: np.ndarray, num_steps: int) -> list:
@@ -115,7 +138,8 @@ def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
                 classes_per_step: int = 2, num_steps: int = 5, label_rate: float = 1.0,
                 seed: int = 0, class_order: Optional[list] = None,
                 max_examples_per_step: Optional[int] = None, first_step_classes: int = 0,
-                label_noise: float = 0.0) -> Stream:
+                label_noise: float = 0.0, val_fraction: float = 0.0, val_folds: int = 0,
+                val_fold: int = 0) -> Stream:
   """Lays out ``dataset.train`` as a stream (see module docstring).
 
   Args:
@@ -130,6 +154,10 @@ def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
       initialisation set, as in REMIND / Deep SLDA), later steps ``classes_per_step``.
     label_noise: fraction of each step's examples whose input is replaced by a random example
       of another class while the label is kept (Käding et al.'s noise study).
+    val_fraction: fraction in [0, 1) of each class of each step held out for validation
+      (stratified; module docstring).
+    val_folds / val_fold: instead of ``val_fraction``, hold out fold ``val_fold`` of a stratified
+      ``val_folds``-fold split of the training rows (0: none).
   """
   if ordering not in ORDERINGS:
     raise DataError(f"unknown ordering {ordering!r}; valid: {list(ORDERINGS)}")
@@ -191,6 +219,9 @@ def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
 
   if max_examples_per_step:
     steps = [s[:max_examples_per_step] for s in steps]
+  val_steps = None
+  if val_fraction or val_folds:
+    steps, val_steps = split_validation(src.y, steps, seed, val_fraction, val_folds, val_fold)
   labeled = []
   for s in steps:
     m = np.zeros(len(s), bool)
@@ -204,7 +235,47 @@ def make_stream(dataset: Dataset, ordering: str = "class_incremental", *,
   for j, ti in enumerate(test_index):
     if len(ti) == 0:
       raise DataError(f"evaluation task {j} (classes {tasks[j].tolist()}) has no test examples")
-  return Stream(dataset, ordering, seed, steps, labeled, tasks, task_step, test_index, labels)
+  return Stream(dataset, ordering, seed, steps, labeled, tasks, task_step, test_index, labels,
+                val_steps)
+
+
+def split_validation(y: np.ndarray, steps: list, seed: int, fraction: float = 0.0,
+                     folds: int = 0, fold: int = 0) -> tuple:
+  """(training rows, validation rows) of each step (lists of [n_t] int64, order kept).
+
+  ``y`` [N]: the labels of the rows ``steps`` index. ``fraction``: round(fraction * n_c) random
+  rows of each class c of each step; ``folds`` = k > 0: every class's rows (over the whole of
+  ``y``) dealt into k folds in a random order, fold ``fold`` held out. Draws come from a
+  generator of their own seeded by ``seed``. DataError for bad values or a step left empty.
+  """
+  if folds:
+    if not (isinstance(folds, int) and folds >= 2 and 0 <= fold < folds):
+      raise DataError(f"val_folds must be an integer >= 2 and val_fold in [0, val_folds), got "
+                      f"val_folds={folds!r}, val_fold={fold!r}")
+    if fraction:
+      raise DataError("give val_fraction or val_folds, not both")
+  elif not 0.0 <= fraction < 1.0:
+    raise DataError(f"val_fraction must be in [0, 1), got {fraction}")
+  rng = np.random.default_rng([seed, 0x7A1])  # not the stream's generator: its draws unchanged
+  held = np.zeros(len(y), bool)
+  if folds:
+    for c in np.unique(y):
+      rows = rng.permutation(np.flatnonzero(y == c))
+      held[rows[fold::folds]] = True  # row i of the class in fold i mod k
+  else:
+    for s in steps:
+      for c in np.unique(y[s]):
+        rows = s[y[s] == c]
+        held[rng.choice(rows, int(round(fraction * len(rows))), replace=False)] = True
+  train, val = [], []
+  for t, s in enumerate(steps):
+    h = held[s]
+    if h.all():
+      raise DataError(f"the validation split leaves step {t} without training examples; lower "
+                      "val_fraction (or use more val_folds)")
+    train.append(np.asarray(s[~h], np.int64))
+    val.append(np.asarray(s[h], np.int64))
+  return train, val
 
 
 def _add_label_noise(src: ArraySource, idx: np.ndarray, rate: float, rng) -> np.ndarray:
@@ -336,10 +407,12 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
            "valid": valid, "labeled": np.r_[labeled[s:s + n], np.zeros(pad, bool)] & valid}
 
 
-def iterate_test(src: ArraySource, batch_size: int) -> Iterator[tuple]:
-  """(x [B, ...], n_valid) over the whole test source in fixed-size padded batches."""
-  n = len(src)
-  for s in range(0, n, batch_size):
-    idx = np.arange(s, min(s + batch_size, n))
+def iterate_test(src: ArraySource, batch_size: int, index: Optional[np.ndarray] = None
+                 ) -> Iterator[tuple]:
+  """(x [B, ...], n_valid) over the whole source (or its rows ``index`` [M], in that order) in
+  fixed-size padded batches (the padding repeats row 0)."""
+  index = np.arange(len(src)) if index is None else np.asarray(index, np.int64)
+  for s in range(0, len(index), batch_size):
+    idx = index[s:s + batch_size]
     pad = batch_size - len(idx)
     yield src.batch(np.concatenate([idx, np.zeros(pad, np.int64)])), len(idx)

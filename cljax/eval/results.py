@@ -12,6 +12,18 @@ A run's record (what ``results.json`` holds under ``runs/<name>``, built by ``re
   step, examples seen, ``step_end`` (True at the end of a step, False for anytime points),
   ``accuracy`` and ``top5`` on the test examples of all seen classes), ``wall_s``,
   ``examples_per_s``;
+* ``roc_auc`` (macro one-vs-rest AUC over the seen classes present in the test data),
+  ``roc_auc_per_class`` [K] (None for a class absent from it) and ``ece`` (expected calibration
+  error, 15 equal-width bins of top-1 confidence): of the final model on the test examples of
+  the seen classes;
+* ``state_bytes`` (bytes of the learner-state pytree: every array leaf, typed keys by their key
+  data) and ``latency_ms`` ({"median", "p99", "n"}: of one ``update`` call at batch size 1, in
+  milliseconds, measured by the runner); ``rollbacks``: the divergences rolled back
+  ([{step, loss, reason, lr_scale}], ``on_divergence="rollback"``);
+* per step, besides ``loss`` (training): ``test_loss`` (mean cross-entropy of the model after
+  the step on the test examples of the seen classes) and, with a validation split,
+  ``val_loss`` / ``val_accuracy`` (on the held-out rows of the steps so far); anytime points
+  carry the same three;
 * ``omega``: Ω against the reference run (``eval.omega_reference``, by default ``offline``), with
   ``omega_reference``, ``omega_topk`` (1 or 5) and ``omega_points`` ("step_ends" or "all") saying
   how it was computed (``add_omega``; None without the reference run).
@@ -33,16 +45,33 @@ COLUMNS = (
     ("bwt", "{:>8.4f}", lambda r: r.get("backward_transfer")),
     ("omega", "{:>7.4f}", lambda r: r.get("omega")),
     ("top5", "{:>7.4f}", lambda r: r.get("final_top5")),
+    ("auc", "{:>7.4f}", lambda r: r.get("roc_auc")),
+    ("ece", "{:>7.4f}", lambda r: r.get("ece")),
+    ("val_acc", "{:>7.4f}", lambda r: _last_step(r, "val_accuracy")),
     ("budget", "{:>8.0f}", lambda r: sum(s["budget_used"] for s in r.get("steps", []))),
     ("wall_s", "{:>8.1f}", lambda r: r.get("wall_s")),
     ("ex/s", "{:>8.0f}", lambda r: r.get("examples_per_s")),
+    ("state_MB", "{:>8.3f}", lambda r: _scaled(r.get("state_bytes"), 2.0 ** -20)),
+    ("lat_ms", "{:>7.3f}", lambda r: (r.get("latency_ms") or {}).get("median")),
+    ("p99_ms", "{:>7.3f}", lambda r: (r.get("latency_ms") or {}).get("p99")),
+    ("rollbk", "{:>6.0f}", lambda r: len(r["rollbacks"]) if "rollbacks" in r else None),
 )
 
 
+def _last_step(r: dict, key: str):
+  steps = r.get("steps") or []
+  return steps[-1].get(key) if steps else None
+
+
+def _scaled(v, factor: float):
+  return None if v is None else v * factor
+
+
 def record(acc_rows: list, task_step: list, steps: list, eval_points: list, final: dict,
-           wall: float) -> dict:
+           wall: float, **extra) -> dict:
   """The result record of a run (module docstring); ``final`` is the last step's full
-  evaluation (``cljax.app.runner.evaluate(..., full=True)``)."""
+  evaluation (``cljax.app.runner.evaluate(..., full=True)``); ``extra``: further fields
+  (``state_bytes``, ``latency_ms``, ``rollbacks``)."""
   acc = np.asarray([[np.nan if v is None else v for v in row] for row in acc_rows], float)
   n = steps[-1]["examples_seen"] if steps else 0
   return {
@@ -55,11 +84,14 @@ def record(acc_rows: list, task_step: list, steps: list, eval_points: list, fina
       "mean_per_class_accuracy": final.get("mean_per_class"),
       "confusion_matrix": final.get("confusion_matrix"),
       "precision": final.get("precision"), "recall": final.get("recall"), "f1": final.get("f1"),
+      "roc_auc": final.get("roc_auc"), "roc_auc_per_class": final.get("roc_auc_per_class"),
+      "ece": final.get("ece"),
       "accuracy_matrix": acc_rows,
       "steps": steps,
       "eval_points": eval_points,
       "wall_s": wall,
       "examples_per_s": n / wall if wall > 0 else None,
+      **extra,
   }
 
 

@@ -33,6 +33,7 @@ def test_step_sums_match_a_plain_sum():
   passes = rng.integers(0, 4, n).astype(np.float32)
   loss = rng.normal(size=n).astype(np.float32)
   loss[rng.random(n) < 0.2] = np.nan  # calls that trained nothing
+  loss[7] = np.inf  # a diverging call
   acc = rng.random(n).astype(np.float32)
   reports = rng.random(n) < 0.5  # calls that report the extra at all
   vec = rng.random((n, 3)).astype(np.float32)  # a non-scalar extra, reduced to its mean
@@ -41,8 +42,9 @@ def test_step_sums_match_a_plain_sum():
   sums = []
   for c in range(0, n, 256):
     sums += runner._chunk_sums(infos[c:c + 256])  # pylint: disable=protected-access
-  used, loss_sum, loss_n, extra = runner._step_totals(sums)  # pylint: disable=protected-access
+  used, loss_sum, loss_n, extra, watch = runner._step_totals(sums)  # pylint: disable=protected-access
   ok = np.isfinite(loss)
+  assert watch == runner.LossWatch(float(loss[ok].max()), float(loss[ok][0]), 1)
   np.testing.assert_allclose(used, passes.astype(np.float64).sum(), rtol=1e-6)
   np.testing.assert_allclose(loss_sum, loss[ok].astype(np.float64).sum(), rtol=1e-5)
   assert loss_n == ok.sum()
