@@ -38,7 +38,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
-TIMINGS = ("wall_s", "examples_per_s")
+TIMINGS = ("wall_s", "examples_per_s", "latency_ms")
 
 
 def cmd(config: str, workdir: str, *extra) -> list:
