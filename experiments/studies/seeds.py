@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 METRICS = ("final_accuracy", "average_accuracy", "forgetting", "omega", "passes_per_step",
-           "examples_per_s", "wall_s")
+           "examples_per_s", "wall_s", "state_bytes", "latency_ms_median", "latency_ms_p99")
 
 
 def summarize(cells: Sequence[dict], keys: Sequence[str] = ("learner",),
@@ -104,9 +104,12 @@ def bar_plot(summary: Sequence[dict], path: str, title: str, label_key: str = "l
 
 def metrics_of(run: dict) -> dict:
   """The summary metrics (``METRICS``) of one learner's result record; ``passes_per_step`` is
-  the mean budget spent per step."""
+  the mean budget spent per step, ``latency_ms_median`` / ``_p99`` the runner's batch-1 update
+  latency (``latency_ms``)."""
   steps = run.get("steps") or []
   out = {m: run.get(m) for m in METRICS}
+  latency = run.get("latency_ms") or {}
+  out["latency_ms_median"], out["latency_ms_p99"] = latency.get("median"), latency.get("p99")
   out["passes_per_step"] = (float(np.mean([s["budget_used"] for s in steps])) if steps else None)
   return out
 
