@@ -72,6 +72,21 @@ def learner_inputs(settings: Settings, stream, base: Optional[pretrain.BaseInit]
   return out
 
 
+BASE_INPUTS = ("init_params", "backbone", "base")  # the inputs that carry the base network
+
+
+def base_used(spec: LearnerSpec, base: Optional[pretrain.BaseInit], dataset: str) -> str:
+  """Which base initialisation run ``spec`` starts from: "none" (no base, or the learner takes
+  none of ``BASE_INPUTS``), "hparams" (its hyper-parameters set them all), else "<kind>:<data
+  set> (<N> images)", ``dataset`` being ``base_init.dataset`` ("" = the stream's own)."""
+  wanted = [n for n in learners_lib.inputs(spec.learner) if n in BASE_INPUTS]
+  if base is None or not wanted:
+    return "none"
+  if all(n in spec.hparams for n in wanted):
+    return "hparams"
+  return f"{base.kind}:{dataset or 'stream'} ({len(base.x)} images)"
+
+
 def build_learner(spec: LearnerSpec, num_classes: int, inputs: dict
                   ) -> learners_lib.registry.Learner:
   """The bare learner (``checked=False``: the runner checks batches) of run ``spec``.
@@ -266,6 +281,7 @@ def _run(settings: Settings, workdir: str, resume: bool, log: Callable[[str], No
       results["runs"][name] = runner.run_learner(name, learner, stream, opts, workdir,
                                                  resume=resume, log=log, logger=logger,
                                                  rescaled=rescaled)
+      results["runs"][name]["base_init"] = base_used(spec, base, settings.base_init.dataset)
       if writes:
         _write_results(path, results, settings.eval)
   finally:
@@ -281,6 +297,9 @@ def _run(settings: Settings, workdir: str, resume: bool, log: Callable[[str], No
     report.diagnostic_plots(results["runs"], runner.read_predictions(workdir, results["runs"]),
                             plots, stream.dataset.class_names)
   log("\n" + report.table(results["runs"]))
+  if base is not None:  # say which runs started from it: a baseline from scratch is no surprise
+    log("base initialisation: " + "; ".join(f"{n}: {r.get('base_init', 'none')}"
+                                            for n, r in results["runs"].items()))
   log(f"results: {path}")
   return results
 

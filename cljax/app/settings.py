@@ -93,7 +93,7 @@ class BaseInitSettings:
   @property
   def active(self) -> bool:
     """Whether a base initialisation is asked for."""
-    return self.classes > 0 or self.kind == "mae" or bool(self.checkpoint)
+    return self.classes > 0 or self.kind == "mae" or bool(self.checkpoint) or bool(self.dataset)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,8 @@ A run's record (what ``results.json`` holds under ``runs/<name>``, built by ``re
   the step on the test examples of the seen classes) and, with a validation split,
   ``val_loss`` / ``val_accuracy`` (on the held-out rows of the steps so far); anytime points
   carry the same three;
+* ``base_init`` (set by ``cljax.app.experiment.run``): which base initialisation the run started
+  from, "none" or "<kind>:<data set> (<N> images)" (``experiment.base_used``);
 * ``omega``: Ω against the reference run (``eval.omega_reference``, by default ``offline``), with
   ``omega_reference``, ``omega_topk`` (1 or 5) and ``omega_points`` ("step_ends" or "all") saying
   how it was computed (``add_omega``; None without the reference run).

@@ -377,8 +377,25 @@ def test_in_domain_base_set_leaves_out_the_streams_images(tmp_path, monkeypatch)
   rest = np.setdiff1d(np.arange(len(train)), used)
   assert len(base.x) == len(train) - len(np.unique(used)) == len(rest)
   np.testing.assert_array_equal(seen["x"], train.batch(rest))  # exactly the unused images
+  # Which runs start from it (results.json's base_init and the line under the table).
+  spec = settings.LearnerSpec
+  assert experiment.base_used(spec("er", "er", {}), base, "digits") == (
+      f"mae:digits ({len(rest)} images)")
+  assert experiment.base_used(spec("er", "er", {"init_params": None}), base, "") == "hparams"
+  assert experiment.base_used(spec("slda", "slda", {}), base, "") == (
+      f"mae:stream ({len(rest)} images)")
+  assert experiment.base_used(spec("er", "er", {}), None, "") == "none"
   c.stream.max_examples_per_step = 0  # the stream uses every training image
   s = settings.from_config(c)
   with pytest.raises(experiment.ConfigError, match="no disjoint base images"):
     experiment.base_model(s, experiment.make_stream(s.stream), str(tmp_path / "b"),
                           log=lambda m: None)
+
+
+def test_a_named_base_data_set_alone_asks_for_a_base_initialisation():
+  """``base_init.dataset`` without base classes still trains the base network on that data set
+  (before, supervised pre-training on another data set ran only with base classes set)."""
+  assert settings.from_config(_config(kind="supervised", classes=0, dataset="digits")
+                              ).base_init.active
+  assert not settings.from_config(_config(kind="supervised", classes=0, dataset="")
+                                  ).base_init.active
