@@ -123,13 +123,15 @@ def test_schema_imports_only_ml_collections():
 
 
 @pytest.mark.parametrize("installed", [True, False])
-def test_dietcl_base_data_is_decided_at_start(installed, monkeypatch):
-  """configs/dietcl.py asks for "fashion_mnist?": Fashion-MNIST when it loads here, else the
+def test_optional_base_data_is_decided_at_start(installed, monkeypatch):
+  """configs/dietcl.py names "fashion_mnist" (no fallback: without it the run stops with one
+  line). A "NAME?" base data set is optional: Fashion-MNIST when it loads here, else the
   stream's own images; decided and logged by settings.from_config, not at config load."""
   from cljax import data as data_lib  # pylint: disable=import-outside-toplevel
   from cljax.app import settings  # pylint: disable=import-outside-toplevel
   c = load_config_module("dietcl").get_config()
-  assert c.base_init.dataset == "fashion_mnist?"
+  assert c.base_init.dataset == "fashion_mnist"
+  c.base_init.dataset = "fashion_mnist?"
   real = data_lib.load
 
   def load(name, **kw):
