@@ -1,0 +1,75 @@
+"""The persistent compile cache cljax turns on at import (``cljax.compile_cache``): where it is,
+that ``CLJAX_JAX_CACHE=`` turns it off, and that a second process reads what the first wrote.
+Each case is a fresh interpreter (the cache is set up on import)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cljax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Imports cljax, compiles one program (a small MLP's gradient: well under a second) and prints
+# the cache folder in use and the persistent-cache hits JAX reported (its monitoring events).
+_CHILD = r"""
+import json
+from jax._src import monitoring
+hits = []
+monitoring.register_event_listener(
+    lambda e, **kw: hits.append(1) if e == "/jax/compilation_cache/cache_hits" else None)
+import cljax
+import jax, jax.numpy as jnp
+def loss(w, x):
+  for a in w:
+    x = jnp.tanh(x @ a)
+  return jnp.sum(x ** 2)
+w = [jnp.ones((16, 16)) / 16] * 3
+jax.block_until_ready(jax.jit(jax.grad(loss))(w, jnp.ones((4, 16))))
+print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, "hits": len(hits),
+                  "ours": cljax.cache_dir()}))
+"""
+
+
+def _child(env_extra: dict, tmp_path) -> dict:
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("CLJAX_JAX_CACHE", "XDG_CACHE_HOME", "JAX_COMPILATION_CACHE_DIR")}
+  env.update(HOME=str(tmp_path / "home"), PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **env_extra)
+  out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
+                       timeout=120, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cache_dir_rules(monkeypatch, tmp_path):
+  """XDG_CACHE_HOME, else ~/.cache; CLJAX_JAX_CACHE overrides both, empty means none."""
+  monkeypatch.delenv("CLJAX_JAX_CACHE", raising=False)
+  monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert cljax.cache_dir() == str(tmp_path / ".cache" / "cljax" / "jax")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert cljax.cache_dir() == str(tmp_path / "xdg" / "cljax" / "jax")
+  monkeypatch.setenv("CLJAX_JAX_CACHE", str(tmp_path / "mine"))
+  assert cljax.cache_dir() == str(tmp_path / "mine")
+  monkeypatch.setenv("CLJAX_JAX_CACHE", "")
+  assert cljax.cache_dir() is None
+
+
+def test_on_by_default_and_a_second_process_hits_it(tmp_path):
+  first = _child({}, tmp_path)
+  want = str(tmp_path / "home" / ".cache" / "cljax" / "jax")
+  assert first["dir"] == first["ours"] == want
+  assert first["hits"] == 0 and os.listdir(want)
+  second = _child({}, tmp_path)
+  assert second["hits"] >= 1, second
+
+
+def test_empty_variable_turns_it_off(tmp_path):
+  got = _child({"CLJAX_JAX_CACHE": ""}, tmp_path)
+  assert got["dir"] is None and got["ours"] is None
+  assert not (tmp_path / "home" / ".cache" / "cljax").exists()
+
+
+def test_users_own_jax_folder_wins(tmp_path):
+  got = _child({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")}, tmp_path)
+  assert got["dir"] == str(tmp_path / "theirs")
