@@ -73,3 +73,13 @@ def test_empty_variable_turns_it_off(tmp_path):
 def test_users_own_jax_folder_wins(tmp_path):
   got = _child({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")}, tmp_path)
   assert got["dir"] == str(tmp_path / "theirs")
+
+
+def test_help_shows_where_the_cache_is(monkeypatch, capsys, tmp_path):
+  from cljax.app import cli  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("CLJAX_JAX_CACHE", str(tmp_path / "c"))
+  assert cli.main(["run.py", "--help"], "unused.py", lambda *a: None, doc="A binary.") == 0
+  assert f"kept in {tmp_path / 'c'}" in capsys.readouterr().out
+  monkeypatch.setenv("CLJAX_JAX_CACHE", "")
+  cli.main(["run.py", "--help"], "unused.py", lambda *a: None, doc="A binary.")
+  assert "off (CLJAX_JAX_CACHE is set empty)" in capsys.readouterr().out
