@@ -26,9 +26,10 @@ import argparse
 import json
 import time
 
-import numpy as np
-import torch
-from torch import nn
+_T0 = time.perf_counter()
+import numpy as np  # pylint: disable=wrong-import-position
+import torch  # pylint: disable=wrong-import-position
+from torch import nn  # pylint: disable=wrong-import-position
 
 
 def _cnn() -> nn.Module:
@@ -104,7 +105,10 @@ def main() -> None:
   a = p.parse_args()
   torch.set_num_threads(a.threads)
   d = dict(np.load(a.data))
-  out = {"torch": torch.__version__}
+  import avalanche  # pylint: disable=import-outside-toplevel
+  from avalanche import training  # pylint: disable=import-outside-toplevel,unused-import
+  out = {"torch": torch.__version__, "avalanche": avalanche.__version__,
+         "import_s": time.perf_counter() - _T0}
   runs = a.runs.split(",")
   if "er" in runs:
     out["er"] = {"32+32": run_er(d, 32, 32, 8), "16+16": run_er(d, 16, 16, 4)}
