@@ -12,7 +12,7 @@ import cljax
 flags.FLAGS.mark_as_parsed()
 # cljax's own cache (set up on import: ~/.cache/cljax/jax unless CLJAX_JAX_CACHE says otherwise),
 # outside the checkout, so a fresh clone on the same machine (CI) reuses compiled programs.
-CACHE = cljax.compile_cache()
+CACHE = cljax.compile_cache(check=True)
 
 _LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 

@@ -46,7 +46,7 @@ def setup() -> None:
   moves it, empty turns it off), so repeat runs skip their compiles (``cljax.compile_cache``).
   """
   logging.set_verbosity(logging.WARNING)
-  cljax.compile_cache()
+  cljax.compile_cache(check=True)
 
 
 def _cache_help() -> str:

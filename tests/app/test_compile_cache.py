@@ -7,19 +7,22 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import cljax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Imports cljax, compiles one program (a small MLP's gradient: well under a second) and prints
+# Imports cljax (before jax), compiles one program (a small MLP's gradient: well under a second) and prints
 # the cache folder in use and the persistent-cache hits JAX reported (its monitoring events).
 _CHILD = r"""
-import json
+import json, sys
+import cljax  # first, as a config or a notebook would: it sets JAX's variables, imports no jax
+assert "jax" not in sys.modules
 from jax._src import monitoring
 hits = []
 monitoring.register_event_listener(
     lambda e, **kw: hits.append(1) if e == "/jax/compilation_cache/cache_hits" else None)
-import cljax
 import jax, jax.numpy as jnp
 def loss(w, x):
   for a in w:
@@ -39,6 +42,26 @@ def _child(env_extra: dict, tmp_path) -> dict:
   out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
                        timeout=120, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_in_a_process_that_imported_jax_first(monkeypatch, tmp_path):
+  """This process (conftest imported jax before cljax): the setting went to jax.config."""
+  import jax  # pylint: disable=import-outside-toplevel
+  assert jax.config.jax_compilation_cache_dir == os.path.abspath(cljax.cache_dir())
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == cljax.MIN_COMPILE_SECS
+  monkeypatch.setenv("CLJAX_JAX_CACHE", str(tmp_path / "ro"))
+  os.makedirs(tmp_path / "ro")
+  os.chmod(tmp_path / "ro", 0o500)
+  try:
+    if os.access(tmp_path / "ro", os.W_OK):  # root writes anywhere: nothing to check here
+      return
+    with pytest.warns(UserWarning, match="cannot be written"):
+      assert cljax.compile_cache(check=True) is None
+    assert jax.config.jax_compilation_cache_dir is None
+  finally:
+    monkeypatch.delenv("CLJAX_JAX_CACHE")
+    cljax.compile_cache(check=True)  # back to the suite's folder
+    os.chmod(tmp_path / "ro", 0o700)
 
 
 def test_cache_dir_rules(monkeypatch, tmp_path):
