@@ -20,7 +20,11 @@ over its compiles; a cache hit counts its retrieval), with every function over
 ``--peer=avalanche`` (Avalanche is not a cljax dependency: pass ``--peer_python``, an interpreter
 that has ``avalanche-lib`` and ``torch``) also trains Avalanche's Naive with replay and its
 StreamingLDA on the same mnist5k class-incremental stream (``experiments/bench/_avalanche_peer.py``)
-and prints cljax / Avalanche wall ratios from this one invocation.
+and prints cljax / Avalanche wall ratios from this one invocation. ER is the same work on both
+sides (stream, CNN, Adam, 200 steps a step, buffer of 500); SLDA is not: cljax's ``slda`` run is
+``configs/slda.py`` (a CNN base initialisation, then SLDA on its 128-d features), Avalanche's
+StreamingLDA runs on a 512-d random projection of the pixels, so that ratio compares whole runs
+as a user would start them, not identical work.
 
 The machine's load (``os.getloadavg``) is printed with each figure: on a shared machine a run is
 only comparable with runs of the same invocation.
