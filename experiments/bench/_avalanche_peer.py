@@ -102,6 +102,7 @@ def main() -> None:
   p.add_argument("--out", required=True)
   p.add_argument("--runs", default="er,slda")
   p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--er_settings", default="32+32,16+16", help="new+replayed rows of ER's steps")
   a = p.parse_args()
   torch.set_num_threads(a.threads)
   d = dict(np.load(a.data))
@@ -111,7 +112,9 @@ def main() -> None:
          "import_s": time.perf_counter() - _T0}
   runs = a.runs.split(",")
   if "er" in runs:
-    out["er"] = {"32+32": run_er(d, 32, 32, 8), "16+16": run_er(d, 16, 16, 4)}
+    # 200 optimizer steps per experience of 800 examples: 8 epochs of 25 or 4 epochs of 50.
+    settings = {"32+32": (32, 32, 8), "16+16": (16, 16, 4)}
+    out["er"] = {k: run_er(d, *settings[k]) for k in a.er_settings.split(",")}
     print("avalanche er", out["er"], flush=True)
   if "slda" in runs:
     out["slda"] = {"batch 256": run_slda(d)}
