@@ -1,19 +1,18 @@
-"""Shared test setup: absl flags parsed (grain workers need it), a persistent compile cache, and
+"""Shared test setup: absl flags parsed (grain workers need it), the persistent compile cache, and
 a counter of XLA compilations (``count_compiles``) for the no-recompile tests."""
 
 import contextlib
-import os
 
 from absl import flags
-import jax
 from jax._src import monitoring  # the event names below are what jax emits per lowering
 import pytest
 
+import cljax
+
 flags.FLAGS.mark_as_parsed()
-# Outside the checkout, so a fresh clone on the same machine (CI) reuses compiled programs.
-CACHE = os.environ.setdefault("CLJAX_JAX_CACHE", os.path.expanduser("~/.cache/cljax/jax"))
-jax.config.update("jax_compilation_cache_dir", CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# cljax's own cache (set up on import: ~/.cache/cljax/jax unless CLJAX_JAX_CACHE says otherwise),
+# outside the checkout, so a fresh clone on the same machine (CI) reuses compiled programs.
+CACHE = cljax.compile_cache(check=True)
 
 _LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 

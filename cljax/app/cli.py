@@ -29,6 +29,8 @@ from typing import Callable, Optional
 from absl import flags
 from absl import logging
 
+import cljax
+
 _HPARAMS = "--config.hparams."
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -40,14 +42,20 @@ class UsageError(ValueError):
 def setup() -> None:
   """Quiet absl logging (orbax logs every save at INFO) and the persistent compile cache.
 
-  With ``CLJAX_JAX_CACHE`` set, compiled programs are kept in that folder, so repeat runs (and
-  the test suite on a fresh clone of the same machine) skip their compiles.
+  Compiled programs are kept in ``cljax.cache_dir()`` (``~/.cache/cljax/jax``; ``CLJAX_JAX_CACHE``
+  moves it, empty turns it off), so repeat runs skip their compiles (``cljax.compile_cache``).
   """
   logging.set_verbosity(logging.WARNING)
-  if os.environ.get("CLJAX_JAX_CACHE"):
-    import jax  # pylint: disable=import-outside-toplevel
-    jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  cljax.compile_cache(check=True)
+
+
+def _cache_help() -> str:
+  """The --help line on the compile cache: where it is, how to move or turn it off."""
+  path = cljax.cache_dir()
+  where = f"in {path}" if path else f"off ({cljax.CACHE_ENV} is set empty)"
+  return (f"compile cache: compiled programs are kept {where}, so a repeat run starts in "
+          f"seconds; {cljax.CACHE_ENV}=DIR moves it, {cljax.CACHE_ENV}= turns it off, deleting "
+          "the folder is safe")
 
 
 def _literal(text: str):
@@ -260,7 +268,7 @@ def main(argv: list, default_config: str, entry: Callable, doc: str = "",
   flags.FLAGS.mark_as_parsed()  # absl's own flags (logging; grain needs them parsed)
   if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
     print(doc.strip() + "\n\nflags: --config=FILE[:ARG] --config.KEY=VALUE --workdir=DIR"
-          + (" [--resume]" if resume_flag else ""))
+          + (" [--resume]" if resume_flag else "") + "\n\n" + _cache_help())
     return 0
   try:
     config, workdir, resume, (coordinator, process_id) = parse(

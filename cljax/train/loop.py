@@ -12,12 +12,22 @@ training changes (parameters, optimizer state), ``data`` what it reads (buffers,
 steps of this call (both traced int32 arrays, e.g. for a schedule), ``metrics`` a [M] float32
 array summed over the steps (e.g. the loss and its parts).
 
-Each jitted call runs ``chunk`` steps; steps with i >= stop are masked (computed, then discarded),
-so every call has the same shapes and no budget ever recompiles. The chunk's steps are unrolled
-(``unroll=True``) or a ``lax.scan`` (``unroll=False``). Why both: XLA:CPU runs convolutions about
-6x slower inside while/scan bodies than unrolled at top level (a small CNN, batch 32: 29-36 ms per
-step unrolled, 195 ms in a fori_loop; BUILD_NOTES.md), while a ViT (no convolutions) compiles 7x
-faster and runs faster as a scan. Convolutional models unroll; ViTs scan.
+Steps with i >= stop are masked (computed, then discarded), so every call has the same shapes and
+no budget ever recompiles. How a chunk's steps run (``unroll``):
+
+* ``unroll=True``: each step is one jitted call of a one-step program, at top level, dispatched in
+  order from the host (a chunk only groups the steps for ``per_step`` and ``progress``); calls
+  wholly past ``stop`` are skipped. XLA:CPU runs convolutions about 6x slower inside while/scan
+  bodies than at top level (a small CNN, batch 32: 29-36 ms per step at top level, 195 ms in a
+  fori_loop; BUILD_NOTES.md), so convolutional models run this way. One step per program rather
+  than a chunk of 8 unrolled steps: the demo's CNN step (ER, batch 32) compiles in a quarter of
+  the time (8.3 s vs 30.2 s on 2 loaded cores, load 11-16), and no step is slower (13.1 vs
+  18.5 ms a step in the same runs): a program's compile time grows with its unrolled steps,
+  while a call's dispatch costs about 0.1 ms against a 10-30 ms step (notes/startup.md), so for
+  any stream that runs fewer than some 10^4 steps per compile the one-step program is faster in
+  total, and warm runs it costs nothing either.
+* ``unroll=False``: the whole chunk is one ``lax.scan`` call: a ViT (no convolutions) compiles 7x
+  faster and runs faster as a scan.
 
 Data read per step from the host (a shuffled epoch order, mini-batches of a base set) comes through
 ``per_step(start) -> pytree`` with a leading axis of ``chunk``; the step then receives
@@ -30,6 +40,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Step = Callable[..., tuple]
@@ -42,9 +53,12 @@ class Loop:
     if int(chunk) < 1:
       raise ValueError(f"chunk must be >= 1, got {chunk}")
     self.step, self.chunk, self.unroll = step, int(chunk), bool(unroll)
+    # Steps of one compiled program: one at top level, or the whole chunk in a scan.
+    self.unit = 1 if self.unroll else self.chunk
     self.run_chunk = jax.jit(self._run_chunk)
 
   def _run_chunk(self, carry, data, key, start, stop, rows):
+    """``self.unit`` steps from ``start`` (``rows``: theirs, leading axis ``self.unit``)."""
     def one(carry, i, row):
       d = data if rows is None else (data, row)
       new, m = self.step(carry, d, jax.random.fold_in(key, i), i, stop)
@@ -52,10 +66,10 @@ class Loop:
       carry = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, carry)
       return carry, jnp.where(active, jnp.asarray(m, jnp.float32), 0.0)
 
-    idx = start + jnp.arange(self.chunk, dtype=jnp.int32)
+    idx = start + jnp.arange(self.unit, dtype=jnp.int32)
     if self.unroll:
       sums = None
-      for c in range(self.chunk):
+      for c in range(self.unit):
         row = None if rows is None else jax.tree.map(lambda a, c=c: a[c], rows)
         carry, m = one(carry, idx[c], row)
         sums = m if sums is None else sums + m
@@ -74,14 +88,25 @@ class Loop:
     """
     passes = int(passes)
     sums = None
-    stop = jnp.int32(passes)
+    stop = np.int32(passes)
     for start in range(0, passes, self.chunk):
       rows = None if per_step is None else per_step(start)
-      carry, m = self.run_chunk(carry, data, key, jnp.int32(start), stop, rows)
-      sums = m if sums is None else sums + m
+      for u in range(0, min(self.chunk, passes - start), self.unit):  # later ones: all masked
+        part = rows if self.unit == self.chunk else jax.tree.map(
+            lambda a, u=u: _rows(a, u, self.unit), rows)
+        carry, m = self.run_chunk(carry, data, key, np.int32(start + u), stop, part)
+        sums = m if sums is None else sums + m
       if progress is not None:
         progress(min(start + self.chunk, passes), passes, sums)
     return carry, sums
+
+
+def _rows(a, start: int, n: int):
+  """Rows start .. start + n - 1 of ``a``: a numpy view, or one ``dynamic_slice`` program for a
+  JAX array (a static slice would compile once per start)."""
+  if isinstance(a, np.ndarray):
+    return a[start:start + n]
+  return jax.lax.dynamic_slice_in_dim(a, np.int32(start), n)
 
 
 def apply_updates(tx: optax.GradientTransformation, params, opt, grads, lr=None,
