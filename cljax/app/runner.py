@@ -17,9 +17,10 @@ After the last step: the state's bytes, the batch-1 ``update`` latency (on a cop
 and the final model's predictions for the diagnostic plots (``predictions``).
 
 The runner drives the bare jitted functions (``cljax.learners.get(..., checked=False)``) after its
-own checks. Its overhead is kept off the per-batch path: batches arrive in chunks (one gather, one
-check, one transfer and one key derivation per chunk), and the passes each call reports stay on
-device until the step ends (no per-batch host sync), so dispatch stays asynchronous.
+own checks. Its overhead is kept off the per-batch path: batches arrive in chunks (one gather and
+one check per chunk), batch keys are derived 16 at a time (one call per group), and the passes
+each call reports stay on device until the step ends (summed 16 calls at a time, no per-batch
+host sync), so dispatch stays asynchronous.
 
 Keys are derived from (seed, run name, batch number), never carried, so a run resumed from a
 checkpoint draws exactly the keys the uninterrupted run would have drawn. Everything else the rest
