@@ -3,7 +3,8 @@ r"""Runner overhead: a run through ``cljax.app.runner`` against a bare loop of t
     .venv/bin/python experiments/bench/runner.py --out=/tmp/runner_bench.json
     .venv/bin/python experiments/bench/runner.py --learners=slda --batch_sizes=1 --step_examples=500
 
-For each learner (``slda`` on 512-d features, ``er`` on real 28x28 MNIST digits with an MLP,
+For each learner (``slda``, ``ncm``, ``acil`` and ``ranpac`` on 512-d features (the last two
+with ``EXPANSION`` random features), ``er`` on real 28x28 MNIST digits with an MLP,
 ``remind``'s update on 4x4x64 feature maps) and each incoming batch size, the same stream (real
 ``mnist5k`` labels, cycled for streams over 4,000 examples; SLDA's and REMIND's inputs are fixed
 random projections of the digits) is
@@ -15,7 +16,8 @@ consumed twice in one process:
 * **runner**: ``runner.run_learner`` on that stream with a budget of 0 passes per step (so both
   time ``update``): grain chunks, boundary checks, key derivation, budget accounting, an orbax
   checkpoint at every step, evaluation at step ends only on a 1-example test set (so evaluation
-  is effectively off; anytime evaluation is off).
+  is effectively off; anytime evaluation is off), and the final model's decision-boundary
+  predictions (``runner.predictions``: 3,600 grid points in batches of 256).
 
 Steps hold ``STEP_EXAMPLES`` examples (1 to 2 seconds of compute each on 2 CPU cores), since the
 runner's fixed cost per step (an orbax checkpoint of the whole state: about 36 ms of CPU for a
@@ -52,7 +54,8 @@ from cljax.data.sources import ArraySource, Dataset
 from cljax.models import resnet
 from cljax.app import runner
 
-_LEARNERS = flags.DEFINE_list("learners", ["slda", "er", "remind"], "Learners to time.")
+_LEARNERS = flags.DEFINE_list("learners", ["slda", "ncm", "acil", "ranpac", "er", "remind"],
+                              "Learners to time.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32"], "Incoming batch sizes.")
 _STEP_EXAMPLES = flags.DEFINE_integer(
     "step_examples", 0, "Examples per time step (0: the defaults in STEP_EXAMPLES, about a "
@@ -61,8 +64,15 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Time steps (one checkpoint each).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs of each; the median is reported.")
 
 # (learner, incoming batch size) -> examples per time step.
-STEP_EXAMPLES = {("slda", 1): 4000, ("slda", 32): 120000, ("er", 1): 2000,
-                 ("er", 32): 32000, ("remind", 1): 512, ("remind", 32): 512}
+STEP_EXAMPLES = {("slda", 1): 4000, ("slda", 32): 120000, ("ncm", 1): 4000, ("ncm", 32): 120000,
+                 ("acil", 1): 2000, ("acil", 32): 32000, ("ranpac", 1): 2000,
+                 ("ranpac", 32): 32000, ("er", 1): 2000, ("er", 32): 32000, ("remind", 1): 512,
+                 ("remind", 32): 512}
+# The analytic heads' feature expansion: 1,024 (the papers' 8,192 and 10,000 make each batch-1
+# update a 64-400 MB matrix update, whose compute hides any runner overhead; the runner's cost is
+# measured where it shows most).
+EXPANSION = 1024
+_FEATURES = ("slda", "ncm", "acil", "ranpac")  # learners fed SLDA's 512-d features
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
 
@@ -73,7 +83,7 @@ def _stream(kind: str, n: int, steps: int):
   x = ds.train.batch(idx)
   y = np.asarray(ds.train.y[idx], np.int32)
   rng = np.random.default_rng(0)
-  if kind == "slda":  # 512-d features: a fixed random projection of the digits
+  if kind in _FEATURES:  # 512-d features: a fixed random projection of the digits
     x = np.maximum(x.reshape(n, -1) @ rng.normal(size=(784, 512)).astype(np.float32) / 28, 0)
   elif kind == "remind":  # 4x4x64 feature maps (G's output of a width-1/8 ResNet at 28 px)
     x = np.maximum(x.reshape(n, -1) @ rng.normal(size=(784, 1024)).astype(np.float32) / 28, 0)
@@ -91,6 +101,12 @@ def _stream(kind: str, n: int, steps: int):
 def _learner(kind: str):
   if kind == "slda":
     return learners.get("slda", num_classes=10, checked=False)
+  if kind == "ncm":
+    return learners.get("ncm", num_classes=10, checked=False)
+  if kind == "acil":
+    return learners.get("acil", num_classes=10, expansion_dim=EXPANSION, checked=False)
+  if kind == "ranpac":
+    return learners.get("ranpac", num_classes=10, projection_dim=EXPANSION, checked=False)
   if kind == "er":
     return learners.get("er", num_classes=10, model="mlp", memory_size=500, checked=False)
   model = resnet.ResNet18(10, width=1 / 8, stem="small",
@@ -130,9 +146,11 @@ def _through_runner(learner, stream, bs: int):
     wd = tempfile.mkdtemp(prefix="cljax_runner_bench_")
     try:
       # latency_calls=0: the batch-1 latency probe after the last step is not the runner's
-      # per-batch work this bench compares with a bare loop.
-      opts = runner.RunOptions(batch_size=bs, budget=0, eval_every_examples=0, eval_batch_size=1,
-                               latency_calls=0)
+      # per-batch work this bench compares with a bare loop. Evaluation batches of 256 rows: the
+      # test set is one example (one call per step end), and the final decision-boundary grid
+      # (runner.predictions, 3,600 points) is 15 calls; at batch 1 it was 3,600 calls, about 2 s.
+      opts = runner.RunOptions(batch_size=bs, budget=0, eval_every_examples=0,
+                               eval_batch_size=256, latency_calls=0)
       t0, c0 = time.perf_counter(), time.process_time()
       runner.run_learner("bench", learner, stream, opts, wd, log=lambda m: None)
       return time.perf_counter() - t0, time.process_time() - c0

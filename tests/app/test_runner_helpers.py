@@ -18,13 +18,17 @@ def _old_chunk_keys(key, first):
 
 
 def test_batch_keys_match_the_old_formula():
+  """runner._chunk_keys (one call per group of batches) draws the keys one fold_in per batch
+  drew, for whole chunks and for a chunk shorter than a whole number of groups."""
   key = runner._key_for(3, "slda")  # pylint: disable=protected-access
   k_batch = jax.random.fold_in(key, 1)
+  data = lambda keys: np.stack([jax.random.key_data(k) for k in keys])
   for first in (0, 256, 70_000):
-    old = np.stack([jax.random.key_data(k) for k in _old_chunk_keys(k_batch, np.int32(first))])
-    new = np.stack([jax.random.key_data(runner._batch_key(k_batch, first + i))  # pylint: disable=protected-access
-                    for i in range(256)])
+    old = data(_old_chunk_keys(k_batch, np.int32(first)))
+    new = data(runner._chunk_keys(k_batch, first, 256))  # pylint: disable=protected-access
     np.testing.assert_array_equal(new, old)
+    short = data(runner._chunk_keys(k_batch, first, 37))  # pylint: disable=protected-access
+    np.testing.assert_array_equal(short, old[:37])
 
 
 def test_step_sums_match_a_plain_sum():
@@ -67,7 +71,7 @@ def test_helpers_compile_fast(compiles):
     jax.clear_caches()
     t0 = time.perf_counter()
     with compiles() as n:
-      jax.block_until_ready(runner._batch_key(key, 5))  # pylint: disable=protected-access
+      jax.block_until_ready(runner._chunk_keys(key, 5, 3))  # pylint: disable=protected-access
       jax.block_until_ready(runner._chunk_sums(infos))  # pylint: disable=protected-access
     took = time.perf_counter() - t0
   finally:
