@@ -112,7 +112,7 @@ def get_config(options: str = ""):
   # unlabeled rows, 20 % buffer-only at lr x 0.1, w_r = 50.
   c.hparams.dietcl_ref = dict(recipe, learner="dietcl", allocation="reference_code", w_r=50.0,
                               buffer_lr_scale=0.1, joint_fraction=0.8)
-  # ER as the reference runs it (trainer/base.py): cljax.learners.dietcl.er_diet.
+  # ER as the reference runs it (trainer/base.py): the registered learner `er_diet`.
   c.hparams.er = dict(recipe, learner="er_diet")
   # ER as cljax builds it (Prabhu et al.'s budgeted ER: a memory as large as the stream, uniform
   # over every label so far, at step ends only), from the same MAE start, no regularisation.
