@@ -32,7 +32,6 @@ skipped, and so are rows whose label lies outside [0, num_classes) (counted in t
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Optional
 
 import jax
@@ -42,29 +41,11 @@ import numpy as np
 from cljax import learner as contract
 from cljax.learner import Learner
 from cljax.learners.registry import register
+from cljax.ops import analytic
 from cljax.ops import sharding
 from cljax.ops import slda as ops
 
 COVARIANCES = ("plastic", "fixed")
-
-
-def _features(x: jax.Array, backbone: Optional[Callable]) -> jax.Array:
-  """[B, d] float32 features of inputs x [B, ...]."""
-  if backbone is not None:
-    f = backbone(x)
-    if f.ndim != 2:
-      raise ValueError(f"slda: backbone must return [B, d] features, got shape {f.shape}")
-    return f.astype(jnp.float32)
-  return x.reshape(x.shape[0], -1).astype(jnp.float32)
-
-
-def _feature_dim(x, backbone: Optional[Callable]) -> int:
-  if backbone is not None:
-    shape = jax.eval_shape(backbone, jax.ShapeDtypeStruct(np.shape(x), jnp.float32)).shape
-    if len(shape) != 2:
-      raise ValueError(f"slda: backbone must return [B, d] features, got shape {shape}")
-    return int(shape[1])
-  return int(math.prod(np.shape(x)[1:]))
 
 
 def _check_dim(state: ops.SLDAState, feats: jax.Array, where: str):
@@ -94,7 +75,7 @@ def ingest(state: ops.SLDAState, batch, *, backbone: Optional[Callable], update_
            solver: str) -> ops.SLDAState:
   """The statistics after the batch's valid, labelled rows (and the head refreshed if
   ``refresh_on_update``)."""
-  feats = _features(batch["x"], backbone)  # split over the devices with the batch
+  feats = analytic.features(batch["x"], backbone)  # split over the devices with the batch
   _check_dim(state, feats, "update")
   _, mask = contract.masks(batch)
   # The statistics of the whole batch are applied on every device alike, from its gathered
@@ -125,7 +106,7 @@ def update(state: ops.SLDAState, batch, key, *, num_classes: int,
 def predict(state: ops.SLDAState, x, *, backbone: Optional[Callable], shrinkage: float,
             solver: str, mask_unseen: bool) -> jax.Array:
   """Scores [B, K] of the LDA head (solved on the fly while the cached head is stale)."""
-  feats = _features(x, backbone)
+  feats = analytic.features(x, backbone)
   _check_dim(state, feats, "predict")
   return ops.scores(state, feats, shrinkage, solver, mask_unseen)
 
@@ -193,11 +174,11 @@ def slda(*, num_classes: int,
                        "means); got an empty or unlabeled (e.g. mae) base initialisation")
     if backbone is None:
       backbone = base.backbone()
-  features_jit = jax.jit(functools.partial(_features, backbone=backbone))
+  features_jit = jax.jit(functools.partial(analytic.features, backbone=backbone))
 
   def init(key, example_batch):
     del key
-    d = _feature_dim(example_batch["x"], backbone)
+    d = analytic.feature_dim(example_batch["x"], backbone)
     if base is None:
       return ops.init_state(num_classes, d)
     state = fit_base(ops.init_state(num_classes, d), base_features(base.x, features_jit), base.y)
@@ -251,7 +232,7 @@ def fit_base(state: ops.SLDAState,
     ValueError: on a feature-dimension mismatch, labels out of range or wrong shapes.
   """
   k, d = state.means.shape
-  feats = _features(jnp.asarray(x), backbone)
+  feats = analytic.features(jnp.asarray(x), backbone)
   if feats.shape[1] != d:
     raise ValueError(f"slda.fit_base: x gives features of dim {feats.shape[1]}, but the state has "
                      f"feature_dim={d}")
