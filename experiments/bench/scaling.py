@@ -95,6 +95,7 @@ from jax._src import monitoring  # the lowering event counts compiles (as tests/
 import jax.numpy as jnp
 import numpy as np
 
+import cljax
 from cljax import learners
 from cljax.models import resnet
 from cljax.models import vit as vit_lib
@@ -607,9 +608,7 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
-  if os.environ.get("CLJAX_JAX_CACHE"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  cljax.compile_cache(check=True)  # the one cache policy (cljax/__init__.py)
   size = size_of(a)
   backend = jax.default_backend()
   dev = jax.devices()[0]

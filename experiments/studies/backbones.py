@@ -164,10 +164,8 @@ def main(argv):
   if bad:
     print(f"error: --backbones: unknown {bad}; valid: {list(BACKBONES)}", file=sys.stderr)
     sys.exit(2)
-  import jax  # pylint: disable=import-outside-toplevel
-  if os.environ.get("CLJAX_JAX_CACHE"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  import cljax  # pylint: disable=import-outside-toplevel
+  cljax.compile_cache(check=True)  # the one cache policy (cljax/__init__.py)
   os.makedirs(F["workdir"].value, exist_ok=True)
   t0 = time.perf_counter()
   out = study(F["workdir"].value, F["backbones"].value, F["learners"].value,

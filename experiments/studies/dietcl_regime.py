@@ -50,7 +50,6 @@ import time
 from typing import Callable, Optional
 
 from absl import app, flags
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -238,10 +237,8 @@ F = {}
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax  # pylint: disable=import-outside-toplevel
-  if os.environ.get("CLJAX_JAX_CACHE"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  import cljax  # pylint: disable=import-outside-toplevel
+  cljax.compile_cache(check=True)  # the one cache policy (cljax/__init__.py)
   cells = F["cells"].value or list(CELLS)
   bad = [c for c in cells if c not in CELLS]
   if bad:

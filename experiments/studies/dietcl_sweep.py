@@ -185,10 +185,8 @@ def plot(out: dict, path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax  # pylint: disable=import-outside-toplevel
-  if os.environ.get("CLJAX_JAX_CACHE"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  import cljax  # pylint: disable=import-outside-toplevel
+  cljax.compile_cache(check=True)  # the one cache policy (cljax/__init__.py)
   try:
     budgets = [int(b) for b in F["budgets"].value]
     rates = [float(r) for r in F["rates"].value]

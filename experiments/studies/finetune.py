@@ -40,6 +40,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+import cljax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -339,11 +340,9 @@ def main(argv):
       noises=[float(v) for v in _NOISES.value], default_lambda=_DEF_LAMBDA.value,
       default_epochs=_DEF_EPOCHS.value, lr=_LR.value)
   # Compiles are the slow part on a loaded CPU; every learner of the grid compiles to the same
-  # programs (λ and the base network live in the state, not in the programs), so a persistent
+  # programs (λ and the base network live in the state, not in the programs), so the persistent
   # cache makes all but the first few free.
-  jax.config.update("jax_compilation_cache_dir", os.environ.get(
-      "CLJAX_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "jax")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  cljax.compile_cache(check=True)
   main_cfg(cfg, _WORKDIR.value, log=lambda m: print(m, flush=True))
 
 

@@ -181,10 +181,8 @@ def main(argv):
     print(f"error: --fashion_rows={','.join(rows)}: give two positive integers TRAIN,TEST "
           "(e.g. --fashion_rows=5000,1000)", file=sys.stderr)
     sys.exit(2)
-  import jax  # pylint: disable=import-outside-toplevel
-  if os.environ.get("CLJAX_JAX_CACHE"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["CLJAX_JAX_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  import cljax  # pylint: disable=import-outside-toplevel
+  cljax.compile_cache(check=True)  # the one cache policy (cljax/__init__.py)
   os.makedirs(F["workdir"].value, exist_ok=True)
   t0 = time.perf_counter()
   result = study(F["workdir"].value, F["datasets"].value, [int(s) for s in F["seeds"].value],
