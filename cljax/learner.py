@@ -21,7 +21,11 @@ Like optax's ``GradientTransformation``, every method is the same four functions
   learner hands to the ``Loop`` it trains with, so long training shows rate and ETA. Learners with
   nothing to do return the state. Unlike ``update`` it runs on the host and may read state values
   there (counters deciding how many passes to spend), so it is not itself jitted; the work it
-  spends runs in jitted, fixed-shape chunks.
+  spends runs in jitted, fixed-shape chunks. Learners whose ``early_stopping`` is True also take
+  ``early_stop=`` a ``cljax.train.early_stop.EarlyStopping``: they score their model on held-out
+  data every few passes, stop spending the budget when it stops improving and keep the best
+  model of the step (``info.passes`` is what they spent; ``info.extra`` gains ``passes_saved``,
+  ``best_pass`` and ``best_score``).
 * ``predict(state, x) -> logits`` [B, num_classes] float32.
 * ``info`` is an ``Info``: ``passes`` spent (forward-backward passes of the learner's training batch
   size; the runner charges them to the step's budget), ``loss`` (NaN when nothing was trained) and
@@ -88,6 +92,8 @@ class Learner(NamedTuple):
   budgeted: False for reference learners (offline, joint upper bounds) and one-step-per-example
     methods (REMIND) that spend what their method prescribes whatever ``budget`` says; the runner
     then does not flag their steps as over budget.
+  early_stopping: True when ``end_of_step`` takes ``early_stop=`` (module docstring): learners
+    that train at step ends.
   """
 
   name: str
@@ -97,6 +103,7 @@ class Learner(NamedTuple):
   predict: Callable[[State, jax.Array], jax.Array]
   hparams: Mapping[str, Any] = {}
   budgeted: bool = True
+  early_stopping: bool = False
 
 
 def identity_end_of_step(state, key, budget=None, progress=None):
@@ -228,9 +235,15 @@ def checked(learner: Learner, num_classes: int) -> Learner:
                     f"{learner.name}.update")
     return learner.update(state, b, key)
 
-  def end_of_step(state, key, budget=None, progress=None):
-    return learner.end_of_step(state, key, check_budget(budget, f"{learner.name}.end_of_step"),
-                               progress=progress)
+  def end_of_step(state, key, budget=None, progress=None, early_stop=None):
+    where = f"{learner.name}.end_of_step"
+    budget = check_budget(budget, where)
+    if early_stop is None:
+      return learner.end_of_step(state, key, budget, progress=progress)
+    if not learner.early_stopping:
+      raise BatchError(f"{where}: this learner does not stop early (it trains nothing at step "
+                       "ends, or not by passes); call it without early_stop")
+    return learner.end_of_step(state, key, budget, progress=progress, early_stop=early_stop)
 
   def predict(state, x):
     xs = _shape(x)

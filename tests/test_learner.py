@@ -122,7 +122,18 @@ def test_every_learner_has_the_four_functions():
     assert "num_classes" in entry.hparams
   learner = L.get("er", num_classes=3)
   assert learner._fields == ("name", "init", "update", "end_of_step", "predict", "hparams",
-                             "budgeted")
+                             "budgeted", "early_stopping")
+  # Those that train at step ends take early_stop=; the others refuse it (test_early_stopping).
+  built = [n for n in L.names() if n not in ("remind", "siesta")]  # need a base to build
+  stops = sorted(n for n in built if L.get(n, **_smallest(n)).early_stopping)
+  assert stops == ["dietcl", "er", "er_diet", "ewc", "finetune", "finetune_kading", "gdumb",
+                   "icarl", "joint", "lwf", "mas", "offline"]
+
+
+def _smallest(name):
+  """Arguments that build learner ``name`` without data (those it requires)."""
+  return {"num_classes": 3,
+          **({"stream_size": 10} if "stream_size" in L.registry.entry(name).hparams else {})}
 
 
 def test_same_seed_same_run(digits):

@@ -51,10 +51,18 @@ def base_config() -> ml_collections.ConfigDict:
   # stratified val_folds-fold split of the training rows instead (experiments/studies/kfold.py).
   # latency_calls: batch-1 `update` calls timed on a copy of each learner's final state for
   # latency_ms (median, p99) in results.json and the table (0: not measured).
+  # early_stop_every: early stopping at step ends (needs a validation split): learners that
+  # train at step ends (finetune, er, offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet,
+  # joint; their Learner.early_stopping) score
+  # their model on the validation rows of steps 0..t every this many passes (0: off), stop
+  # after early_stop_patience scores without improvement and keep the step's best model;
+  # early_stop_metric: "loss" (cross-entropy) or "error". Each step record's extra gains
+  # passes_saved and best_pass; the table gains saved (passes saved over the run).
   c.eval = ml_collections.ConfigDict(dict(every_examples=0, batch_size=250, omega_topk=1,
                                           omega_points="step_ends", omega_reference="offline",
                                           val_fraction=0.0, val_folds=0, val_fold=0,
-                                          latency_calls=100))
+                                          latency_calls=100, early_stop_every=0,
+                                          early_stop_patience=3, early_stop_metric="loss"))
   # What a run does when a learner diverges (its loss or parameters non-finite, or its loss
   # orders of magnitude above its value at the step's start): "stop" (one line `error: ...`,
   # exit status 2, the saved steps kept) or "rollback" (restore the last good step, halve that

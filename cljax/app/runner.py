@@ -57,6 +57,7 @@ from cljax.eval import metrics as M
 from cljax.eval import results as results_lib
 from cljax.learner import Learner
 from cljax.ops import sharding as sharding_lib
+from cljax.train import early_stop as early_stop_lib
 from cljax import progress as progress_lib
 from cljax.app import distributed
 from cljax.app.checkpoint import Checkpointer
@@ -84,6 +85,11 @@ class RunOptions:
     ``max_rollbacks`` times, then it stops). Neither is part of the fingerprint: a stopped run
     may resume with them.
   latency_calls: batch-1 ``update`` calls timed after the last step for ``latency_ms`` (0: none).
+  early_stop_every / early_stop_patience / early_stop_metric: early stopping at step ends
+    (``cljax.train.early_stop``) on the stream's validation split of steps 0..t, for learners
+    with ``early_stopping``: scored every this many passes (0: off), stopped after ``patience``
+    scores without improvement, by ``loss`` (cross-entropy) or ``error``. Needs a validation
+    split (``Stream.has_validation``). Part of the fingerprint when on.
   """
 
   batch_size: int = 32
@@ -98,6 +104,9 @@ class RunOptions:
   on_divergence: str = "stop"
   max_rollbacks: int = 3
   latency_calls: int = 100
+  early_stop_every: int = 0
+  early_stop_patience: int = 3
+  early_stop_metric: str = "loss"
 
 
 class RunError(RuntimeError):
@@ -167,6 +176,10 @@ def run_fingerprint(run_name: str, stream: streams_lib.Stream, opts: RunOptions)
         "num_batches": streams_lib.num_batches(stream, opts.batch_size),
         "batch_size": opts.batch_size, "budget": opts.budget,
         "eval_every_examples": opts.eval_every_examples, "seed": opts.seed}
+  if opts.early_stop_every:
+    fp.update(early_stop_every=opts.early_stop_every,
+              early_stop_patience=opts.early_stop_patience,
+              early_stop_metric=opts.early_stop_metric)
   fp.update(json.loads(json.dumps(flatten(opts.fingerprint or {}))))
   return fp
 
@@ -322,27 +335,20 @@ def _step_extras(tot: dict, end_info) -> dict:
 def _predict(learner: Learner, state, batches, mesh=None) -> np.ndarray:
   """[M, K] logits of ``state`` over ``batches`` ((x [B, ...], n valid rows) pairs of one fixed
   size), as numpy (float32)."""
+  return _logits(lambda x: learner.predict(state, x), batches, mesh)
+
+
+def _logits(logits_of: Callable, batches, mesh=None) -> np.ndarray:
+  """[M, K] logits of ``logits_of(x)`` over ``batches`` (as ``_predict``'s), as numpy."""
   logits, sizes = [], []
   for x, n in batches:
     xd = mesh_lib.shard_batch(mesh, {"x": x})["x"] if mesh is not None else x
-    logits.append(learner.predict(state, xd))
+    logits.append(logits_of(xd))
     sizes.append(n)
   if not logits:
     return np.zeros((0, 0), np.float32)
   # One gather of all the logits (a collective when other processes hold parts of them).
   return np.concatenate([l[:n] for l, n in zip(distributed.to_host(logits), sizes)])
-
-
-def cross_entropy(logits: np.ndarray, y: np.ndarray) -> Optional[float]:
-  """Mean cross-entropy, in nats, of ``logits`` [N, K] for labels ``y`` [N] (float64; None for
-  N = 0 or non-finite logits)."""
-  if len(y) == 0:
-    return None
-  z = np.asarray(logits, np.float64)
-  z = z - z.max(1, keepdims=True)
-  ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
-  v = float(ce.mean())
-  return v if np.isfinite(v) else None
 
 
 def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_size: int,
@@ -369,13 +375,13 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
   out = {"row": row, "accuracy": float(correct[seen_idx].mean()),
          "top5": float(M.topk_correct(logits[seen_idx], y, 5).mean()),
          "A": float(np.mean([r for r in row if r is not None])),
-         "test_loss": cross_entropy(logits[seen_idx], y)}
+         "test_loss": M.cross_entropy(logits[seen_idx], y)}
   if stream.has_validation:
     vi = stream.val_index(t)
     vy = stream.dataset.train.y[vi].astype(np.int64)
     vl = _predict(learner, state, streams_lib.iterate_test(stream.dataset.train, batch_size,
                                                             vi), mesh)
-    out.update(val_loss=cross_entropy(vl, vy),
+    out.update(val_loss=M.cross_entropy(vl, vy),
                val_accuracy=float((vl.argmax(1) == vy).mean()) if len(vy) else None)
   if full:
     cm = M.confusion_matrix(y, pred[seen_idx], stream.dataset.num_classes)
@@ -389,6 +395,27 @@ def evaluate(learner: Learner, state, stream: streams_lib.Stream, t: int, batch_
                ece=M.expected_calibration_error(y, logits[seen_idx]) if finite else None,
                y=y, scores=logits[seen_idx])
   return out
+
+
+def early_stopping(stream: streams_lib.Stream, t: int, opts: RunOptions,
+                   mesh=None) -> Optional[early_stop_lib.EarlyStopping]:
+  """The ``EarlyStopping`` of step t: scored on the validation split of steps 0..t (the rows
+  ``evaluate`` reports ``val_loss`` on), in batches of ``opts.eval_batch_size`` placed on the
+  mesh; None when early stopping is off or step t holds no validation row."""
+  if not opts.early_stop_every or not stream.has_validation:
+    return None
+  vi = stream.val_index(t)
+  if len(vi) == 0:
+    return None
+  vy = stream.dataset.train.y[vi].astype(np.int64)
+  batches = list(streams_lib.iterate_test(stream.dataset.train, opts.eval_batch_size, vi))
+
+  def score(logits_of):
+    return early_stop_lib.held_out_score(_logits(logits_of, batches, mesh), vy,
+                                         opts.early_stop_metric)
+
+  return early_stop_lib.EarlyStopping(score=score, every=opts.early_stop_every,
+                                      patience=opts.early_stop_patience)
 
 
 GRID = 60  # decision-boundary grid: GRID x GRID points of the test inputs' PCA plane
@@ -708,9 +735,11 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger, 
     used, loss_sum, loss_n, extra_sums, watch = _step_totals(step_sums)
     remaining = None if opts.budget is None else max(opts.budget - int(round(used)), 0)
     # Long training inside end_of_step (offline retraining, large budgets) logs rate and ETA.
+    stopping = early_stopping(stream, t, opts, mesh) if learner.early_stopping else None
     state, info = learner.end_of_step(
         state, jax.random.fold_in(k_step, t), remaining,
-        progress=progress_lib.Reporter(log, f"[{run_name}] step {t} end_of_step"))
+        progress=progress_lib.Reporter(log, f"[{run_name}] step {t} end_of_step"),
+        **({} if stopping is None else {"early_stop": stopping}))
     end_loss = float(info.loss)
     is_final = t == stream.num_steps - 1
     ev = evaluate(learner, state, stream, t, opts.eval_batch_size, mesh, full=is_final)

@@ -33,6 +33,7 @@ from cljax.app.runner import RunOptions
 from cljax.eval import loggers as loggers_lib
 from cljax.eval import results as results_lib
 from cljax.ops import augment
+from cljax.train import early_stop as early_stop_lib
 from cljax.train import pretrain
 
 
@@ -204,6 +205,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         "a fold, not both (set the other to 0)")
   _number("max_rollbacks", config.max_rollbacks, 0)
   _number("eval.latency_calls", config.eval.latency_calls, 0, hint=" (0: latency not measured)")
+  _number("eval.early_stop_every", config.eval.early_stop_every, 0, hint=" (0: off)")
+  _number("eval.early_stop_patience", config.eval.early_stop_patience, 1)
+  if config.eval.early_stop_metric not in early_stop_lib.METRICS:
+    raise ConfigError(f"unknown eval.early_stop_metric {config.eval.early_stop_metric!r}; "
+                      f"valid: {list(early_stop_lib.METRICS)}")
+  if config.eval.early_stop_every and not (config.eval.val_fraction or config.eval.val_folds):
+    raise ConfigError("eval.early_stop_every needs a validation split to score on: set "
+                      "eval.val_fraction (e.g. 0.1) or eval.val_folds, or early_stop_every=0")
   if config.on_divergence not in ON_DIVERGENCE:
     raise ConfigError(f"on_divergence must be one of {list(ON_DIVERGENCE)}, got "
                       f"{config.on_divergence!r}")
@@ -357,7 +366,9 @@ def from_config(config: ml_collections.ConfigDict,
       eval_every_examples=int(e.every_examples), eval_batch_size=int(e.batch_size),
       num_devices=int(config.num_devices) or None,
       max_to_keep=int(config.checkpoint.max_to_keep), seed=seed,
-      latency_calls=int(e.latency_calls))
+      latency_calls=int(e.latency_calls), early_stop_every=int(e.early_stop_every),
+      early_stop_patience=int(e.early_stop_patience),
+      early_stop_metric=str(e.early_stop_metric))
   ev = EvalSettings(every_examples=int(e.every_examples), batch_size=int(e.batch_size),
                     omega_topk=int(e.omega_topk), omega_points=str(e.omega_points),
                     omega_reference=str(e.omega_reference))

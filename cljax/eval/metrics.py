@@ -7,6 +7,8 @@ task_step[j] <= t count ("seen" tasks). Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -96,6 +98,19 @@ def precision_recall_f1(cm: np.ndarray) -> dict:
 # ``y`` [N] int labels in [0, K); ``scores`` [N, K] logits or probabilities of one model on N test
 # examples. Every figure here equals scikit-learn's (tests/eval/test_metrics.py), computed with
 # numpy only (importing scikit-learn costs ~2 s, more than a small run).
+
+
+def cross_entropy(logits, y) -> Optional[float]:
+  """Mean cross-entropy, in nats, of ``logits`` [N, K] for integer labels ``y`` [N], computed in
+  float64 (``sklearn.metrics.log_loss`` of their softmax); None for N = 0 or non-finite logits."""
+  y = np.asarray(y)
+  if len(y) == 0:
+    return None
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(1, keepdims=True)
+  ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y.astype(np.int64)]
+  v = float(ce.mean())
+  return v if np.isfinite(v) else None
 
 
 def probabilities(scores) -> np.ndarray:

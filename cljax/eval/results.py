@@ -51,6 +51,7 @@ COLUMNS = (
     ("ece", "{:>7.4f}", lambda r: r.get("ece")),
     ("val_acc", "{:>7.4f}", lambda r: _last_step(r, "val_accuracy")),
     ("budget", "{:>8.0f}", lambda r: sum(s["budget_used"] for s in r.get("steps", []))),
+    ("saved", "{:>7.0f}", lambda r: _step_sum(r, "passes_saved")),
     ("wall_s", "{:>8.1f}", lambda r: r.get("wall_s")),
     ("ex/s", "{:>8.0f}", lambda r: r.get("examples_per_s")),
     ("state_MB", "{:>8.3f}", lambda r: _scaled(r.get("state_bytes"), 2.0 ** -20)),
@@ -63,6 +64,14 @@ COLUMNS = (
 def _last_step(r: dict, key: str):
   steps = r.get("steps") or []
   return steps[-1].get(key) if steps else None
+
+
+def _step_sum(r: dict, extra: str):
+  """The sum over steps of the step extra ``extra`` (None when no step reported it: e.g.
+  ``passes_saved`` without early stopping)."""
+  vals = [(s.get("extra") or {}).get(extra) for s in r.get("steps") or []]
+  vals = [v for v in vals if v is not None]
+  return sum(vals) if vals else None
 
 
 def _scaled(v, factor: float):

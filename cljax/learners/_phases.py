@@ -80,9 +80,13 @@ class Recipe(NamedTuple):
                                   rows=rows)
 
 
-def phase_step(loss_fn, tx):
+def phase_step(loss_fn, tx, accumulate: int = 1):
   """The ``Loop`` step of a phase: lr ``reference_lr(i, stop, lr_peak, min_lr)`` times the
-  per-parameter ``scales``.
+  per-parameter ``scales``. With ``accumulate`` k (``tx`` built with it) the lr of an optimizer
+  step is that of its first micro-batch, i rounded down to a multiple of k, as the reference sets
+  it (``trainer/base.py`` lines 223-231: ``adjust_learning_rate`` when ``iteration %
+  accumulation == 0``); unlike the reference, a last group of fewer than k micro-batches moves
+  nothing (``optax.MultiSteps``).
 
   ``loss_fn(params, state, key) -> (loss, parts)`` (``state``: the learner's typed state). The
   loop's carry is (params, opt), its data (state, lr_peak, scales, min_lr); metrics are
@@ -92,7 +96,7 @@ def phase_step(loss_fn, tx):
     params, opt = carry
     state, lr_peak, scales, min_lr = data
     (loss, parts), g = jax.value_and_grad(loss_fn, has_aux=True)(params, state, key)
-    lr_i = reference_lr(i, stop, lr_peak, min_lr)
+    lr_i = reference_lr(i - i % accumulate, stop, lr_peak, min_lr)
     params, opt = apply_updates(tx, params, opt, g, jax.tree.map(lambda s: lr_i * s, scales))
     return (params, opt), jnp.stack([loss, *parts])
 
@@ -100,11 +104,15 @@ def phase_step(loss_fn, tx):
 
 
 def run_phase(loop: Loop, opt_init, params, state, key, passes: int, lr_peak: float, scales,
-              min_lr: float = 0.0, progress=None):
+              min_lr: float = 0.0, progress=None, early_stop=None, logits_of=None):
   """One training phase of ``passes`` steps of ``loop`` (built on ``phase_step``) with a fresh
   optimizer (``opt_init``; re-created per stage, as DietCL's reference code), lr from
-  ``lr_peak`` down to ``min_lr`` (``reference_lr``). Returns (params, metric sums [1 + parts] or
-  None when passes is 0)."""
+  ``lr_peak`` down to ``min_lr`` (``reference_lr``). With ``early_stop``
+  (``cljax.train.early_stop``), ``logits_of(params, x)`` scores the model on held-out data and
+  the phase may stop early, keeping its best parameters. Returns (params, metric sums
+  [1 + parts] or None when no pass ran, ``Stopped`` or None)."""
   data = (state, jnp.float32(lr_peak), scales, jnp.float32(min_lr))
-  (params, _), sums = loop((params, opt_init(params)), data, key, passes, progress=progress)
-  return params, sums
+  (params, _), sums, stopped = loop.stopping(
+      (params, opt_init(params)), data, key, passes, early_stop,
+      lambda carry, x: logits_of(carry[0], x), progress=progress)
+  return params, sums, stopped

@@ -217,8 +217,8 @@ def buffer_loss(net: Net, recipe: _phases.Recipe, batch_size: int):
 @register("dietcl", inputs=("model", "model_kwargs", "batch_size", "init_params",
                             "max_step_size", "stream_size"))
 def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-           batch_size: int = 64, lr: float = 1e-4, min_lr: float = _phases.MIN_LR,
-           buffer_lr_scale: float = 0.1, weight_decay: float = 0.05,
+           batch_size: int = 64, accumulate: int = 1, lr: float = 1e-4,
+           min_lr: float = _phases.MIN_LR, buffer_lr_scale: float = 0.1, weight_decay: float = 0.05,
            betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65, w_r: float = 50.0,
            mask_ratio: float = 0.75, norm_pix: bool = True, allocation: str = "paper",
            threshold: int = 400, joint_fraction: float = 0.8, lm_mask: str = "logits",
@@ -238,7 +238,11 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     model, model_kwargs: a ViT of ``cljax.models`` (``vit_micro`` ... ``vit_base``) and its
       options (``patch``, config fields such as ``depth``, ``dtype``).
     batch_size: examples per pass (joint batches and buffer-only batches alike).
-    lr: peak learning rate per 256 examples (scaled linearly to ``batch_size``, as in the code).
+    accumulate: micro-batches per AdamW step (``cljax.optim.accumulate_gradients``): the
+      reference's 1,024-example steps are ``batch_size=32, accumulate=32``; every micro-batch
+      is one pass, and the lr schedule counts passes.
+    lr: peak learning rate per 256 examples (scaled linearly to the effective batch,
+      ``batch_size`` x ``accumulate``, as in the code).
     min_lr: the floor of each phase's half cosine, per 256 examples like ``lr`` (the
       reference's 5e-5 at 1,024 examples); a phase whose peak is below it floors at half its peak.
     buffer_lr_scale: lr factor of the buffer-only phase (reference code 0.1).
@@ -283,13 +287,14 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
       raise ValueError(f"{k} must be >= 1, got {v}")
   net = _vit.vit_net("dietcl", model, num_classes, model_kwargs)
   split = source_split(batch_size, allocation, reconstruction)
-  peak_lr = lr * batch_size / 256
-  floor_lr = min_lr * batch_size / 256
+  # The reference scales by the effective batch (MAE's eff_batch_size = batch x accum_iter).
+  peak_lr = lr * batch_size * accumulate / 256
+  floor_lr = min_lr * batch_size * accumulate / 256
   recipe = _phases.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
                           float(switch_prob), float(label_smoothing), bool(augment),
                           tuple(crop_scale), tuple(mae_crop_scale), bool(flip))
   tx = optim.direction("adamw", weight_decay=weight_decay, betas=betas,
-                       decay_mask=optim.matrices)
+                       decay_mask=optim.matrices, accumulate=accumulate)
   store = buffers.get("append")
   memory = buffers.get("task_balanced")
 
@@ -307,16 +312,21 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
 
   # (experiments/bench/scaling.py finds these two loops by name in end_of_step's closure.)
   joint_loop = Loop(_phases.phase_step(
-      joint_loss(net, recipe, split, lm_mask, w_r, mask_ratio, norm_pix, replay_before), tx),
-      chunk=chunk, unroll=False)
-  buffer_loop = Loop(_phases.phase_step(buffer_loss(net, recipe, batch_size), tx), chunk=chunk,
-                     unroll=False)
+      joint_loss(net, recipe, split, lm_mask, w_r, mask_ratio, norm_pix, replay_before), tx,
+      accumulate), chunk=chunk, unroll=False)
+  buffer_loop = Loop(_phases.phase_step(buffer_loss(net, recipe, batch_size), tx, accumulate),
+                     chunk=chunk, unroll=False)
   prepare = jax.jit(lambda s: balance_memory(s, max_tasks, balanced_buffer))
   scales_of = jax.jit(lambda p: _vit.vit_layer_scales(p, layer_decay))
   opt_init = jax.jit(tx.init)
 
-  def end_of_step(state: State, key, budget=None, progress=None):
-    """Spends exactly ``budget`` passes (None: the default epochs): joint, then buffer-only."""
+  @jax.jit
+  def predict(state: State, x):
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
+
+  def end_of_step(state: State, key, budget=None, progress=None, early_stop=None):
+    """Spends exactly ``budget`` passes (None: the default epochs): joint, then buffer-only.
+    With ``early_stop`` each phase may stop early, keeping its best parameters."""
     k_joint, k_buf = jax.random.split(key)
     if budget is None:
       rows = int(state.cur_l.count) + int(state.cur_u.count)
@@ -325,36 +335,45 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     if replay_before:
       state = prepare(state)
     params, scales = state.params, scales_of(state.params)
-    params, s_joint = _phases.run_phase(joint_loop, opt_init, params, state, k_joint, joint,
-                                        peak_lr, scales, floor_lr, progress)
-    params, s_buf = _phases.run_phase(buffer_loop, opt_init, params, state, k_buf, buf,
-                                      peak_lr * buffer_lr_scale, scales, floor_lr, progress)
+    logits_of = lambda p, x: predict(state._replace(params=p), x)  # noqa: E731
+    params, s_joint, stop_j = _phases.run_phase(joint_loop, opt_init, params, state, k_joint,
+                                                joint, peak_lr, scales, floor_lr, progress,
+                                                early_stop, logits_of)
+    params, s_buf, stop_b = _phases.run_phase(buffer_loop, opt_init, params, state, k_buf, buf,
+                                              peak_lr * buffer_lr_scale, scales, floor_lr,
+                                              progress, early_stop, logits_of)
     state = state._replace(params=params)
+    planned = (joint, buf)
+    if early_stop is not None:
+      joint, buf = stop_j.passes, stop_b.passes
     if not replay_before:  # the reference's ER: the step's labels enter the memory after training
       state = prepare(state)
     state = finish(state)
     zero = jnp.zeros((4,))
     s_joint = zero if s_joint is None else s_joint
     s_buf = zero if s_buf is None else s_buf
+    stopped = {}
+    if early_stop is not None:
+      stopped = {"passes_saved": jnp.float32(sum(planned) - joint - buf),
+                 "best_pass_joint": jnp.float32(stop_j.best_pass),
+                 "best_pass_buffer": jnp.float32(stop_b.best_pass),
+                 "best_score": jnp.float32(stop_b.best_score)}  # the final phase's: the model kept
+    spent = joint + buf
     return state, contract.info(
-        budget, (s_joint[0] + s_buf[0]) / max(budget, 1), joint_passes=jnp.float32(joint),
+        spent, (s_joint[0] + s_buf[0]) / max(spent, 1), joint_passes=jnp.float32(joint),
         buffer_passes=jnp.float32(buf), loss_r=s_joint[1] / max(joint, 1),
         loss_m=s_joint[2] / max(joint, 1), loss_b=s_joint[3] / max(joint, 1),
-        loss_buffer=s_buf[3] / max(buf, 1))
-
-  @jax.jit
-  def predict(state: State, x):
-    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
+        loss_buffer=s_buf[3] / max(buf, 1), **stopped)
 
   return Learner(name="dietcl", init=init, update=update, end_of_step=end_of_step,
-                 predict=predict)
+                 predict=predict, early_stopping=True)
 
 
 @register("er_diet", inputs=("model", "model_kwargs", "batch_size", "init_params",
                              "max_step_size", "stream_size"))
 def er_diet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-            batch_size: int = 64, lr: float = 1e-4, min_lr: float = _phases.MIN_LR,
-            weight_decay: float = 0.05, betas: Sequence[float] = (0.9, 0.95),
+            batch_size: int = 64, accumulate: int = 1, lr: float = 1e-4,
+            min_lr: float = _phases.MIN_LR, weight_decay: float = 0.05, betas: Sequence[float] = (0.9, 0.95),
             layer_decay: float = 0.65, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
             mixup_prob: float = 1.0, switch_prob: float = 0.5, label_smoothing: float = 0.1,
             augment: bool = True, crop_scale: Sequence[float] = (0.08, 1.0), flip: bool = True,

@@ -36,6 +36,7 @@ from cljax.ops.losses import cross_entropy, mask_logits
 from cljax.models.pure import Net
 from cljax.ops import buffers
 from cljax.ops import sharding
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop, classifier_step
 
 
@@ -93,7 +94,8 @@ def train_step(net: Net, tx: optax.GradientTransformation, batch_size: int, carr
 @register("gdumb", inputs=("model", "model_kwargs", "batch_size", "init_params"))
 def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] = None,
           optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
-          weight_decay: float = 0.0, batch_size: int = 32, memory_size: int = 500,
+          weight_decay: float = 0.0, accumulate: int = 1, batch_size: int = 32,
+          memory_size: int = 500,
           epochs_per_step: float = 10.0, chunk: int = 8,
           init_params: Optional[dict] = None, betas: tuple = (0.9, 0.999),
           mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mixup_prob: float = 1.0,
@@ -105,6 +107,8 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
     num_classes: K, size of the output layer; classes absent from memory are masked.
     model, model_kwargs: a ``cljax.models`` name and its constructor options.
     optimizer, lr, momentum, weight_decay: ``cljax.optim.build``; a fresh optimizer every step.
+    accumulate: micro-batches per optimizer step (``cljax.optim.accumulate_gradients``; each
+      one pass of the budget).
     batch_size: examples per SGD step (one forward-backward pass of the budget).
     memory_size: capacity of the memory, in examples.
     epochs_per_step: passes (in epochs over the memory) when ``end_of_step`` gets no budget.
@@ -120,7 +124,7 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
     if int(v) < 1:
       raise ValueError(f"{k} must be >= 1, got {v}")
   tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay,
-                   betas=tuple(betas))
+                   betas=tuple(betas), accumulate=accumulate)
   recipe = _phases.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
                           float(switch_prob), float(label_smoothing), bool(augment),
                           tuple(crop_scale), (0.2, 1.0), bool(flip))
@@ -141,17 +145,22 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
                                                           recipe), chunk=chunk, unroll=True)
   reset = jax.jit(lambda p: (p, tx.init(p)))
 
-  def end_of_step(state, key, budget=None, progress=None):
-    """Retrains from the initialization on memory for exactly ``budget`` passes (None: default)."""
-    passes = budget if budget is not None else contract.default_passes(
-        epochs_per_step, int(state.mem.count), batch_size)
-    carry, sums = loop(reset(state.init_params), state, key, passes, progress=progress)
-    loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
-    return state._replace(params=carry[0], opt=carry[1]), contract.info(passes, loss)
-
   @jax.jit
   def predict(state, x):
     return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), in_memory(state))
 
+  def end_of_step(state, key, budget=None, progress=None, early_stop=None):
+    """Retrains from the initialization on memory for exactly ``budget`` passes (None: default;
+    with ``early_stop``, fewer when the held-out score stops improving, the best model kept)."""
+    passes = budget if budget is not None else contract.default_passes(
+        epochs_per_step, int(state.mem.count), batch_size)
+    carry, sums, stopped = loop.stopping(
+        reset(state.init_params), state, key, passes, early_stop,
+        lambda carry, x: predict(state._replace(params=carry[0]), x), progress=progress)
+    spent = passes if stopped is None else stopped.passes
+    loss = sums[0] / spent if sums is not None else jnp.float32(jnp.nan)
+    return state._replace(params=carry[0], opt=carry[1]), contract.info(
+        spent, loss, **early_stop_lib.extra(stopped, passes))
+
   return Learner(name="gdumb", init=init, update=update, end_of_step=end_of_step,
-                 predict=predict)
+                 predict=predict, early_stopping=True)

@@ -45,6 +45,7 @@ from cljax.ops.buffers import append as append_store
 from cljax.ops.distillation import icarl_targets, sigmoid_bce
 from cljax.ops.herding import herding_ranks, normalise
 from cljax.ops.losses import mask_logits
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop, classifier_step
 
 
@@ -140,8 +141,9 @@ def finish_step(memory_size: int, num_classes: int, state: State, mem_feats: jax
                            "max_step_size"))
 def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
           model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
-          momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
-          epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
+          momentum: float = 0.9, weight_decay: float = 0.0, accumulate: int = 1,
+          batch_size: int = 32, epochs_per_step: float = 5.0, max_step_size: int = 4096,
+          chunk: int = 8,
           init_params: Optional[dict] = None) -> Learner:
   """Builds iCaRL (see the module docstring).
 
@@ -149,12 +151,13 @@ def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
     num_classes: K.
     memory_size: exemplars kept over all classes (paper 2,000).
     model: a ``cljax.models`` name whose module has ``features`` (mlp, cnn, resnet18, ViTs).
-    model_kwargs, optimizer, lr, momentum, weight_decay, batch_size, epochs_per_step,
-      max_step_size, chunk, init_params: as for ``replay.replay_learner``.
+    model_kwargs, optimizer, lr, momentum, weight_decay, accumulate, batch_size,
+      epochs_per_step, max_step_size, chunk, init_params: as for ``replay.replay_learner``.
   """
   _distill.check_sizes(memory_size=memory_size, batch_size=batch_size,
                        max_step_size=max_step_size, chunk=chunk)
-  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay)
+  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay,
+                   accumulate=accumulate)
   net = Net.named(model, num_classes, **(model_kwargs or {}))
   store, memory = buffers.get("append"), buffers.get("ranked")
   logits_of = _distill.RowMap(net.apply, batch_size)
@@ -182,9 +185,10 @@ def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
   finish = jax.jit(lambda state, mem_feats: finish_step(memory_size, num_classes, state,
                                                         mem_feats))
 
-  def end_of_step(state, key, budget=None, progress=None):
+  def end_of_step(state, key, budget=None, progress=None, early_stop=None):
     """Distillation targets, SGD, herding, class means; spends at most ``budget`` passes (the
-    forwards for herding and the means are reserved first)."""
+    forwards for herding and the means are reserved first). With ``early_stop``, fewer SGD
+    passes when the held-out score of the network's own head stops improving (its best kept)."""
     n_cur, n_mem = int(state.cur.count), int(state.mem.count)
     distil = bool(jnp.any(state.old))
     teacher = (_distill.forward_passes(n_cur, batch_size)
@@ -199,7 +203,11 @@ def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
       soft_mem, f2 = logits_of(state.teacher, state.mem.x, n_mem)
       state = state._replace(soft=jnp.concatenate([soft_cur, soft_mem]))
       fwd += f1 + f2
-    (params, opt), sums = loop((state.params, state.opt), state, key, passes, progress=progress)
+    # Scored by the network's own head: the class means the prediction uses are computed after.
+    (params, opt), sums, stopped = loop.stopping(
+        (state.params, state.opt), state, key, passes, early_stop,
+        lambda carry, x: own_logits(carry[0], state.seen, x), progress=progress)
+    planned, passes = passes, (passes if stopped is None else stopped.passes)
     state = state._replace(params=params, opt=opt)
     feats, f3 = features_of(params, state.cur.x, n_cur)
     state = herd(state, feats)
@@ -208,13 +216,17 @@ def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
     fwd += f3 + f4
     loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
     return state, contract.info(passes + fwd, loss, forward_passes=jnp.float32(fwd),
-                                exemplars=state.mem.count)
+                                exemplars=state.mem.count,
+                                **early_stop_lib.extra(stopped, planned))
+
+  @jax.jit
+  def own_logits(params, seen, x):
+    return mask_logits(net.apply(params, jnp.asarray(x, jnp.float32)), seen)
 
   @jax.jit
   def predict(state, x):
     x = jnp.asarray(x, jnp.float32)
     nme = nme_scores(net.features(state.params, x), state.means, state.has_mean)
-    own = mask_logits(net.apply(state.params, x), state.seen)
-    return jnp.where(jnp.any(state.has_mean), nme, own)
+    return jnp.where(jnp.any(state.has_mean), nme, own_logits(state.params, state.seen, x))
 
-  return Learner("icarl", init, update, end_of_step, predict)
+  return Learner("icarl", init, update, end_of_step, predict, early_stopping=True)

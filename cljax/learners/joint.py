@@ -42,6 +42,7 @@ from cljax.learners.registry import register
 from cljax.ops import buffers
 from cljax.ops import mixup as mixup_lib
 from cljax.ops.losses import mask_logits
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop
 
 
@@ -79,8 +80,8 @@ def update(state: State, batch: dict, key: jax.Array) -> tuple:
 
 @register("joint", inputs=("model", "model_kwargs", "batch_size", "init_params", "stream_size"))
 def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "vit_tiny",
-          model_kwargs: Optional[dict] = None, batch_size: int = 64, lr: float = 1e-4,
-          min_lr: float = _phases.MIN_LR, finetune_lr_scale: float = 1.0,
+          model_kwargs: Optional[dict] = None, batch_size: int = 64, accumulate: int = 1,
+          lr: float = 1e-4, min_lr: float = _phases.MIN_LR, finetune_lr_scale: float = 1.0,
           weight_decay: float = 0.05,
           betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65,
           mask_ratio: float = 0.75, norm_pix: bool = True, ssl_fraction: float = 0.8,
@@ -97,7 +98,9 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     stream_size: examples in the whole stream (experiments pass it): capacity of each store.
     model, model_kwargs: the ViT, as for ``dietcl``.
     batch_size: rows per pass, in both phases.
-    lr: peak lr per 256 examples (scaled linearly to ``batch_size``); the fine-tuning phase uses
+    accumulate: micro-batches per AdamW step, as ``dietcl``'s.
+    lr: peak lr per 256 examples (scaled linearly to ``batch_size`` x ``accumulate``); the
+      fine-tuning phase uses
       lr × ``finetune_lr_scale``. min_lr: each phase's floor, as ``dietcl``'s.
     weight_decay, betas: AdamW (DietCL's reference code: 0.05, (0.9, 0.95)).
     layer_decay: layer-wise lr decay of the fine-tuning phase (the SSL phase uses none).
@@ -118,13 +121,13 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
   if not 0.0 <= float(ssl_fraction) <= 1.0:
     raise ValueError(f"ssl_fraction must be in [0, 1], got {ssl_fraction}")
   net = _vit.vit_net("joint", model, num_classes, model_kwargs)
-  peak_lr = lr * batch_size / 256
-  floor_lr = min_lr * batch_size / 256
+  peak_lr = lr * batch_size * accumulate / 256  # per 256 examples of the effective batch
+  floor_lr = min_lr * batch_size * accumulate / 256
   recipe = _phases.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
                           float(switch_prob), float(label_smoothing), bool(augment),
                           tuple(crop_scale), tuple(mae_crop_scale), bool(flip))
   tx = optim.direction("adamw", weight_decay=weight_decay, betas=betas,
-                       decay_mask=optim.matrices)
+                       decay_mask=optim.matrices, accumulate=accumulate)
   store = buffers.get("append")
 
   def init(key, example_batch):
@@ -152,14 +155,20 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     return mixup_lib.soft_cross_entropy(net.apply(params, b.x), b.targets, b.weight,
                                         state.seen), ()
 
-  ssl_loop = Loop(_phases.phase_step(ssl_loss, tx), chunk=chunk, unroll=False)
-  ft_loop = Loop(_phases.phase_step(ft_loss, tx), chunk=chunk, unroll=False)
+  ssl_loop = Loop(_phases.phase_step(ssl_loss, tx, accumulate), chunk=chunk, unroll=False)
+  ft_loop = Loop(_phases.phase_step(ft_loss, tx, accumulate), chunk=chunk, unroll=False)
   opt_init = jax.jit(tx.init)
   scales_of = jax.jit(lambda p: _vit.vit_layer_scales(p, layer_decay))
   ones_of = jax.jit(lambda p: jax.tree.map(jnp.ones_like, _vit.vit_layer_scales(p, 1.0)))
 
-  def end_of_step(state: State, key, budget=None, progress=None):
-    """Restarts from the initialization and spends the cumulative budget (module docstring)."""
+  @jax.jit
+  def predict(state: State, x):
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
+
+  def end_of_step(state: State, key, budget=None, progress=None, early_stop=None):
+    """Restarts from the initialization and spends the cumulative budget (module docstring);
+    with ``early_stop`` the fine-tuning phase may stop early, keeping its best parameters (the
+    MAE phase trains no classifier and always runs)."""
     k_ssl, k_ft = jax.random.split(key)
     if budget is None:
       budget = contract.default_passes(epochs_per_step, int(state.step_rows), batch_size)
@@ -167,21 +176,21 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     n_ssl = int(round(ssl_fraction * total))
     n_ft = total - n_ssl
     start = state.init_params
-    params, s_ssl = _phases.run_phase(ssl_loop, opt_init, start, state, k_ssl, n_ssl, peak_lr,
-                                      ones_of(start), floor_lr, progress)  # MAE: no layer decay
-    params, s_ft = _phases.run_phase(ft_loop, opt_init, params, state, k_ft, n_ft,
-                                     peak_lr * finetune_lr_scale, scales_of(params), floor_lr,
-                                     progress)
+    params, s_ssl, _ = _phases.run_phase(ssl_loop, opt_init, start, state, k_ssl, n_ssl,
+                                         peak_lr, ones_of(start), floor_lr,
+                                         progress)  # MAE: no layer decay
+    params, s_ft, stopped = _phases.run_phase(
+        ft_loop, opt_init, params, state, k_ft, n_ft, peak_lr * finetune_lr_scale,
+        scales_of(params), floor_lr, progress, early_stop,
+        lambda p, x: predict(state._replace(params=p), x))
+    planned, n_ft = n_ft, (n_ft if stopped is None else stopped.passes)
     state = state._replace(params=params, step_rows=jnp.zeros((), jnp.int32),
                            total_budget=jnp.int32(total))
     mean = lambda s, n: s[0] / n if s is not None else jnp.float32(jnp.nan)  # noqa: E731
-    return state, contract.info(total, mean(s_ft, n_ft), ssl_passes=jnp.float32(n_ssl),
-                                finetune_passes=jnp.float32(n_ft), loss_r=mean(s_ssl, n_ssl))
-
-  @jax.jit
-  def predict(state: State, x):
-    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
+    return state, contract.info(n_ssl + n_ft, mean(s_ft, n_ft), ssl_passes=jnp.float32(n_ssl),
+                                finetune_passes=jnp.float32(n_ft), loss_r=mean(s_ssl, n_ssl),
+                                **early_stop_lib.extra(stopped, planned))
 
   # A reference: it spends the cumulative budget at every step.
   return Learner(name="joint", init=init, update=update, end_of_step=end_of_step,
-                 predict=predict, budgeted=False)
+                 predict=predict, budgeted=False, early_stopping=True)

@@ -42,6 +42,7 @@ from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
 from cljax.ops.distillation import kd_loss
 from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop, classifier_step
 
 NET_INPUTS = ("model", "model_kwargs", "batch_size", "init_params", "max_step_size")
@@ -98,8 +99,9 @@ def finish(state: State) -> State:
 def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0,
         t_squared: bool = False, model: str = "mlp",
         model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
-        momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
-        epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
+        momentum: float = 0.9, weight_decay: float = 0.0, accumulate: int = 1,
+        batch_size: int = 32, epochs_per_step: float = 5.0, max_step_size: int = 4096,
+        chunk: int = 8,
         init_params: Optional[dict] = None) -> Learner:
   """Builds LwF (see the module docstring).
 
@@ -109,14 +111,15 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0,
     temperature: T of the softened outputs (paper 2).
     t_squared: multiply the distillation term by T² (Hinton's convention; not the paper's nor
       mammoth's: the pre-issue-23 behaviour, 4x the paper's weight at T = 2).
-    model, model_kwargs, optimizer, lr, momentum, weight_decay, batch_size, epochs_per_step,
-      max_step_size, chunk, init_params: as for ``replay.replay_learner`` (the optimizer state
-      carries over steps, as the warm-started fine-tuning it extends).
+    model, model_kwargs, optimizer, lr, momentum, weight_decay, accumulate, batch_size,
+      epochs_per_step, max_step_size, chunk, init_params: as for ``replay.replay_learner`` (the
+      optimizer state carries over steps, as the warm-started fine-tuning it extends).
   """
   _distill.check_sizes(batch_size=batch_size, max_step_size=max_step_size, chunk=chunk)
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
-  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay)
+  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay,
+                   accumulate=accumulate)
   # kd_loss returns T²·KL; the paper's term is the KL alone.
   kd_weight = float(lam) if t_squared else float(lam) / float(temperature) ** 2
   net = Net.named(model, num_classes, **(model_kwargs or {}))
@@ -139,8 +142,14 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0,
                                                            temperature, carry, data, key),
               chunk=chunk, unroll=True)
 
-  def end_of_step(state, key, budget=None, progress=None):
-    """Teacher logits on the step's rows, then SGD; spends at most ``budget`` passes."""
+  @jax.jit
+  def predict(state, x):
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
+
+  def end_of_step(state, key, budget=None, progress=None, early_stop=None):
+    """Teacher logits on the step's rows, then SGD; spends at most ``budget`` passes (with
+    ``early_stop``, fewer SGD passes when the held-out score stops improving; the best model
+    kept)."""
     n = int(state.cur.count)
     fwd = 0.0
     distil = bool(jnp.any(state.old)) and n > 0
@@ -155,13 +164,13 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0,
       state = state._replace(soft=soft)
     else:
       fwd = 0.0
-    (params, opt), sums = loop((state.params, state.opt), state, key, passes, progress=progress)
+    (params, opt), sums, stopped = loop.stopping(
+        (state.params, state.opt), state, key, passes, early_stop,
+        lambda carry, x: predict(state._replace(params=carry[0]), x), progress=progress)
     state = finish(state._replace(params=params, opt=opt))
+    planned, passes = passes, (passes if stopped is None else stopped.passes)
     loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
-    return state, contract.info(passes + fwd, loss, teacher_passes=jnp.float32(fwd))
+    return state, contract.info(passes + fwd, loss, teacher_passes=jnp.float32(fwd),
+                                **early_stop_lib.extra(stopped, planned))
 
-  @jax.jit
-  def predict(state, x):
-    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
-
-  return Learner("lwf", init, update, end_of_step, predict)
+  return Learner("lwf", init, update, end_of_step, predict, early_stopping=True)

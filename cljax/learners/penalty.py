@@ -37,6 +37,7 @@ from cljax.ops import buffers
 from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
 from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop, classifier_step
 
 # importance(apply, params, x [...], y []) -> params-shaped tree, for one example
@@ -133,7 +134,8 @@ def consolidate(decay: float, state: State, total: Any, n: jax.Array) -> State:
 def penalty_learner(name: str, importance: Importance, *, num_classes: int,
                     model: str = "mlp", model_kwargs: Optional[dict] = None,
                     optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
-                    weight_decay: float = 0.0, batch_size: int = 32, lam: float = 100.0,
+                    weight_decay: float = 0.0, accumulate: int = 1, batch_size: int = 32,
+                    lam: float = 100.0,
                     decay: float = 1.0, importance_passes: int = 16,
                     epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
                     init_params: Optional[dict] = None) -> Learner:
@@ -141,15 +143,17 @@ def penalty_learner(name: str, importance: Importance, *, num_classes: int,
 
   Args:
     importance: per-example importance (``fisher`` or ``output_sensitivity``).
-    num_classes, model, model_kwargs, optimizer, lr, momentum, weight_decay, batch_size,
-      epochs_per_step, max_step_size, chunk, init_params: as for ``replay.replay_learner``.
+    num_classes, model, model_kwargs, optimizer, lr, momentum, weight_decay, accumulate,
+      batch_size, epochs_per_step, max_step_size, chunk, init_params: as for
+      ``replay.replay_learner``.
     lam: penalty strength λ.
     decay: online accumulation factor γ of the importance (1 = sum over steps).
     importance_passes: the most batches of the step's data read to estimate the importance; the
       pass uses min(this, ceil(step size / batch_size), budget) batches, each charged one pass.
   """
   _distill.check_sizes(batch_size=batch_size, max_step_size=max_step_size, chunk=chunk)
-  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay)
+  tx = optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay,
+                   accumulate=accumulate)
   net = Net.named(model, num_classes, **(model_kwargs or {}))
 
   def init(key, example_batch):
@@ -168,13 +172,22 @@ def penalty_learner(name: str, importance: Importance, *, num_classes: int,
   finish = jax.jit(lambda state, total, n: consolidate(decay, state, total, n))
   clear = jax.jit(lambda state: state._replace(cur=append_store.clear(state.cur)))
 
-  def end_of_step(state, key, budget=None, progress=None):
-    """Trains, then estimates the importance; together they spend exactly ``budget`` passes."""
+  @jax.jit
+  def predict(state, x):
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
+
+  def end_of_step(state, key, budget=None, progress=None, early_stop=None):
+    """Trains, then estimates the importance; together they spend exactly ``budget`` passes
+    (with ``early_stop``, the training fewer when the held-out score stops improving; the best
+    model kept, its importance estimated)."""
     n = int(state.cur.count)
     imp_passes = importance_passes_of(importance_passes, n, batch_size, budget)
-    train = (budget - imp_passes if budget is not None
-             else contract.default_passes(epochs_per_step, n, batch_size))
-    (params, opt), sums = loop((state.params, state.opt), state, key, train, progress=progress)
+    planned = (budget - imp_passes if budget is not None
+               else contract.default_passes(epochs_per_step, n, batch_size))
+    (params, opt), sums, stopped = loop.stopping(
+        (state.params, state.opt), state, key, planned, early_stop,
+        lambda carry, x: predict(state._replace(params=carry[0]), x), progress=progress)
+    train = planned if stopped is None else stopped.passes
     state = state._replace(params=params, opt=opt)
     acc = None
     for b in range(imp_passes):
@@ -183,14 +196,11 @@ def penalty_learner(name: str, importance: Importance, *, num_classes: int,
     used = min(n, imp_passes * batch_size)
     state = finish(state, acc, jnp.float32(used)) if used else clear(state)
     loss = sums[0] / train if sums is not None else jnp.float32(jnp.nan)
-    return state, contract.info(train + imp_passes, loss, importance_passes=imp_passes)
-
-  @jax.jit
-  def predict(state, x):
-    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
+    return state, contract.info(train + imp_passes, loss, importance_passes=imp_passes,
+                                **early_stop_lib.extra(stopped, planned))
 
   return Learner(name=name, init=init, update=_distill.store_update, end_of_step=end_of_step,
-                 predict=predict)
+                 predict=predict, early_stopping=True)
 
 
 # --- registered wrappers ----------------------------------------------------------------------
@@ -202,8 +212,8 @@ _INPUTS = ("model", "model_kwargs", "batch_size", "init_params", "max_step_size"
 def ewc(*, num_classes: int, lam: float = 100.0, decay: float = 1.0,
         importance_passes: int = 16, model: str = "mlp",
         model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
-        momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
-        epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
+        momentum: float = 0.9, weight_decay: float = 0.0, accumulate: int = 1,
+        batch_size: int = 32, epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
         init_params: Optional[dict] = None) -> Learner:
   """EWC: diagonal empirical Fisher penalty, accumulated online over steps."""
   return penalty_learner("ewc", fisher, **locals())
@@ -213,8 +223,8 @@ def ewc(*, num_classes: int, lam: float = 100.0, decay: float = 1.0,
 def mas(*, num_classes: int, lam: float = 1.0, decay: float = 1.0,
         importance_passes: int = 16, model: str = "mlp",
         model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
-        momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
-        epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
+        momentum: float = 0.9, weight_decay: float = 0.0, accumulate: int = 1,
+        batch_size: int = 32, epochs_per_step: float = 5.0, max_step_size: int = 4096, chunk: int = 8,
         init_params: Optional[dict] = None) -> Learner:
   """MAS: label-free importance mean |∂‖f(x)‖²/∂θ|, EWC's penalty form."""
   return penalty_learner("mas", output_sensitivity, **locals())

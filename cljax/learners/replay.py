@@ -49,6 +49,7 @@ from cljax.ops import buffers
 from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
 from cljax.ops.losses import cross_entropy, mask_logits, seen_classes
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop, classifier_step
 
 MEMORIES = ("none", "reservoir", "class_balanced", "all", "past")
@@ -353,7 +354,8 @@ def _checked_memory_size(name, memory, memory_size, stream_size, old_fraction, i
 
 def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
                    model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
-                   momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
+                   momentum: float = 0.9, weight_decay: float = 0.0, accumulate: int = 1,
+                   batch_size: int = 32,
                    memory: str = "none", memory_size: int = 500, sampling: str = "uniform",
                    iters_per_batch: int = 1, epochs_per_step: float = 5.0,
                    max_step_size: int = 4096, stream_size: Optional[int] = None,
@@ -369,6 +371,9 @@ def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
     model: a ``cljax.models`` name (``mlp`` works on any input shape; ``cnn`` for images,
       ``resnet18``, ViTs); ``model_kwargs`` go to its constructor.
     optimizer, lr, momentum, weight_decay: see ``cljax.optim.build``.
+    accumulate: micro-batches per optimizer step (``cljax.optim.accumulate_gradients``): the
+      optimizer moves once every ``accumulate`` SGD steps (online or at step ends) with their
+      mean gradient, a batch ``accumulate`` times larger; each micro-batch is still one pass.
     batch_size: rows of one SGD step at the end of a step (one forward-backward pass).
     memory: one of MEMORIES (``none``: finetune; ``reservoir``/``class_balanced``: ER's memory of
       ``memory_size`` examples; ``all``: offline, everything seen; ``past``: Käding's earlier data).
@@ -407,7 +412,8 @@ def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
       epochs_per_step, pretrained_first_step)
   _check_choice("sampling", sampling, SAMPLINGS)
   s = Setup(name=name, net=Net.named(model, num_classes, **(model_kwargs or {})),
-            tx=optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay),
+            tx=optim.build(optimizer, lr, momentum=momentum, weight_decay=weight_decay,
+                           accumulate=accumulate),
             num_classes=num_classes, memory=memory, memory_size=memory_size,
             max_step_size=int(max_step_size), sampling=sampling, batch_size=int(batch_size),
             iters_per_batch=int(iters_per_batch), iterations=iterations, grow_head=grow_head,
@@ -417,24 +423,28 @@ def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
   prepare = jax.jit(lambda state: prepare_step(s, state))
   finish = jax.jit(lambda state: finish_step(s, state))
 
-  def end_of_step(state, key, budget=None, progress=None):
-    """Spends ``budget`` passes (None: the default epochs), then ends the step."""
+  predict = jax.jit(lambda state, x: predict_logits(s, mask_unseen, state, x))
+
+  def end_of_step(state, key, budget=None, progress=None, early_stop=None):
+    """Spends ``budget`` passes (None: the default epochs), then ends the step; with
+    ``early_stop``, fewer when the held-out score stops improving (the best model kept)."""
     warn_dropped(s, state)
     state, n_data = prepare(state)
     passes = step_passes(s, budgeted, budget, epochs_per_step, int(n_data))
     if pretrained_first_step and int(state.steps) == 0:
       passes = 0  # init_params already learnt this step's data
-    (params, opt), sums = loop((state.params, state.opt), state, key, int(passes),
-                               progress=progress)
+    (params, opt), sums, stopped = loop.stopping(
+        (state.params, state.opt), state, key, int(passes), early_stop,
+        lambda carry, x: predict(state._replace(params=carry[0]), x), progress=progress)
     state = finish(state._replace(params=params, opt=opt))
-    loss = sums[0] / passes if sums is not None else jnp.float32(jnp.nan)
-    return state, contract.info(passes, loss)
+    spent = passes if stopped is None else stopped.passes
+    loss = sums[0] / spent if sums is not None else jnp.float32(jnp.nan)
+    return state, contract.info(spent, loss, **early_stop_lib.extra(stopped, passes))
 
   return Learner(name=name, init=lambda key, batch: init_state(s, key, batch, init_params),
                  update=jax.jit(lambda state, batch, key: online_update(s, state, batch, key)),
-                 end_of_step=end_of_step,
-                 predict=jax.jit(lambda state, x: predict_logits(s, mask_unseen, state, x)),
-                 budgeted=budgeted and iterations == "budget")
+                 end_of_step=end_of_step, predict=predict,
+                 budgeted=budgeted and iterations == "budget", early_stopping=True)
 
 
 # --- registered wrappers ----------------------------------------------------------------------
@@ -445,8 +455,9 @@ _NET_INPUTS = ("model", "model_kwargs", "batch_size", "init_params")
 @register("finetune", inputs=_NET_INPUTS + ("max_step_size", "stream_size"))
 def finetune(*, num_classes: int, model: str = "mlp",
              model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
-             momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
-             iters_per_batch: int = 1, epochs_per_step: float = 5.0, max_step_size: int = 4096,
+             momentum: float = 0.9, weight_decay: float = 0.0, accumulate: int = 1,
+             batch_size: int = 32, iters_per_batch: int = 1, epochs_per_step: float = 5.0,
+             max_step_size: int = 4096,
              stream_size: Optional[int] = None, mask_unseen: bool = True, chunk: int = 8,
              init_params: Optional[dict] = None, old_fraction: Optional[float] = None,
              iterations: Union[str, int] = "budget", grow_head: bool = False,
@@ -468,7 +479,8 @@ def finetune(*, num_classes: int, model: str = "mlp",
 def finetune_kading(*, num_classes: int, stream_size: Optional[int] = None,
                     model: str = "mlp", model_kwargs: Optional[dict] = None,
                     optimizer: str = "sgd", lr: float = 1e-3, momentum: float = 0.9,
-                    weight_decay: float = 5e-4, batch_size: int = 64, iters_per_batch: int = 0,
+                    weight_decay: float = 5e-4, accumulate: int = 1, batch_size: int = 64,
+                    iters_per_batch: int = 0,
                     epochs_per_step: float = 1.0, max_step_size: int = 4096,
                     mask_unseen: bool = True, chunk: int = 8,
                     init_params: Optional[dict] = None, old_fraction: float = 0.75,
@@ -487,9 +499,9 @@ def finetune_kading(*, num_classes: int, stream_size: Optional[int] = None,
 def er(*, num_classes: int, buffer: str = "reservoir", memory_size: int = 500,
        sampling: str = "uniform", model: str = "mlp",
        model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
-       momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
-       iters_per_batch: int = 1, epochs_per_step: float = 5.0, max_step_size: int = 4096,
-       mask_unseen: bool = True, chunk: int = 8,
+       momentum: float = 0.9, weight_decay: float = 0.0, accumulate: int = 1,
+       batch_size: int = 32, iters_per_batch: int = 1, epochs_per_step: float = 5.0,
+       max_step_size: int = 4096, mask_unseen: bool = True, chunk: int = 8,
        init_params: Optional[dict] = None) -> Learner:
   """Online experience replay with a ``reservoir`` or ``class_balanced`` memory of
   ``memory_size`` examples, budgeted at step ends. Arguments: ``replay_learner``."""
@@ -503,8 +515,8 @@ def er(*, num_classes: int, buffer: str = "reservoir", memory_size: int = 500,
 def offline(*, num_classes: int, stream_size: Optional[int] = None,
             epochs_per_step: float = 5.0, model: str = "mlp",
             model_kwargs: Optional[dict] = None, optimizer: str = "adam", lr: float = 1e-3,
-            momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32,
-            mask_unseen: bool = True, chunk: int = 8,
+            momentum: float = 0.9, weight_decay: float = 0.0, accumulate: int = 1,
+            batch_size: int = 32, mask_unseen: bool = True, chunk: int = 8,
             init_params: Optional[dict] = None) -> Learner:
   """Offline upper bound: after each step, retrain from the initialization (``init_params`` when
   given) on all data seen, ``epochs_per_step`` epochs, whatever the budget. Needs

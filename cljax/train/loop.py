@@ -29,6 +29,10 @@ no budget ever recompiles. How a chunk's steps run (``unroll``):
 * ``unroll=False``: the whole chunk is one ``lax.scan`` call: a ViT (no convolutions) compiles 7x
   faster and runs faster as a scan.
 
+``loop.stopping(carry, data, key, passes, early_stop, logits_of)`` is the same call under early
+stopping (``cljax.train.early_stop``): it scores the carry on held-out data every few passes, stops
+after ``patience`` scores without improvement and returns the best-scored carry.
+
 Data read per step from the host (a shuffled epoch order, mini-batches of a base set) comes through
 ``per_step(start) -> pytree`` with a leading axis of ``chunk``; the step then receives
 ``data = (shared, rows)`` with ``rows`` that step's slice.
@@ -42,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from cljax.train.early_stop import EarlyStopping, Stopped, improved
 
 Step = Callable[..., tuple]
 
@@ -87,9 +93,48 @@ class Loop:
     ``end_of_step`` was given.
     """
     passes = int(passes)
-    sums = None
+    return self._spend(carry, data, key, 0, passes, passes, per_step, progress, None)
+
+  def stopping(self, carry, data, key: jax.Array, passes: int,
+               early_stop: Optional[EarlyStopping], logits_of: Callable[[Any, Any], Any],
+               per_step: Optional[Callable[[int], Any]] = None,
+               progress: Optional[Callable[[int, int, Any], None]] = None) -> tuple:
+    """``__call__`` under early stopping (``cljax.train.early_stop``): the carry is scored at
+    the start, after every ``early_stop.every`` passes (rounded up to a multiple of ``chunk``)
+    and after the last; after ``early_stop.patience`` scores in a row without improvement no
+    more steps run. The steps that run are ``__call__``'s (same keys, ``stop`` = ``passes``).
+
+    logits_of: ``(carry, x [B, ...]) -> logits [B, K]`` of the model a carry holds.
+    Returns (the best-scored carry, metric sums over the steps run or None, ``Stopped``);
+    ``early_stop`` None: ``__call__``'s carry and sums, and None.
+    """
+    passes = int(passes)
+    if early_stop is None:
+      return (*self(carry, data, key, passes, per_step, progress), None)
+    every = -(-int(early_stop.every) // self.chunk) * self.chunk
+    def score(c):
+      return float(early_stop.score(lambda x: logits_of(c, x)))
+    best, best_score, best_pass = carry, score(carry), 0
+    evaluations, bad, done, sums = 1, 0, 0, None
+    while done < passes and bad < early_stop.patience:
+      end = min(done + every, passes)
+      carry, sums = self._spend(carry, data, key, done, end, passes, per_step, progress, sums)
+      done = end
+      s = score(carry)
+      evaluations += 1
+      if improved(s, best_score, float(early_stop.min_delta)):
+        best, best_score, best_pass, bad = carry, s, done, 0
+      else:
+        bad += 1
+    return best, sums, Stopped(passes=done, best_pass=best_pass, best_score=best_score,
+                               evaluations=evaluations, stopped=done < passes)
+
+  def _spend(self, carry, data, key, begin: int, end: int, passes: int, per_step, progress,
+             sums):
+    """Steps ``begin`` .. ``end`` - 1 of a call of ``passes`` (``begin`` a multiple of
+    ``chunk``); adds their metrics to ``sums``. Returns (carry, sums)."""
     stop = np.int32(passes)
-    for start in range(0, passes, self.chunk):
+    for start in range(begin, end, self.chunk):
       rows = None if per_step is None else per_step(start)
       for u in range(0, min(self.chunk, passes - start), self.unit):  # later ones: all masked
         part = rows if self.unit == self.chunk else jax.tree.map(

@@ -1,0 +1,138 @@
+"""Early stopping inside one step's training, and the best model of the step.
+
+A learner that trains at step ends (``Learner.early_stopping``: finetune/er/offline's budgeted
+phase, GDumb, EWC/MAS, DietCL, joint) takes an ``EarlyStopping`` in ``end_of_step``::
+
+    stop = EarlyStopping.on(x_val, y_val, every=16, patience=3)    # a user's own loop
+    state, info = learner.end_of_step(state, key, budget, early_stop=stop)
+    info.passes                    # passes spent (<= budget): what the runner charges
+    info.extra["passes_saved"]     # budget - spent
+    info.extra["best_pass"]        # passes after which the kept model was scored (0: the start)
+    info.extra["best_score"]       # its held-out score
+
+``Loop.stopping`` (``cljax.train.loop``) runs the rule: the model is scored on the held-out data
+at the step's start and after every ``every`` passes (rounded up to a multiple of the loop's
+``chunk``, where its programs end) and after the last pass; an evaluation improves when its score
+is below the best so far by more than ``min_delta``; after ``patience`` evaluations in a row
+without improvement the step stops spending its budget; the carry (parameters and optimizer
+state) of the best evaluation is what the step keeps. The steps run are the steps an uninterrupted
+call runs (same keys, same learning-rate schedule over the full budget), so a call that never
+stops and whose last evaluation is its best equals the call without early stopping.
+
+``score(logits_of) -> float`` is lower-is-better: ``on`` builds the usual one from arrays
+(mean cross-entropy in nats, or the error rate); the experiment runner builds its own over the
+stream's validation split (``eval.early_stop_every``), placing batches on its mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from cljax.eval import metrics as metrics_lib
+
+METRICS = ("loss", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+  """When a step's training stops early (module docstring).
+
+  score: ``score(logits_of) -> float``, lower is better; ``logits_of(x [B, ...]) -> [B, K]``
+    logits of the model being scored. NaN counts as no improvement.
+  every: passes between evaluations (>= 1; rounded up to the loop's chunk).
+  patience: evaluations in a row without improvement that stop the step (>= 1).
+  min_delta: an improvement must lower the best score by more than this (>= 0).
+  """
+
+  score: Callable[[Callable[[Any], Any]], float]
+  every: int
+  patience: int
+  min_delta: float = 0.0
+
+  def __post_init__(self):
+    for name, lo in (("every", 1), ("patience", 1)):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"early stopping: {name} must be an integer >= {lo}, got {v!r}")
+    if not float(self.min_delta) >= 0:
+      raise ValueError(f"early stopping: min_delta must be >= 0, got {self.min_delta!r}")
+
+  @classmethod
+  def on(cls, x, y, *, every: int, patience: int, min_delta: float = 0.0,
+         metric: str = "loss", batch_size: int = 256) -> "EarlyStopping":
+    """Early stopping on held-out arrays ``x`` [N, ...] and integer labels ``y`` [N].
+
+    metric: ``loss`` (mean cross-entropy of the logits, nats) or ``error`` (1 - top-1 accuracy).
+    batch_size: rows per ``logits_of`` call; the last batch is padded by repeating its first
+      row (every call has one shape, so a jitted predict compiles once).
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if metric not in METRICS:
+      raise ValueError(f"unknown early-stopping metric {metric!r}; valid: {list(METRICS)}")
+    if x.ndim < 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
+      raise ValueError(f"early stopping needs x [N, ...] and y [N] with N >= 1, got shapes "
+                       f"{x.shape} and {y.shape}")
+    batches = list(padded_batches(x, int(batch_size)))
+
+    def score(logits_of):
+      logits = np.concatenate([np.asarray(logits_of(xb))[:n] for xb, n in batches])
+      return held_out_score(logits, y, metric)
+
+    return cls(score=score, every=every, patience=patience, min_delta=min_delta)
+
+
+def padded_batches(x: np.ndarray, batch_size: int):
+  """(x_b [batch_size, ...], n real rows) over ``x``; the last batch repeats its first row."""
+  for i in range(0, x.shape[0], batch_size):
+    xb = x[i:i + batch_size]
+    n = xb.shape[0]
+    if n < batch_size:
+      xb = np.concatenate([xb, np.repeat(xb[:1], batch_size - n, 0)])
+    yield xb, n
+
+
+def held_out_score(logits: np.ndarray, y: np.ndarray, metric: str = "loss") -> float:
+  """Lower-is-better score of ``logits`` [N, K] for labels ``y`` [N]: mean cross-entropy
+  (``loss``; NaN when not finite) or the error rate (``error``)."""
+  if metric == "error":
+    return float(1.0 - (np.asarray(logits).argmax(1) == np.asarray(y)).mean())
+  v = metrics_lib.cross_entropy(logits, y)
+  return float("nan") if v is None else v
+
+
+class Stopped(NamedTuple):
+  """What early stopping did in one ``Loop.stopping`` call.
+
+  passes: passes run (<= the budget; charged). best_pass: passes run when the kept carry was
+  scored (0: the step's start). best_score: its score. evaluations: scores computed (the start
+  included). stopped: patience ran out before the budget.
+  """
+
+  passes: int
+  best_pass: int
+  best_score: float
+  evaluations: int
+  stopped: bool
+
+
+def improved(score: float, best: float, min_delta: float) -> bool:
+  """Whether ``score`` beats ``best`` by more than ``min_delta`` (NaN never does; anything finite
+  beats a NaN best)."""
+  if math.isnan(score):
+    return False
+  return math.isnan(best) or score < best - min_delta
+
+
+def extra(stopped: "Stopped | None", budget: int) -> dict:
+  """``Info.extra`` figures of one early-stopped call of ``budget`` passes: ``passes_saved``
+  (budget - passes run), ``best_pass`` and ``best_score`` (the held-out score of the model
+  kept), as float32 scalars; empty without early stopping."""
+  if stopped is None:
+    return {}
+  return {"passes_saved": np.float32(int(budget) - stopped.passes),
+          "best_pass": np.float32(stopped.best_pass),
+          "best_score": np.float32(stopped.best_score)}
