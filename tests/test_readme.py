@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 import sklearn.datasets
 import sklearn.neighbors
 
@@ -36,6 +37,22 @@ def test_own_loop_example_runs_as_written():
   exec(_block('cljax.learners.get("er"'), env)  # pylint: disable=exec-used
   assert env["logits"].shape == (64, 10)
   assert float(env["info"].passes) > 0  # end_of_step spent its default budget
+
+
+def test_early_stopping_example_runs_as_written(capsys):
+  import jax  # pylint: disable=import-outside-toplevel
+  x, y = _digits()
+  learner = cljax.learners.get("gdumb", num_classes=10)
+  state = learner.init(jax.random.key(0), {"x": x[:32], "y": y[:32]})
+  state, _ = learner.update(state, {"x": x[:400], "y": y[:400]}, jax.random.key(1))
+  env = {"learner": learner, "state": state, "key": jax.random.key(2), "x_val": x[1400:],
+         "y_val": y[1400:]}
+  exec(_block("EarlyStopping.on(x_val, y_val"), env)  # pylint: disable=exec-used
+  spent, saved, best = (float(v) for v in capsys.readouterr().out.split())
+  assert spent + saved == 200 and 0 <= best <= spent
+  # The model kept is the one whose held-out loss was best.
+  kept = env["stop"].score(lambda v: learner.predict(env["state"], v))
+  assert float(env["info"].extra["best_score"]) == pytest.approx(kept, rel=1e-5)
 
 
 def test_writing_a_learner_example_registers_and_equals_nearest_centroid():

@@ -65,11 +65,13 @@ def base_config() -> ml_collections.ConfigDict:
                                           early_stop_patience=3, early_stop_metric="loss"))
   # What a run does when a learner diverges (its loss or parameters non-finite, or its loss
   # orders of magnitude above its value at the step's start): "stop" (one line `error: ...`,
-  # exit status 2, the saved steps kept) or "rollback" (restore the last good step, halve that
-  # learner's learning rates and go on; at most max_rollbacks times per run, then stop; recorded
-  # as `rollbacks` in results.json and the table).
+  # exit status 2, the saved steps kept) or "rollback" (restore the last good step, multiply that
+  # learner's learning rates by rollback_factor (0.5: halve them) and go on; at most
+  # max_rollbacks times per run, then stop; recorded as `rollbacks` in results.json and the
+  # table). A rate orders of magnitude too high needs a deeper cut: rollback_factor=0.01.
   c.on_divergence = "stop"
   c.max_rollbacks = 3
+  c.rollback_factor = 0.5
   c.num_devices = 0
   # JAX processes the run spans (jax.distributed). experiments/run.py starts them all on this
   # machine, or, with --coordinator_address and --process_id, joins them one per host.

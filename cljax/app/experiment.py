@@ -274,7 +274,8 @@ def _run(settings: Settings, workdir: str, resume: bool, log: Callable[[str], No
       opts = dataclasses.replace(settings.run, mesh=p.mesh,
                                  fingerprint={**fp, **p.record["runs"][name]},
                                  on_divergence=settings.on_divergence,
-                                 max_rollbacks=settings.max_rollbacks)
+                                 max_rollbacks=settings.max_rollbacks,
+                                 rollback_factor=settings.rollback_factor)
       spec = settings.learner(name)
       rescaled = functools.partial(rescaled_learner, spec, stream.dataset.num_classes, inputs,
                                    learner)

@@ -81,7 +81,8 @@ class RunOptions:
     hyper-parameters; flat JSON-able dict), saved with every checkpoint and compared on resume
     together with the options above.
   on_divergence: "stop" (a diverged learner stops the run: ``Diverged``) or "rollback" (its last
-    good step is restored, its learning rates halved, and the run goes on; at most
+    good step is restored, its learning rates multiplied by ``rollback_factor`` (0.5: halved),
+    and the run goes on; at most
     ``max_rollbacks`` times, then it stops). Neither is part of the fingerprint: a stopped run
     may resume with them.
   latency_calls: batch-1 ``update`` calls timed after the last step for ``latency_ms`` (0: none).
@@ -103,6 +104,7 @@ class RunOptions:
   mesh: Optional[jax.sharding.Mesh] = None
   on_divergence: str = "stop"
   max_rollbacks: int = 3
+  rollback_factor: float = 0.5
   latency_calls: int = 100
   early_stop_every: int = 0
   early_stop_patience: int = 3
@@ -610,7 +612,7 @@ def _position(meta: Optional[dict], every: int) -> tuple:
 
 def _diverged_message(run_name: str, t: int, num_steps: int, reason: str, learner: Learner,
                       saved: Optional[int], rollbacks: list, directory: str,
-                      max_rollbacks: int) -> str:
+                      max_rollbacks: int, factor: float = 0.5) -> str:
   kept = (f"steps up to {saved + 1} are saved in {directory}" if saved is not None
           else "no step of it was saved")
   lr = learner.hparams.get("lr")
@@ -618,12 +620,14 @@ def _diverged_message(run_name: str, t: int, num_steps: int, reason: str, learne
   if rollbacks:
     return (f"run {run_name!r} diverged at step {t + 1} of {num_steps}: {reason}, after "
             f"{len(rollbacks)} rollbacks (learning rates x{rollbacks[-1]['lr_scale']:g}); {kept}; "
-            f"lower its learning rate ({rate}) or allow more rollbacks "
-            f"(--config.max_rollbacks, now {max_rollbacks}) and rerun with --resume")
+            f"lower its learning rate ({rate}), allow more rollbacks "
+            f"(--config.max_rollbacks, now {max_rollbacks}) or cut deeper ones "
+            f"(--config.rollback_factor, now {factor:g}) and rerun with --resume")
   return (f"run {run_name!r} diverged at step {t + 1} of {num_steps}: {reason}; {kept}; lower "
           f"its learning rate ({rate}) or rerun with --config.on_divergence=rollback --resume "
-          f"(restores the last good step and halves the learning rate, at most "
-          f"--config.max_rollbacks={max_rollbacks} times)")
+          f"(restores the last good step and multiplies the learning rate by "
+          f"--config.rollback_factor={factor:g}, at most --config.max_rollbacks={max_rollbacks} "
+          "times)")
 
 
 def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger, rescaled,
@@ -748,15 +752,16 @@ def _stream_run(mesh, run_name, learner, stream, opts, resume, log, ck, logger, 
       reason, loss = diverged
       new = None
       if opts.on_divergence == "rollback" and len(rollbacks) < opts.max_rollbacks:
-        new = rescaled(lr_scale * 0.5) if rescaled is not None else None
+        factor = opts.rollback_factor
+        new = rescaled(lr_scale * factor) if rescaled is not None else None
         if new is None:
-          reason += " (it has no learning rate to halve: rollback cannot help)"
+          reason += " (it has no learning rate to lower: rollback cannot help)"
       if new is None:
         ck.wait()
         raise Diverged(_diverged_message(run_name, t, stream.num_steps, reason, learner,
                                          ck.saved_step, rollbacks, ck.directory,
-                                         opts.max_rollbacks))
-      learner, lr_scale = new, lr_scale * 0.5
+                                         opts.max_rollbacks, opts.rollback_factor))
+      learner, lr_scale = new, lr_scale * factor
       rollbacks.append({"step": t, "loss": loss, "reason": reason, "lr_scale": lr_scale})
       ck.wait()
       state = learner.init(jax.random.fold_in(key, 0), first_batch)  # the stream's start

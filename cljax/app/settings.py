@@ -130,7 +130,8 @@ class Settings:
   model / model_kwargs / batch_size: what learners that declare those inputs get
   (``cljax.learners.INPUTS``). num_devices: 0 for all; num_processes: the run's JAX processes.
   plots: write PNGs; log: the loggers' spec (``cljax.eval.loggers.make``).
-  on_divergence / max_rollbacks: what a divergence does (``config_schema``'s comment).
+  on_divergence / max_rollbacks / rollback_factor: what a divergence does (``config_schema``'s
+    comment).
   """
 
   config: Mapping
@@ -148,6 +149,7 @@ class Settings:
   log: str
   on_divergence: str = "stop"
   max_rollbacks: int = 3
+  rollback_factor: float = 0.5
 
   @property
   def run_names(self) -> list:
@@ -204,6 +206,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("eval.val_fraction and eval.val_folds both set: hold out a fraction or "
                         "a fold, not both (set the other to 0)")
   _number("max_rollbacks", config.max_rollbacks, 0)
+  _number("rollback_factor", config.rollback_factor, 0.0, 1.0, float, "in (0, 1)",
+          open_low=True, open_high=True)
   _number("eval.latency_calls", config.eval.latency_calls, 0, hint=" (0: latency not measured)")
   _number("eval.early_stop_every", config.eval.early_stop_every, 0, hint=" (0: off)")
   _number("eval.early_stop_patience", config.eval.early_stop_patience, 1)
@@ -380,4 +384,5 @@ def from_config(config: ml_collections.ConfigDict,
                   num_devices=int(config.num_devices),
                   num_processes=int(config.num_processes), plots=bool(config.plots),
                   log=str(config.log), on_divergence=str(config.on_divergence),
-                  max_rollbacks=int(config.max_rollbacks))
+                  max_rollbacks=int(config.max_rollbacks),
+                  rollback_factor=float(config.rollback_factor))

@@ -37,10 +37,10 @@ STATE_LAYOUT = 2
 
 # Config keys that do not change what a run computes: left out of the fingerprint, so they may
 # change between a run and its resume (another machine, other reports).
-# (``on_divergence`` and ``max_rollbacks`` too: a run stopped by a divergence may be resumed
-# with rollback.)
+# (``on_divergence``, ``max_rollbacks`` and ``rollback_factor`` too: a run stopped by a
+# divergence may be resumed with rollback.)
 NOT_FINGERPRINTED = ("learners", "hparams", "num_devices", "num_processes", "checkpoint",
-                     "plots", "log", "on_divergence", "max_rollbacks",
+                     "plots", "log", "on_divergence", "max_rollbacks", "rollback_factor",
                      "eval.batch_size", "eval.omega_topk", "eval.omega_points",
                      "eval.omega_reference", "eval.latency_calls")
 

@@ -10,6 +10,7 @@
 * the binary: ER at lr 1e6 stops with one line ``error: ...`` and exit status 2 (slow).
 """
 
+import json
 import os
 from typing import NamedTuple
 
@@ -129,9 +130,19 @@ def test_rollbacks_are_bounded(stream, tmp_path):
     runner.run_learner("sgd", softmax_sgd(lr), stream, _opts(on_divergence="rollback"),
                        str(tmp_path), log=lambda m: None, rescaled=_rescaled(lr))
   assert "--config.max_rollbacks, now 3" in str(e.value)
-  with pytest.raises(runner.Diverged, match="no learning rate to halve"):
+  with pytest.raises(runner.Diverged, match="no learning rate to lower"):
     runner.run_learner("sgd", softmax_sgd(lr), stream, _opts(on_divergence="rollback"),
                        str(tmp_path / "none"), log=lambda m: None, rescaled=lambda s: None)
+
+
+def test_a_deeper_rollback_factor_recovers_sooner(stream, tmp_path):
+  lr = 6.0  # halving needs 3 rollbacks to reach 0.75; x0.125 needs one
+  rec = runner.run_learner("sgd", softmax_sgd(lr), stream,
+                           _opts(on_divergence="rollback", rollback_factor=0.125),
+                           str(tmp_path), log=lambda m: None, rescaled=_rescaled(lr))
+  assert [r["lr_scale"] for r in rec["rollbacks"]] == [0.125]
+  diagonal = [rec["accuracy_matrix"][t][t] for t in range(5)]
+  assert np.mean(diagonal) > 0.5, diagonal
 
 
 @pytest.mark.slow
@@ -143,3 +154,13 @@ def test_binary_lr_1e6_stops_with_one_line(tmp_path):
   assert len(err) == 1 and err[0].startswith("error: run 'er' diverged at step 1 of 5: "), err
   assert "loss exploded" in err[0] and "--config.on_divergence=rollback" in err[0]
   assert not os.path.exists(os.path.join(tmp_path, "results.json"))
+  assert "--config.rollback_factor=0.5" in err[0]
+  # Rolled back with a cut to 1e-3 of the rate each time: 1e3, 1, then 1e-3 learns.
+  out = faults.run(faults.TINY, str(tmp_path / "rb"), "--config.learners=er",
+                   "--config.hparams.er.lr=1e6", "--config.on_divergence=rollback",
+                   "--config.rollback_factor=0.001")
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(os.path.join(tmp_path, "rb", "results.json")) as f:
+    er = json.load(f)["runs"]["er"]
+  assert [r["lr_scale"] for r in er["rollbacks"]] == pytest.approx([1e-3, 1e-6, 1e-9])
+  assert er["final_accuracy"] > 0.5  # chance 0.1: the run recovered
