@@ -41,6 +41,7 @@ def _user_loop(learner, x, y, with_end_of_step):
   return state
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_er_learns_through_update_alone_and_with_end_of_step(digits):
   x, y, xt, yt = digits
   er = L.get("er", num_classes=10)

@@ -100,6 +100,7 @@ def test_pipeline_under_stratified_kfold_on_digits():
   assert scores.shape == (5,) and scores.min() > 0.88, scores
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_grid_search_over_an_er_hyper_parameter():
   x, y = _digits()
   grid = GridSearchCV(StreamingClassifier("er", hparams=dict(SGD, lr=1e-5)),

@@ -344,6 +344,7 @@ def test_bad_base_init_configs_are_clear_errors(tmp_path):
     experiment.run_base_init(_config(classes=0), str(tmp_path / "none"), log=lambda m: None)
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_pretrain_binary_exits_2_with_the_message(tmp_path):
   p = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "pretrain.py"),
                       f"--config={os.path.join(ROOT, 'experiments', 'configs', 'demo.py')}",

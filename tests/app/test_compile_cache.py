@@ -78,6 +78,7 @@ def test_cache_dir_rules(monkeypatch, tmp_path):
   assert cljax.cache_dir() is None
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_on_by_default_and_a_second_process_hits_it(tmp_path):
   first = _child({}, tmp_path)
   want = str(tmp_path / "home" / ".cache" / "cljax" / "jax")
@@ -87,12 +88,14 @@ def test_on_by_default_and_a_second_process_hits_it(tmp_path):
   assert second["hits"] >= 1, second
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_empty_variable_turns_it_off(tmp_path):
   got = _child({"CLJAX_JAX_CACHE": ""}, tmp_path)
   assert got["dir"] is None and got["ours"] is None
   assert not (tmp_path / "home" / ".cache" / "cljax").exists()
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_users_own_jax_folder_wins(tmp_path):
   got = _child({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")}, tmp_path)
   assert got["dir"] == str(tmp_path / "theirs")

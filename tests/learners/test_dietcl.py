@@ -116,6 +116,7 @@ def test_host_side_allocation_and_split():
     L.get("dietcl", num_classes=10, vit_kwargs={"depth": 1})  # the old spelling is gone
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_budget_counts_exact_paper(digits, paper10):
   tasks = [[0, 1], [2, 3]]
   _, m = _run(paper10, digits, tasks, 16)
@@ -173,6 +174,7 @@ def test_state_seen_mask_and_task_balanced_memory(digits, paper10):
   assert all(np.isfinite(r["loss"]) and r["loss_r"] > 0 for r in m)
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_resume_mid_stream_equals_uninterrupted(digits, paper10, tmp_path):
   tasks = [[0, 1], [2, 3], [4, 5]]
   full, _ = _run(paper10, digits, tasks, 14)  # 10 joint + 4 buffer-only passes per step

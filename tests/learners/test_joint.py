@@ -55,6 +55,7 @@ def joint():
   return _joint()  # one learner (one set of compiled programs) for the whole file
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_joint_spends_the_cumulative_budget_and_restarts(digits, joint):
   learner = joint
   assert learner.budgeted is False  # a reference: over a step's budget, not flagged

@@ -188,6 +188,7 @@ def test_first_step_equals_hand_written_sgd(small):
              for path in _paths(stats0))
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_g_fn_on_raw_inputs_equals_pre_extracted_features(small):
   raw, feats, y = small["raw"][:6], small["feats"][:6], small["labels"][:6]
   base = dict(base_features=small["feats"][40:60], base_labels=small["labels"][40:60])
@@ -203,6 +204,7 @@ def test_g_fn_on_raw_inputs_equals_pre_extracted_features(small):
                              rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_unrolled_and_scanned_steps_agree(small):
   # Batches with a fully masked step: the scan skips it (cond), the unrolled loop masks it.
   base = dict(base_features=small["feats"][40:60], base_labels=small["labels"][40:60])

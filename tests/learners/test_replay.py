@@ -119,6 +119,7 @@ def test_offline_retrains_from_initialization_whatever_the_budget(mnist):
   assert int(state.mem.count) == 4000
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_balanced_sampling_draws_half_from_the_step(digits):
   x, y = digits
   learner = L.get("er", num_classes=10, memory_size=50, sampling="balanced", iters_per_batch=0,

@@ -38,6 +38,7 @@ def coffee() -> np.ndarray:
   return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_coffee_photo_is_espresso(lite0):
   img = coffee()
   h, w, _ = img.shape

@@ -125,6 +125,7 @@ def test_head_mask_and_layer_ids():
   assert vit.layer_id(("dec_blocks", 0, "fc1", "kernel"), 2) == 3
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_bfloat16_compute_keeps_float32_params_logits_and_loss():
   x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
   f32, p32 = _net()

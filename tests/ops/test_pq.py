@@ -51,6 +51,7 @@ def test_decode_returns_the_coded_centroids():
   np.testing.assert_array_equal(pq.encode(cb, out), codes)
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it
 def test_reconstruction_error_falls_as_centroids_grow():
   x = _data(3000, 32, seed=7)
   mses = [float(pq.reconstruction_mse(pq.train(jax.random.key(8), x, 4, c, iters=8), x))

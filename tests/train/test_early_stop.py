@@ -53,9 +53,10 @@ def _reference(table, passes, every, patience, chunk, min_delta=0.0):
 @pytest.mark.parametrize("unroll", [True, False])
 def test_stopping_follows_the_rule(unroll):
   rng = np.random.default_rng(0)
+  loops = {c: Loop(_count_step, chunk=c, unroll=unroll) for c in (1, 4)}  # compiled once each
   for chunk, every, patience, passes in itertools.product((1, 4), (1, 3, 8), (1, 2, 4),
                                                           (0, 5, 17)):
-    loop = Loop(_count_step, chunk=chunk, unroll=unroll)
+    loop = loops[chunk]
     table = rng.normal(size=passes + 1).cumsum()  # a random walk of validation scores
     table[rng.integers(0, passes + 1)] = np.nan  # a non-finite score never improves
     stop = EarlyStopping(score=_scores_of(table), every=every, patience=patience)
