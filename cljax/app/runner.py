@@ -6,7 +6,9 @@ metrics -> report. The runner never knows which method it drives; a learner neve
 Per time step t:
   1. every batch of the step: ``state, info = update(state, batch, key)``; anytime evaluation
      every ``eval_every_examples`` examples if set;
-  2. ``end_of_step(state, key, remaining budget)`` (``None`` when no budget is set);
+  2. ``end_of_step(state, key, remaining budget)`` (``None`` when no budget is set), with
+     ``early_stop`` (``early_stopping``: the validation split of steps 0..t) when
+     ``RunOptions.early_stop_every`` is set and the learner takes it;
   3. evaluation on every task's test set -> row t of the accuracy matrix, the test loss, and the
      validation loss and accuracy when the stream holds rows out (``evaluate``);
   4. the divergence check (``divergence``): stop (``Diverged``) or roll back, per

@@ -112,6 +112,7 @@ class Loop:
     if early_stop is None:
       return (*self(carry, data, key, passes, per_step, progress), None)
     every = -(-int(early_stop.every) // self.chunk) * self.chunk
+
     def score(c):
       return float(early_stop.score(lambda x: logits_of(c, x)))
     best, best_score, best_pass = carry, score(carry), 0
