@@ -16,6 +16,15 @@ mapped to the learner's integer classes through ``classes_``; the learner is bui
 Inputs are validated by scikit-learn's own helpers (``validate_data``), so bad input reads as
 scikit-learn's errors do. Keys come from ``seed`` and the number of batches seen: the same data
 in the same order gives the same model.
+
+``early_stopping=True`` (as ``SGDClassifier``'s and ``MLPClassifier``'s, for the learners that
+train at step ends: ``cljax.learners.get(name).early_stopping``): each call holds out a stratified
+``validation_fraction`` of its rows (``cljax.data.streams.split_validation``, seeded by ``seed``
+and the call's number), never trains on them, and the step's training is scored on the held-out
+rows of every call so far every ``validation_every`` passes; it stops after
+``n_iter_no_change`` scores without the validation accuracy rising by more than ``tol`` and keeps
+its best model (``cljax.train.early_stop``). ``passes_saved_`` and ``best_pass_`` list each
+call's figures.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 import cljax.learners
+from cljax.data.streams import split_validation
+from cljax.train.early_stop import EarlyStopping
 
 _PREDICT_ROWS = 256  # rows of one jitted predict call (the last call padded): one compile
 
@@ -87,18 +98,29 @@ class StreamingClassifier(ClassifierMixin, BaseEstimator):
     learner: a ``cljax.learners.names()`` entry, e.g. "slda", "randumb", "er", "finetune".
     hparams: the learner's hyper-parameters, a dict passed to ``cljax.learners.get``.
     batch_size: rows per ``update`` call.
-    seed: the PRNG seed of initialisation and training.
+    seed: the PRNG seed of initialisation, training and the validation split.
+    early_stopping, validation_fraction, n_iter_no_change, validation_every, tol: early stopping
+      on held-out rows (module docstring); scikit-learn's names, ``validation_every`` the passes
+      between scores.
 
   Attributes (after fitting): ``classes_`` [K] the labels, ``n_features_in_``, ``learner_`` the
-  ``cljax.learner.Learner``, ``state_`` its state.
+  ``cljax.learner.Learner``, ``state_`` its state; with early stopping ``passes_saved_`` and
+  ``best_pass_`` (one per call).
   """
 
   def __init__(self, learner: str = "slda", hparams: Optional[dict] = None,
-               batch_size: int = 32, seed: int = 0):
+               batch_size: int = 32, seed: int = 0, early_stopping: bool = False,
+               validation_fraction: float = 0.1, n_iter_no_change: int = 5,
+               validation_every: int = 16, tol: float = 0.0):
     self.learner = learner
     self.hparams = hparams
     self.batch_size = batch_size
     self.seed = seed
+    self.early_stopping = early_stopping
+    self.validation_fraction = validation_fraction
+    self.n_iter_no_change = n_iter_no_change
+    self.validation_every = validation_every
+    self.tol = tol
 
   # -- fitting ------------------------------------------------------------------------------
 
@@ -129,13 +151,23 @@ class StreamingClassifier(ClassifierMixin, BaseEstimator):
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
     if self.learner not in cljax.learners.names():
       raise ValueError(f"unknown learner {self.learner!r}; valid: {cljax.learners.names()}")
+    if self.early_stopping and not 0.0 < float(self.validation_fraction) < 1.0:
+      raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
     self.classes_ = classes
     self.learner_ = _learner(self.learner, len(classes), self.hparams, rows)
+    if self.early_stopping and not self.learner_.early_stopping:
+      raise ValueError(f"learner {self.learner!r} does not stop early (it trains nothing at "
+                       f"step ends); early_stopping=True works with the learners that do, e.g. "
+                       "'er', 'finetune', 'offline', 'gdumb', 'ewc', 'lwf', 'icarl'")
     self._max_rows = self.learner_.hparams.get("max_step_size")
     example = {"x": jnp.zeros((int(self.batch_size), n_features), jnp.float32),
                "y": jnp.zeros((int(self.batch_size),), jnp.int32)}
     self.state_ = self.learner_.init(jax.random.key(int(self.seed)), example)
     self._batches = 0
+    self._steps = 0
+    self._x_val = np.zeros((0, n_features), np.float32)
+    self._y_val = np.zeros((0,), np.int32)
+    self.passes_saved_, self.best_pass_ = [], []
 
   def _key(self) -> jax.Array:
     self._batches += 1
@@ -151,6 +183,18 @@ class StreamingClassifier(ClassifierMixin, BaseEstimator):
                        f"of at most {self._max_rows} rows by the first call; pass "
                        f"hparams={{'max_step_size': {len(X)}}} (or more) and fit again")
     yi = np.searchsorted(self.classes_, y).astype(np.int32)
+    stop = None
+    if self.early_stopping:
+      (train,), (val,) = split_validation(yi, [np.arange(len(yi))], int(self.seed) + self._steps,
+                                          float(self.validation_fraction))
+      self._x_val = np.concatenate([self._x_val, X[val]])
+      self._y_val = np.concatenate([self._y_val, yi[val]])
+      X, yi = X[train], yi[train]
+      if len(self._y_val):
+        stop = EarlyStopping.on(self._x_val, self._y_val, every=int(self.validation_every),
+                                patience=int(self.n_iter_no_change), min_delta=float(self.tol),
+                                metric="error", batch_size=_PREDICT_ROWS)
+    self._steps += 1
     b = int(self.batch_size)
     for s in range(0, len(X), b):
       xb, yb = X[s:s + b], yi[s:s + b]
@@ -159,7 +203,13 @@ class StreamingClassifier(ClassifierMixin, BaseEstimator):
                "y": jnp.asarray(np.pad(yb, (0, pad))),
                "valid": jnp.asarray(np.arange(b) < len(xb))}
       self.state_, _ = self.learner_.update(self.state_, batch, self._key())
-    self.state_, _ = self.learner_.end_of_step(self.state_, self._key())
+    if stop is None:
+      self.state_, _ = self.learner_.end_of_step(self.state_, self._key())
+      return self
+    self.state_, info = self.learner_.end_of_step(self.state_, self._key(), early_stop=stop)
+    self.passes_saved_.append(float(info.extra["passes_saved"]))
+    self.best_pass_.append(float(info.extra.get("best_pass", info.extra.get(
+        "best_pass_buffer", np.nan))))
     return self
 
   # -- prediction ---------------------------------------------------------------------------

@@ -109,3 +109,29 @@ def test_grid_search_over_an_er_hyper_parameter():
   grid.fit(x[:900], y[:900])
   assert grid.best_params_["hparams"]["lr"] == 3e-3  # a learning rate that learns wins
   assert grid.best_score_ > 0.85, grid.cv_results_["mean_test_score"]
+
+
+def test_early_stopping_holds_rows_out_and_saves_passes():
+  """As SGDClassifier's: a stratified 10 % of each call never reaches training (the offline
+  learner keeps every row it trains on: its memory shows which), and the step stops early."""
+  xa, ya = _digits()
+  x, y = xa[:1000], ya[:1000]
+  held = sum(int(round(0.1 * n)) for n in np.bincount(y))
+  clf = StreamingClassifier("offline", hparams={"stream_size": 2000, "epochs_per_step": 20.0},
+                            early_stopping=True).fit(x, y)
+  assert int(clf.state_.mem.count) == 1000 - held
+  assert len(clf.passes_saved_) == 1 and clf.passes_saved_[0] > 0
+  plain = StreamingClassifier("offline", hparams={"stream_size": 2000, "epochs_per_step": 20.0})
+  assert int(plain.fit(x, y).state_.mem.count) == 1000
+  # partial_fit: each call holds out its own rows; the score covers every call's.
+  clf.partial_fit(x[:300], y[:300])
+  assert len(clf.passes_saved_) == 2
+  assert clf.score(xa[1000:], ya[1000:]) > 0.85  # rows it never saw
+
+
+def test_early_stopping_needs_a_learner_that_trains_at_step_ends():
+  x, y = _digits()
+  with pytest.raises(ValueError, match="learner 'slda' does not stop early"):
+    StreamingClassifier("slda", early_stopping=True).fit(x[:100], y[:100])
+  with pytest.raises(ValueError, match=r"validation_fraction must be in \(0, 1\)"):
+    StreamingClassifier("er", early_stopping=True, validation_fraction=1.0).fit(x[:100], y[:100])
