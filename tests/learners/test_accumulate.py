@@ -20,7 +20,8 @@ def digits():
 
 
 def _halves(x, y):
-  """Two 20-row micro-batches holding the same classes (the seen-class mask is the same)."""
+  """Two 10-row micro-batches holding the same 5 classes (the seen-class mask is the same), and
+  their 20-row union."""
   rows = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(5)])
   a, b = rows[0::2], rows[1::2]
   return {"x": x[a], "y": y[a]}, {"x": x[b], "y": y[b]}, {"x": x[rows], "y": y[rows]}
