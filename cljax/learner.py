@@ -241,8 +241,8 @@ def checked(learner: Learner, num_classes: int) -> Learner:
     if early_stop is None:
       return learner.end_of_step(state, key, budget, progress=progress)
     if not learner.early_stopping:
-      raise BatchError(f"{where}: this learner does not stop early (it trains nothing at step "
-                       "ends, or not by passes); call it without early_stop")
+      raise BatchError(f"{where}: this learner does not take early_stop (its "
+                       "Learner.early_stopping is False); call it without early_stop")
     return learner.end_of_step(state, key, budget, progress=progress, early_stop=early_stop)
 
   def predict(state, x):

@@ -22,9 +22,12 @@ train at step ends: ``cljax.learners.get(name).early_stopping``): each call hold
 ``validation_fraction`` of its rows (``cljax.data.streams.split_validation``, seeded by ``seed``
 and the call's number), never trains on them, and the step's training is scored on the held-out
 rows of every call so far every ``validation_every`` passes; it stops after
-``n_iter_no_change`` scores without the validation accuracy rising by more than ``tol`` and keeps
-its best model (``cljax.train.early_stop``). ``passes_saved_`` and ``best_pass_`` list each
-call's figures.
+``n_iter_no_change`` scores without the validation accuracy rising by more than ``tol`` (as
+scikit-learn's, 1e-3 by default: a tie spends patience) and keeps its best model
+(``cljax.train.early_stop``). ``passes_saved_`` and ``best_pass_`` list the figures of each call
+that had held-out rows to score on: a call too small to hold any out (every class under about 5
+rows at 0.1) trains on all its rows without early stopping, where scikit-learn would raise. The
+held-out rows are kept (10 % of every call, in memory and in a pickle).
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ class StreamingClassifier(ClassifierMixin, BaseEstimator):
   def __init__(self, learner: str = "slda", hparams: Optional[dict] = None,
                batch_size: int = 32, seed: int = 0, early_stopping: bool = False,
                validation_fraction: float = 0.1, n_iter_no_change: int = 5,
-               validation_every: int = 16, tol: float = 0.0):
+               validation_every: int = 16, tol: float = 1e-3):
     self.learner = learner
     self.hparams = hparams
     self.batch_size = batch_size
@@ -156,9 +159,10 @@ class StreamingClassifier(ClassifierMixin, BaseEstimator):
     self.classes_ = classes
     self.learner_ = _learner(self.learner, len(classes), self.hparams, rows)
     if self.early_stopping and not self.learner_.early_stopping:
-      raise ValueError(f"learner {self.learner!r} does not stop early (it trains nothing at "
-                       f"step ends); early_stopping=True works with the learners that do, e.g. "
-                       "'er', 'finetune', 'offline', 'gdumb', 'ewc', 'lwf', 'icarl'")
+      raise ValueError(f"learner {self.learner!r} does not support early stopping (its "
+                       "Learner.early_stopping is False); early_stopping=True works with the "
+                       "learners that train at step ends, e.g. 'er', 'finetune', 'offline', "
+                       "'gdumb', 'ewc', 'lwf', 'icarl'")
     self._max_rows = self.learner_.hparams.get("max_step_size")
     example = {"x": jnp.zeros((int(self.batch_size), n_features), jnp.float32),
                "y": jnp.zeros((int(self.batch_size),), jnp.int32)}
@@ -251,6 +255,13 @@ class StreamingClassifier(ClassifierMixin, BaseEstimator):
     return d
 
   def __setstate__(self, d):
+    # Estimators pickled before early stopping existed: its defaults, no held-out rows yet.
+    for k, v in (("early_stopping", False), ("validation_fraction", 0.1),
+                 ("n_iter_no_change", 5), ("validation_every", 16), ("tol", 1e-3)):
+      d.setdefault(k, v)
+    if "state_" in d and "_x_val" not in d:
+      d.update(_steps=0, _x_val=np.zeros((0, d["n_features_in_"]), np.float32),
+               _y_val=np.zeros((0,), np.int32), passes_saved_=[], best_pass_=[])
     self.__dict__.update(d)
     if "state_" in d:
       hp = dict(self.hparams or {})

@@ -131,7 +131,21 @@ def test_early_stopping_holds_rows_out_and_saves_passes():
 
 def test_early_stopping_needs_a_learner_that_trains_at_step_ends():
   x, y = _digits()
-  with pytest.raises(ValueError, match="learner 'slda' does not stop early"):
+  with pytest.raises(ValueError, match="learner 'slda' does not support early stopping"):
     StreamingClassifier("slda", early_stopping=True).fit(x[:100], y[:100])
   with pytest.raises(ValueError, match=r"validation_fraction must be in \(0, 1\)"):
     StreamingClassifier("er", early_stopping=True, validation_fraction=1.0).fit(x[:100], y[:100])
+
+
+def test_an_estimator_pickled_before_early_stopping_existed_still_learns():
+  x, y = _digits()
+  clf = StreamingClassifier("slda").fit(x[:200], y[:200])
+  state = clf.__getstate__()
+  for k in ("early_stopping", "validation_fraction", "n_iter_no_change", "validation_every",
+            "tol", "_steps", "_x_val", "_y_val", "passes_saved_", "best_pass_"):
+    state.pop(k)
+  old = StreamingClassifier.__new__(StreamingClassifier)
+  old.__setstate__(state)
+  assert old.get_params()["early_stopping"] is False
+  old.partial_fit(x[200:400], y[200:400])
+  assert old.score(x[1000:], y[1000:]) > 0.85

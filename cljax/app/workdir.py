@@ -67,17 +67,27 @@ def fingerprint_diff(saved: dict, now: dict) -> list:
 # Keys added after workdirs existed, left out of the fingerprint at the value that computes what
 # the runs computed before them, so those workdirs still resume (a key missing from a recorded
 # fingerprint would count as a difference).
-OFF_VALUES = {"eval.val_fraction": 0.0, "eval.val_folds": 0, "eval.val_fold": 0}
+OFF_VALUES = {"eval.val_fraction": 0.0, "eval.val_folds": 0, "eval.val_fold": 0,
+              "eval.early_stop_every": 0}
+# Keys that only matter while another is on: left out with it (settings of early stopping).
+WHILE_ON = {"eval.early_stop_patience": "eval.early_stop_every",
+            "eval.early_stop_metric": "eval.early_stop_every"}
 
 
 def fingerprint(config: dict, data_sha256: str) -> dict:
   """The experiment's fingerprint: every key of ``config`` (the resolved config as a dict,
   ``Settings.config``) that decides what its runs compute (flat, e.g. ``stream.seed``; the
-  ``OFF_VALUES`` keys only when set), and ``data_sha256``, a digest of the data set's arrays."""
+  ``OFF_VALUES`` keys only when set, ``WHILE_ON`` keys only while theirs is), and
+  ``data_sha256``, a digest of the data set's arrays. A workdir written before a key existed
+  still resumes while the key is off."""
   flat = flatten(dict(config))
+
+  def off(k):
+    return k in OFF_VALUES and flat.get(k, OFF_VALUES[k]) == OFF_VALUES[k]
+
   out = {k: v for k, v in flat.items()
          if not any(k == x or k.startswith(x + ".") for x in NOT_FINGERPRINTED)
-         and not (k in OFF_VALUES and v == OFF_VALUES[k])}
+         and not off(k) and not (k in WHILE_ON and off(WHILE_ON[k]))}
   out["data_sha256"] = data_sha256
   return json.loads(json.dumps(out))  # the JSON form, as read back from experiment.json
 

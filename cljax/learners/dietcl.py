@@ -76,6 +76,7 @@ from cljax.ops.allocation import source_split
 from cljax.ops import mixup as mixup_lib
 from cljax.ops.buffers import append as append_store
 from cljax.ops.losses import mask_logits, seen_classes
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop
 
 ALLOCATIONS = ("paper", "reference_code")
@@ -313,9 +314,9 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   # (experiments/bench/scaling.py finds these two loops by name in end_of_step's closure.)
   joint_loop = Loop(_phases.phase_step(
       joint_loss(net, recipe, split, lm_mask, w_r, mask_ratio, norm_pix, replay_before), tx,
-      accumulate), chunk=chunk, unroll=False)
+      accumulate), chunk=chunk, unroll=False, accumulate=accumulate)
   buffer_loop = Loop(_phases.phase_step(buffer_loss(net, recipe, batch_size), tx, accumulate),
-                     chunk=chunk, unroll=False)
+                     chunk=chunk, unroll=False, accumulate=accumulate)
   prepare = jax.jit(lambda s: balance_memory(s, max_tasks, balanced_buffer))
   scales_of = jax.jit(lambda p: _vit.vit_layer_scales(p, layer_decay))
   opt_init = jax.jit(tx.init)
@@ -354,10 +355,12 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     s_buf = zero if s_buf is None else s_buf
     stopped = {}
     if early_stop is not None:
-      stopped = {"passes_saved": jnp.float32(sum(planned) - joint - buf),
+      # The kept model: the buffer phase's best, or (scored at its start) the joint phase's.
+      best = stop_j.best_pass if stop_b.best_pass == 0 else joint + stop_b.best_pass
+      stopped = {**early_stop_lib.extra(stop_b._replace(passes=joint + buf, best_pass=best),
+                                        sum(planned)),
                  "best_pass_joint": jnp.float32(stop_j.best_pass),
-                 "best_pass_buffer": jnp.float32(stop_b.best_pass),
-                 "best_score": jnp.float32(stop_b.best_score)}  # the final phase's: the model kept
+                 "best_pass_buffer": jnp.float32(stop_b.best_pass)}
     spent = joint + buf
     return state, contract.info(
         spent, (s_joint[0] + s_buf[0]) / max(spent, 1), joint_passes=jnp.float32(joint),

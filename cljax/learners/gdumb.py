@@ -142,7 +142,8 @@ def gdumb(*, num_classes: int, model: str = "mlp", model_kwargs: Optional[dict] 
                                  jax.ShapeDtypeStruct(x.shape[1:], jnp.float32), num_classes))
 
   loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, carry, data, key,
-                                                          recipe), chunk=chunk, unroll=True)
+                                                          recipe), chunk=chunk, unroll=True,
+              accumulate=accumulate)
   reset = jax.jit(lambda p: (p, tx.init(p)))
 
   @jax.jit

@@ -180,7 +180,7 @@ def icarl(*, num_classes: int, memory_size: int = 2000, model: str = "mlp",
   update = _distill.store_update
 
   loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, carry, data, key),
-              chunk=chunk, unroll=True)
+              chunk=chunk, unroll=True, accumulate=accumulate)
   herd = jax.jit(lambda state, feats: herd_step(memory_size, num_classes, state, feats))
   finish = jax.jit(lambda state, mem_feats: finish_step(memory_size, num_classes, state,
                                                         mem_feats))

@@ -155,8 +155,10 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     return mixup_lib.soft_cross_entropy(net.apply(params, b.x), b.targets, b.weight,
                                         state.seen), ()
 
-  ssl_loop = Loop(_phases.phase_step(ssl_loss, tx, accumulate), chunk=chunk, unroll=False)
-  ft_loop = Loop(_phases.phase_step(ft_loss, tx, accumulate), chunk=chunk, unroll=False)
+  ssl_loop = Loop(_phases.phase_step(ssl_loss, tx, accumulate), chunk=chunk, unroll=False,
+                  accumulate=accumulate)
+  ft_loop = Loop(_phases.phase_step(ft_loss, tx, accumulate), chunk=chunk, unroll=False,
+                 accumulate=accumulate)
   opt_init = jax.jit(tx.init)
   scales_of = jax.jit(lambda p: _vit.vit_layer_scales(p, layer_decay))
   ones_of = jax.jit(lambda p: jax.tree.map(jnp.ones_like, _vit.vit_layer_scales(p, 1.0)))

@@ -140,7 +140,7 @@ def lwf(*, num_classes: int, lam: float = 1.0, temperature: float = 2.0,
 
   loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, kd_weight,
                                                            temperature, carry, data, key),
-              chunk=chunk, unroll=True)
+              chunk=chunk, unroll=True, accumulate=accumulate)
 
   @jax.jit
   def predict(state, x):

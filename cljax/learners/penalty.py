@@ -166,7 +166,8 @@ def penalty_learner(name: str, importance: Importance, *, num_classes: int,
                  cur=cur, anchor=params, importance=jax.tree.map(jnp.zeros_like, params))
 
   loop = Loop(lambda carry, data, key, i, stop: train_step(net, tx, batch_size, lam, carry, data,
-                                                           key), chunk=chunk, unroll=True)
+                                                           key), chunk=chunk, unroll=True,
+              accumulate=accumulate)
   imp_batch = jax.jit(lambda state, start: importance_batch(net, importance, batch_size, state,
                                                             start))
   finish = jax.jit(lambda state, total, n: consolidate(decay, state, total, n))

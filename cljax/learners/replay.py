@@ -419,7 +419,7 @@ def replay_learner(name: str, *, num_classes: int, model: str = "mlp",
             iters_per_batch=int(iters_per_batch), iterations=iterations, grow_head=grow_head,
             reinit_each_step=reinit_each_step, old_fraction=old_fraction)
   loop = Loop(lambda carry, data, key, i, stop: train_step(s, carry, data, key), chunk=chunk,
-              unroll=True)
+              unroll=True, accumulate=accumulate)
   prepare = jax.jit(lambda state: prepare_step(s, state))
   finish = jax.jit(lambda state: finish_step(s, state))
 

@@ -1,7 +1,8 @@
 """Early stopping inside one step's training, and the best model of the step.
 
-A learner that trains at step ends (``Learner.early_stopping``: finetune/er/offline's budgeted
-phase, GDumb, EWC/MAS, DietCL, joint) takes an ``EarlyStopping`` in ``end_of_step``::
+A learner that trains at step ends by passes of its ``Loop`` (``Learner.early_stopping``: finetune,
+finetune_kading, er, offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet, joint; not yet l2p,
+cassle, dualnet, ccic, siesta) takes an ``EarlyStopping`` in ``end_of_step``::
 
     stop = EarlyStopping.on(x_val, y_val, every=16, patience=3)    # a user's own loop
     state, info = learner.end_of_step(state, key, budget, early_stop=stop)
@@ -22,6 +23,14 @@ stops and whose last evaluation is its best equals the call without early stoppi
 ``score(logits_of) -> float`` is lower-is-better: ``on`` builds the usual one from arrays
 (mean cross-entropy in nats, or the error rate); the experiment runner builds its own over the
 stream's validation split (``eval.early_stop_every``), placing batches on its mesh.
+
+What it does not change: the step's training loss (``info.loss``) covers every step run, those
+after the best score included, so the runner's divergence check still sees a blow-up that early
+stopping discarded (a rate that high is worth knowing about). Learners that retrain from their
+initialisation every step (gdumb, offline, joint) score that initialisation as the step's start:
+if no trained model beats it within ``patience`` scores, the untrained one is kept. Learners whose
+optimizer state carries over steps (er, finetune, lwf, icarl, ewc) with ``accumulate`` > 1 may end
+a step inside a group of micro-batches; the next step completes it.
 """
 
 from __future__ import annotations
@@ -97,9 +106,13 @@ def padded_batches(x: np.ndarray, batch_size: int):
 
 def held_out_score(logits: np.ndarray, y: np.ndarray, metric: str = "loss") -> float:
   """Lower-is-better score of ``logits`` [N, K] for labels ``y`` [N]: mean cross-entropy
-  (``loss``; NaN when not finite) or the error rate (``error``)."""
+  (``loss``) or the error rate (``error``); NaN when a logit is not finite (a diverged model
+  never counts as an improvement)."""
   if metric == "error":
-    return float(1.0 - (np.asarray(logits).argmax(1) == np.asarray(y)).mean())
+    z = np.asarray(logits)
+    if not np.isfinite(z).all():
+      return float("nan")
+    return float(1.0 - (z.argmax(1) == np.asarray(y)).mean())
   v = metrics_lib.cross_entropy(logits, y)
   return float("nan") if v is None else v
 

@@ -40,6 +40,7 @@ Data read per step from the host (a shuffled epoch order, mini-batches of a base
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -55,10 +56,14 @@ Step = Callable[..., tuple]
 class Loop:
   """A chunked, masked training loop around one step function (see the module docstring)."""
 
-  def __init__(self, step: Step, *, chunk: int = 8, unroll: bool = True):
-    if int(chunk) < 1:
-      raise ValueError(f"chunk must be >= 1, got {chunk}")
+  def __init__(self, step: Step, *, chunk: int = 8, unroll: bool = True, accumulate: int = 1):
+    """``accumulate``: micro-batches per optimizer step of ``step``'s optimizer
+    (``cljax.optim.accumulate_gradients``): early stopping scores only where a group of them
+    has moved the parameters (``stopping``)."""
+    if int(chunk) < 1 or int(accumulate) < 1:
+      raise ValueError(f"chunk and accumulate must be >= 1, got {chunk}, {accumulate}")
     self.step, self.chunk, self.unroll = step, int(chunk), bool(unroll)
+    self.accumulate = int(accumulate)
     # Steps of one compiled program: one at top level, or the whole chunk in a scan.
     self.unit = 1 if self.unroll else self.chunk
     self.run_chunk = jax.jit(self._run_chunk)
@@ -100,7 +105,8 @@ class Loop:
                per_step: Optional[Callable[[int], Any]] = None,
                progress: Optional[Callable[[int, int, Any], None]] = None) -> tuple:
     """``__call__`` under early stopping (``cljax.train.early_stop``): the carry is scored at
-    the start, after every ``early_stop.every`` passes (rounded up to a multiple of ``chunk``)
+    the start, after every ``early_stop.every`` passes (rounded up to a multiple of ``chunk`` and
+    ``accumulate``)
     and after the last; after ``early_stop.patience`` scores in a row without improvement no
     more steps run. The steps that run are ``__call__``'s (same keys, ``stop`` = ``passes``).
 
@@ -111,7 +117,10 @@ class Loop:
     passes = int(passes)
     if early_stop is None:
       return (*self(carry, data, key, passes, per_step, progress), None)
-    every = -(-int(early_stop.every) // self.chunk) * self.chunk
+    # Scores fall where programs end (chunk) and where optimizer steps do (accumulate): between
+    # two optimizer steps the parameters do not move, and a score there would only spend patience.
+    unit = math.lcm(self.chunk, self.accumulate)
+    every = -(-int(early_stop.every) // unit) * unit
 
     def score(c):
       return float(early_stop.score(lambda x: logits_of(c, x)))

@@ -106,6 +106,7 @@ CASES = [
       "--config.eval.early_stop_metric=auc"], ["unknown eval.early_stop_metric 'auc'",
                                                "valid: ['loss', 'error']"]),
     (["--config.eval.early_stop_patience=0"], ["eval.early_stop_patience must be an integer >= 1"]),
+    (["--config.rollback_factor=1.0"], ["rollback_factor must be a number in (0, 1), got 1.0"]),
     (["--config.num_devices=64"], ["num_devices: asked for 64 devices"]),
     (["--config.base_init.kind=magic"], ["unknown base_init.kind 'magic'", "supervised"]),
     (["--config.base_init.classes=-1"], ["base_init.classes must be an integer >= 0"]),

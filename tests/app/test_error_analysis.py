@@ -160,3 +160,17 @@ def test_workdirs_from_before_the_split_still_fit():
   assert not any(k.startswith("eval.val_") for k in fp)
   c.eval.val_fraction = 0.1
   assert workdir.fingerprint(settings.from_config(c).config, "sha")["eval.val_fraction"] == 0.1
+
+
+def test_workdirs_from_before_early_stopping_still_fit():
+  """Early stopping off: none of its keys in the fingerprint (older workdirs resume, and its
+  patience or metric may change); on: all three are."""
+  from cljax.app import settings, workdir  # pylint: disable=import-outside-toplevel
+  c = _config()
+  c.eval.early_stop_patience = 7
+  fp = workdir.fingerprint(settings.from_config(c).config, "sha")
+  assert not any(k.startswith("eval.early_stop") for k in fp)
+  c.eval.early_stop_every = 4
+  fp = workdir.fingerprint(settings.from_config(c).config, "sha")
+  assert (fp["eval.early_stop_every"], fp["eval.early_stop_patience"],
+          fp["eval.early_stop_metric"]) == (4, 7, "loss")

@@ -109,8 +109,27 @@ def test_phase_step_takes_the_lr_of_the_first_micro_batch():
   np.testing.assert_allclose(np.asarray(got["w"]), np.asarray(p["w"]), rtol=1e-5, atol=1e-7)
 
 
-def test_dietcl_scales_its_lr_by_the_effective_batch():
-  a = L.get("dietcl", num_classes=10, batch_size=32, accumulate=32)
-  assert a.hparams["accumulate"] == 32 and a.hparams["batch_size"] == 32
+@pytest.mark.parametrize("name", ["dietcl", "joint"])
+def test_vit_learners_scale_their_lr_by_the_effective_batch(digits, monkeypatch, name):
+  """lr is per 256 examples of an optimizer step: batch_size x accumulate (the reference's
+  ``compute_lr`` at its 1,024-example steps)."""
+  x, y = digits
+  peaks = []
+
+  def spy(loop, opt_init, params, state, key, passes, lr_peak, *a, **kw):
+    peaks.append(lr_peak)  # the phase itself is not run: only its lr is looked at
+    return params, None, None
+
+  monkeypatch.setattr(_phases, "run_phase", spy)
+  for k in (1, 4):
+    sizes = dict(stream_size=64) if name == "joint" else dict(max_step_size=64, memory_size=32)
+    learner = L.get(name, num_classes=10, model="vit_micro", batch_size=8, accumulate=k,
+                    lr=1e-3, model_kwargs=dict(depth=1, dim=16, dec_dim=16), **sizes)
+    state = learner.init(jax.random.key(0), {"x": x[:8], "y": y[:8]})
+    state, _ = learner.update(state, {"x": x[:16], "y": y[:16]}, jax.random.key(1))
+    learner.end_of_step(state, jax.random.key(2), 8)
+  first = peaks[0]
+  assert first == pytest.approx(1e-3 * 8 / 256)
+  assert peaks[len(peaks) // 2] == pytest.approx(4 * first)  # the same phase at accumulate=4
   with pytest.raises(ValueError, match="accumulate must be an integer >= 1"):
-    L.get("dietcl", num_classes=10, accumulate=0)
+    L.get(name, num_classes=10, accumulate=0, **({"stream_size": 10} if name == "joint" else {}))

@@ -152,5 +152,5 @@ def test_learners_that_do_not_stop_early_refuse_it_in_one_line(digits):
   learner = L.get("slda", num_classes=10)
   assert not learner.early_stopping
   state = _step(learner, digits)
-  with pytest.raises(BatchError, match=r"^slda.end_of_step: this learner does not stop early"):
+  with pytest.raises(BatchError, match=r"^slda.end_of_step: this learner does not take early_stop"):
     learner.end_of_step(state, jax.random.key(0), 10, early_stop=_flat(1, 1))

@@ -118,7 +118,8 @@ def test_scores_on_arrays_equal_sklearn():
   assert set(calls) == {(64, 7)}  # one shape: a jitted predict compiles once
   err = EarlyStopping.on(x, y, every=1, patience=1, metric="error").score(logits_of)
   assert err == pytest.approx(1 - skm.accuracy_score(y, z.argmax(1)))
-  assert np.isnan(early_stop.held_out_score(np.full((2, 3), np.nan), np.array([0, 1])))
+  for metric in early_stop.METRICS:  # a diverged model never scores as an improvement
+    assert np.isnan(early_stop.held_out_score(np.full((2, 3), np.nan), np.array([0, 1]), metric))
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -138,3 +139,31 @@ def test_extra_reports_passes_saved():
   assert early_stop.extra(st, 100) == {"passes_saved": 76.0, "best_pass": 16.0,
                                        "best_score": np.float32(0.3)}
   assert early_stop.extra(None, 100) == {}
+
+
+def test_scores_fall_where_accumulated_optimizer_steps_do():
+  """With accumulate=4 the parameters move every 4th pass: scores between two moves would spend
+  patience on an unchanged model, so they are taken every lcm(chunk, 4) passes."""
+  from cljax import optim  # pylint: disable=import-outside-toplevel
+  from cljax.train.loop import apply_updates  # pylint: disable=import-outside-toplevel
+  tx = optim.build("sgd", 0.1, momentum=0.0, accumulate=4)
+
+  def step(carry, data, key, i, stop):
+    del data, key, i, stop
+    w, opt = carry
+    g = jax.grad(lambda v: jnp.sum((v - 3.0) ** 2))(w)
+    w, opt = apply_updates(tx, w, opt, g)
+    return (w, opt), jnp.zeros((1,))
+
+  w0 = jnp.zeros(2)
+  stop = EarlyStopping(score=lambda logits_of: float(np.sum((np.asarray(logits_of(None)) - 3) ** 2)),
+                       every=1, patience=1)
+  logits_of = lambda carry, x: carry[0]  # noqa: E731
+  loop = Loop(step, chunk=2, accumulate=4)
+  (w, _), _, st = loop.stopping((w0, tx.init(w0)), None, jax.random.key(0), 16, stop, logits_of)
+  assert (st.passes, st.evaluations, st.best_pass, st.stopped) == (16, 5, 16, False)
+  # Scored every pass instead, the first score after the start sees the same model: it stops.
+  _, _, st1 = Loop(step, chunk=1).stopping((w0, tx.init(w0)), None, jax.random.key(0), 16, stop,
+                                           logits_of)
+  assert (st1.passes, st1.best_pass) == (1, 0)
+  np.testing.assert_allclose(np.asarray(w), 3.0 - 3.0 * 0.8 ** 4, rtol=1e-6)
