@@ -128,7 +128,7 @@ def test_every_learner_has_the_four_functions():
   built = [n for n in L.names() if n not in ("remind", "siesta")]  # need a base to build
   stops = sorted(n for n in built if L.get(n, **_smallest(n)).early_stopping)
   assert stops == ["dietcl", "er", "er_diet", "ewc", "finetune", "finetune_kading", "gdumb",
-                   "icarl", "joint", "lwf", "mas", "offline"]
+                   "icarl", "joint", "l2p", "lwf", "mas", "offline"]
 
 
 def _smallest(name):

@@ -37,6 +37,7 @@ stores rows (0 passes).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple, Optional
 
@@ -204,23 +205,6 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
   opt_init = jax.jit(tx.init)
   clear = jax.jit(lambda s: s._replace(rows=append_store.clear(s.rows)))
 
-  def end_of_step(state: State, key, budget=None, progress=None):
-    """SGD on prompts, keys and head; spends at most ``budget`` passes (``step_cost`` each)."""
-    n_rows = int(state.rows.count)
-    cost = step_cost(int(state.frozen["pos_embed"].shape[-2]), top_k, prompt_length)
-    if budget is None:
-      steps = contract.default_passes(epochs_per_step, n_rows, batch_size)
-    else:
-      steps = int(math.floor(budget / cost + 1e-9))
-    steps = steps if n_rows else 0
-    (train, _), sums = loop((state.train, opt_init(state.train)), state, key, steps,
-                            progress=progress)
-    state = state._replace(train=train)
-    if not replay:
-      state = clear(state)
-    loss = sums[0] / steps if sums is not None else jnp.float32(jnp.nan)
-    return state, contract.info(steps * cost, loss, sgd_steps=jnp.float32(steps))
-
   @jax.jit
   def predict(state: State, x):
     x = jnp.asarray(x, jnp.float32)
@@ -228,4 +212,33 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
                             batchwise=False)
     return mask_logits(logits_of(state.frozen, state.train, x, idx), state.seen)
 
-  return Learner("l2p", init, update, end_of_step, predict)
+  def end_of_step(state: State, key, budget=None, progress=None, early_stop=None):
+    """SGD on prompts, keys and head; spends at most ``budget`` passes (``step_cost`` each).
+    With ``early_stop`` (its ``every`` in passes, converted to SGD steps of ``step_cost``),
+    fewer when the held-out score stops improving, the best prompts, keys and head kept."""
+    n_rows = int(state.rows.count)
+    cost = step_cost(int(state.frozen["pos_embed"].shape[-2]), top_k, prompt_length)
+    if budget is None:
+      steps = contract.default_passes(epochs_per_step, n_rows, batch_size)
+    else:
+      steps = int(math.floor(budget / cost + 1e-9))
+    steps = steps if n_rows else 0
+    if early_stop is not None:
+      early_stop = dataclasses.replace(early_stop,
+                                       every=max(1, round(early_stop.every / cost)))
+    (train, _), sums, stopped = loop.stopping(
+        (state.train, opt_init(state.train)), state, key, steps, early_stop,
+        lambda carry, x: predict(state._replace(train=carry[0]), x), progress=progress)
+    state = state._replace(train=train)
+    if not replay:
+      state = clear(state)
+    planned, steps = steps, (steps if stopped is None else stopped.passes)
+    loss = sums[0] / steps if sums is not None else jnp.float32(jnp.nan)
+    extra = {}
+    if stopped is not None:  # in passes, as every learner's: SGD steps x step_cost
+      extra = {"passes_saved": jnp.float32((planned - steps) * cost),
+               "best_pass": jnp.float32(stopped.best_pass * cost),
+               "best_score": jnp.float32(stopped.best_score)}
+    return state, contract.info(steps * cost, loss, sgd_steps=jnp.float32(steps), **extra)
+
+  return Learner("l2p", init, update, end_of_step, predict, early_stopping=True)

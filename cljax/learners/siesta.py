@@ -59,6 +59,7 @@ from cljax.ops import pq
 from cljax.ops import pq_maps
 from cljax.ops import sharding
 from cljax.ops.buffers import _base as slots
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop
 from cljax.train.loop import classifier_step
 
@@ -298,29 +299,35 @@ def siesta(*, num_classes: int,
                        np.asarray(base_labels, np.int32))
     return state
 
-  def sleep(state: State, key, passes: int, progress=None) -> tuple:
+  predict_jit = jax.jit(functools.partial(predict, net=net))
+
+  def sleep(state: State, key, passes: int, progress=None, early_stop=None) -> tuple:
+    """(state, passes spent, mean loss, early-stopping extras) of a sleep of ``passes``."""
     if passes <= 0:
-      return state._replace(since_sleep=jnp.zeros((), jnp.int32)), 0.0, jnp.nan
-    (params, opt), sums = loop((state.params, state.opt), (state.buffer, state.codebook), key,
-                               passes, progress=progress)
+      return state._replace(since_sleep=jnp.zeros((), jnp.int32)), 0.0, jnp.nan, {}
+    (params, opt), sums, stopped = loop.stopping(
+        (state.params, state.opt), (state.buffer, state.codebook), key, passes, early_stop,
+        lambda carry, x: predict_jit(state._replace(params=carry[0]), x), progress=progress)
+    spent = passes if stopped is None else stopped.passes
     return (state._replace(params=params, opt=opt, since_sleep=jnp.zeros((), jnp.int32)),
-            float(passes), sums[0] / passes)
+            float(spent), sums[0] / spent, early_stop_lib.extra(stopped, passes))
 
   def update(state, batch, key):
     state, info = wake_jit(state, batch, key)
     if sleep_every and int(state.since_sleep) >= int(sleep_every):
-      state, passes, loss = sleep(state, jax.random.fold_in(key, 1), int(sleep_passes))
+      state, passes, loss, _ = sleep(state, jax.random.fold_in(key, 1), int(sleep_passes))
       info = contract.info(passes, loss, **info.extra)
     return state, info
 
-  def end_of_step(state, key, budget=None, progress=None):
-    """A sleep of ``budget`` passes (``sleep_passes`` when None)."""
+  def end_of_step(state, key, budget=None, progress=None, early_stop=None):
+    """A sleep of ``budget`` passes (``sleep_passes`` when None); with ``early_stop``, shorter
+    when the held-out score stops improving (the best model kept; the mid-step sleeps of
+    ``sleep_every`` always run whole)."""
     passes = int(sleep_passes) if budget is None else int(budget)
-    state, spent, loss = sleep(state, key, passes, progress)
-    return state, contract.info(spent, loss, buffer_count=state.buffer.count)
+    state, spent, loss, extra = sleep(state, key, passes, progress, early_stop)
+    return state, contract.info(spent, loss, buffer_count=state.buffer.count, **extra)
 
-  return Learner("siesta", init, update, end_of_step,
-                 jax.jit(functools.partial(predict, net=net)))
+  return Learner("siesta", init, update, end_of_step, predict_jit, early_stopping=True)
 
 
 @functools.partial(jax.jit, donate_argnums=0)

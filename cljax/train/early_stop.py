@@ -1,8 +1,8 @@
 """Early stopping inside one step's training, and the best model of the step.
 
 A learner that trains at step ends by passes of its ``Loop`` (``Learner.early_stopping``: finetune,
-finetune_kading, er, offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet, joint; not yet l2p,
-cassle, dualnet, ccic, siesta) takes an ``EarlyStopping`` in ``end_of_step``::
+finetune_kading, er, offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet, joint, l2p, siesta;
+not yet cassle, dualnet, ccic, whose SSL and supervised updates interleave) takes an ``EarlyStopping`` in ``end_of_step``::
 
     stop = EarlyStopping.on(x_val, y_val, every=16, patience=3)    # a user's own loop
     state, info = learner.end_of_step(state, key, budget, early_stop=stop)

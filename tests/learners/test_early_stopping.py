@@ -39,12 +39,34 @@ def _learner(name):
       "dietcl": lambda: L.get("dietcl", num_classes=10, batch_size=BS, max_step_size=600,
                               memory_size=100, threshold=20, **vit),
       "joint": lambda: L.get("joint", num_classes=10, batch_size=BS, stream_size=600, **vit),
+      "l2p": lambda: L.get("l2p", num_classes=10, model="vit_micro", chunk=4, batch_size=16,
+                           model_kwargs={"patch": 4, "depth": 1, "dim": 16, "dec_dim": 16},
+                           memory_size=400, top_k=2, prompt_length=2),
+      "siesta": _siesta,
   }[name]()
+
+
+def _siesta():
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cljax.ops import pq  # pylint: disable=import-outside-toplevel
+  from tests.learners.test_siesta import TinyF  # pylint: disable=import-outside-toplevel
+  x = data.load("digits").train
+  maps = _maps(x.batch(np.arange(len(x))))
+  cb = pq.train(jax.random.key(0), jax.numpy.asarray(maps.reshape(-1, 4)), 2, 16, iters=10)
+  return L.get("siesta", num_classes=10, f_module=TinyF(4, 10, nnx.Rngs(0)), codebook=cb,
+               batch_size=32, buffer_capacity=300, sleep_lr=0.1, chunk=4)
+
+
+def _maps(x):
+  """Digits as SIESTA's inputs: 4 x 4 maps of 4 channels (as tests/learners/test_siesta.py)."""
+  return np.asarray(x, np.float32).reshape(-1, 4, 4, 4)
 
 
 def _step(learner, digits):
   """A state after the updates of one step of classes CLASSES (the end of step not yet run)."""
   x, y, _, _ = digits
+  if learner.name == "siesta":
+    x = _maps(x)
   idx = np.random.default_rng(0).permutation(np.flatnonzero(np.isin(y, CLASSES)))[:320]
   state = learner.init(jax.random.key(0), {"x": x[:BS], "y": y[:BS]})
   for i, b in enumerate(data.array_batches(x[idx], y[idx], BS)):
@@ -73,7 +95,9 @@ def _same(a, b):
 # (learner, budget of the end of step, passes a flat score lets run: phases x patience x every)
 # ewc: + 2 importance passes; dietcl: two phases; the ViT learners compile for ~20 s: slow tier.
 CASES = [("er", 60, 8), ("finetune", 60, 8), ("offline", None, 8), ("gdumb", 60, 8),
-         ("ewc", 60, 10), ("lwf", 60, 8), pytest.param("dietcl", 40, 16, marks=pytest.mark.slow),
+         ("ewc", 60, 10), ("lwf", 60, 8), ("siesta", 60, 8),
+         pytest.param("l2p", 60, None, marks=pytest.mark.slow),
+         pytest.param("dietcl", 40, 16, marks=pytest.mark.slow),
          pytest.param("joint", 60, 8, marks=pytest.mark.slow)]
 
 
@@ -89,16 +113,20 @@ def test_a_score_that_never_improves_keeps_the_steps_start(digits, name, budget,
   extra = {k: float(v) for k, v in ginfo.extra.items()}
   if name == "joint":  # its MAE phase (no classifier) always runs; fine-tuning stops
     assert float(ginfo.passes) == float(info.extra["ssl_passes"]) + flat_passes
+  elif name == "l2p":  # every=3 passes: one SGD step of step_cost > 2 passes, rounded to chunk 4
+    cost = float(info.passes) / float(info.extra["sgd_steps"])
+    assert float(ginfo.extra["sgd_steps"]) == 8
+    assert float(ginfo.passes) == pytest.approx(8 * cost)
   else:
     assert float(ginfo.passes) == flat_passes
-  assert extra["passes_saved"] == float(info.passes) - float(ginfo.passes)
-  start = {"offline": lambda s: s.init_params, "gdumb": lambda s: s.init_params}.get(
-      name, lambda s: s.params)(state)
+  assert extra["passes_saved"] == pytest.approx(float(info.passes) - float(ginfo.passes))
+  start = {"offline": lambda s: s.init_params, "gdumb": lambda s: s.init_params,
+           "l2p": lambda s: s.train}.get(name, lambda s: s.params)(state)
   if name != "joint":
-    _same(got.params, start)
+    _same(got.train if name == "l2p" else got.params, start)
   # Everything else the end of step does (filing the step, buffers, counters) still happens;
   # what depends on the trained model follows the kept one (EWC's anchor and importance).
-  trained = {"params": plain.params, "opt": None, "anchor": None, "importance": None,
+  trained = {"params": None, "train": None, "opt": None, "anchor": None, "importance": None,
              "teacher": None}
   fields = {k: v for k, v in trained.items() if k in got._fields}
   if name in ("ewc", "lwf"):
