@@ -41,6 +41,7 @@ from cljax.ops import buffers
 from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
 from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop, apply_updates
 
 
@@ -199,8 +200,14 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   ft_loop = Loop(ft_step, chunk=chunk, unroll=False)
   opt_init = jax.jit(tx.init)
 
-  def end_of_step(state: State, key, budget=None, progress=None):
-    """SSL (+ distillation) then fine-tuning, 4:1; spends at most ``budget`` passes."""
+  @jax.jit
+  def predict(state: State, x):
+    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
+
+  def end_of_step(state: State, key, budget=None, progress=None, early_stop=None):
+    """SSL (+ distillation) then fine-tuning, 4:1; spends at most ``budget`` passes. With
+    ``early_stop`` the fine-tuning phase may stop early, keeping its best encoder and head (the
+    SSL phase trains no classifier and always runs)."""
     k_ssl, k_ft = jax.random.split(key)
     distil = bool(state.has_teacher)
     cost = 1.0 + (_distill.FORWARD_COST if distil else 0.0)
@@ -215,16 +222,16 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     (trained, _), s1 = ssl_loops[distil]((trained, opt_init(trained)), state, k_ssl, n_ssl,
                                          progress=progress)
     # The SSL phase's encoder is fine-tuned (the carry); the state gives memory and mask.
-    (params, _), s2 = ft_loop((trained[0], opt_init(trained[0])), state, k_ft, n_ft,
-                              progress=progress)
+    (params, _), s2, stopped = ft_loop.stopping(
+        (trained[0], opt_init(trained[0])), state, k_ft, n_ft, early_stop,
+        lambda carry, x: predict(state._replace(params=carry[0]), x), progress=progress)
+    planned, n_ft = n_ft, (n_ft if stopped is None else stopped.passes)
     state = finish(state._replace(params=params, heads=trained[1]))
     return state, contract.info(
         n_ssl * cost + n_ft, jnp.float32(jnp.nan) if s2 is None else s2[0] / n_ft,
         ssl_loss=jnp.float32(jnp.nan) if s1 is None else s1[0] / n_ssl,
-        ssl_steps=jnp.float32(n_ssl), finetune_steps=jnp.float32(n_ft))
+        ssl_steps=jnp.float32(n_ssl), finetune_steps=jnp.float32(n_ft),
+        **early_stop_lib.extra(stopped, planned))
 
-  @jax.jit
-  def predict(state: State, x):
-    return mask_logits(net.apply(state.params, jnp.asarray(x, jnp.float32)), state.seen)
-
-  return Learner("cassle", init, _stores.store_all_update, end_of_step, predict)
+  return Learner("cassle", init, _stores.store_all_update, end_of_step, predict,
+                 early_stopping=True)

@@ -46,6 +46,7 @@ the pseudo-label forwards at 1/3. ``step_cost`` gives the exact passes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple, Optional
 
@@ -65,6 +66,7 @@ from cljax.ops import ssl
 from cljax.ops.buffers import append as append_store
 from cljax.ops.herding import normalise
 from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop, apply_updates
 
 
@@ -289,8 +291,15 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
 
   loops = {b: Loop(make_step(b), chunk=chunk, unroll=False) for b in (False, True)}
 
-  def end_of_step(state: State, key, budget=None, progress=None):
-    """SGD steps within ``budget`` (``step_cost`` each), then the memory's features for kNN."""
+  @jax.jit
+  def own_logits(params, seen, x):
+    return mask_logits(net.apply(params, jnp.asarray(x, jnp.float32)), seen)
+
+  def end_of_step(state: State, key, budget=None, progress=None, early_stop=None):
+    """SGD steps within ``budget`` (``step_cost`` each), then the memory's features for kNN.
+    With ``early_stop`` (its ``every`` in passes, converted to SGD steps), fewer steps when the
+    held-out score of the network's own head stops improving (the kNN memory is built after, on
+    the kept model)."""
     negatives = int(state.step) > 0
     cost = step_cost(batch_size, k_aug, negatives)
     n_mem = int(state.mem.count)
@@ -301,14 +310,19 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
       reserve = _distill.forward_passes(n_mem, batch_size)
       steps = int(math.floor((budget - reserve) / cost + 1e-9))
     steps = max(steps, 0) if n_mem else 0
-    (params, opt), sums = loops[negatives]((state.params, state.opt), state, key, steps,
-                                           progress=progress)
+    if early_stop is not None:
+      early_stop = dataclasses.replace(early_stop, every=max(1, round(early_stop.every / cost)))
+    (params, opt), sums, stopped = loops[negatives].stopping(
+        (state.params, state.opt), state, key, steps, early_stop,
+        lambda carry, x: own_logits(carry[0], state.seen, x), progress=progress)
+    planned, steps = steps, (steps if stopped is None else stopped.passes)
     state = state._replace(params=params, opt=opt)
     emb, fwd = features_of(params, state.mem.x, n_mem)
     state = finish(state, emb)
+    extra = early_stop_lib.extra(stopped, planned, cost)  # in passes, as every learner's
     return state, contract.info(steps * cost + fwd,
                                 jnp.float32(jnp.nan) if sums is None else sums[0] / steps,
-                                sgd_steps=jnp.float32(steps))
+                                sgd_steps=jnp.float32(steps), **extra)
 
   @jax.jit
   def predict(state: State, x):
@@ -316,7 +330,6 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     valid = state.emb_y >= 0
     knn = knn_scores(net.features(state.params, x), state.emb, jnp.maximum(state.emb_y, 0),
                      valid, knn_k, num_classes)
-    own = mask_logits(net.apply(state.params, x), state.seen)
-    return jnp.where(jnp.any(valid), knn, own)
+    return jnp.where(jnp.any(valid), knn, own_logits(state.params, state.seen, x))
 
-  return Learner("ccic", init, update, end_of_step, predict)
+  return Learner("ccic", init, update, end_of_step, predict, early_stopping=True)

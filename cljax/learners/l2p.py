@@ -55,6 +55,7 @@ from cljax.ops import sharding
 from cljax.ops.buffers import append as append_store
 from cljax.ops.herding import normalise
 from cljax.ops.losses import cross_entropy, mask_logits
+from cljax.train import early_stop as early_stop_lib
 from cljax.train.loop import Loop, apply_updates
 
 
@@ -234,11 +235,7 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
       state = clear(state)
     planned, steps = steps, (steps if stopped is None else stopped.passes)
     loss = sums[0] / steps if sums is not None else jnp.float32(jnp.nan)
-    extra = {}
-    if stopped is not None:  # in passes, as every learner's: SGD steps x step_cost
-      extra = {"passes_saved": jnp.float32((planned - steps) * cost),
-               "best_pass": jnp.float32(stopped.best_pass * cost),
-               "best_score": jnp.float32(stopped.best_score)}
+    extra = early_stop_lib.extra(stopped, planned, cost)  # in passes, as every learner's
     return state, contract.info(steps * cost, loss, sgd_steps=jnp.float32(steps), **extra)
 
   return Learner("l2p", init, update, end_of_step, predict, early_stopping=True)

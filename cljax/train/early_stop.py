@@ -1,8 +1,8 @@
 """Early stopping inside one step's training, and the best model of the step.
 
 A learner that trains at step ends by passes of its ``Loop`` (``Learner.early_stopping``: finetune,
-finetune_kading, er, offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet, joint, l2p, siesta;
-not yet cassle, dualnet, ccic, whose SSL and supervised updates interleave) takes an ``EarlyStopping`` in ``end_of_step``::
+finetune_kading, er, offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet, joint, l2p, siesta,
+cassle, ccic; not dualnet, whose SSL and supervised updates interleave in each step) takes an ``EarlyStopping`` in ``end_of_step``::
 
     stop = EarlyStopping.on(x_val, y_val, every=16, patience=3)    # a user's own loop
     state, info = learner.end_of_step(state, key, budget, early_stop=stop)
@@ -140,12 +140,13 @@ def improved(score: float, best: float, min_delta: float) -> bool:
   return math.isnan(best) or score < best - min_delta
 
 
-def extra(stopped: "Stopped | None", budget: int) -> dict:
-  """``Info.extra`` figures of one early-stopped call of ``budget`` passes: ``passes_saved``
-  (budget - passes run), ``best_pass`` and ``best_score`` (the held-out score of the model
-  kept), as float32 scalars; empty without early stopping."""
+def extra(stopped: "Stopped | None", budget: int, cost: float = 1.0) -> dict:
+  """``Info.extra`` figures of one early-stopped call of ``budget`` loop steps: ``passes_saved``
+  (budget - steps run), ``best_pass`` and ``best_score`` (the held-out score of the model kept),
+  as float32 scalars; empty without early stopping. ``cost``: passes per loop step, for
+  learners whose steps cost more than one pass (L2P's prompt tokens, CCIC's augmented views)."""
   if stopped is None:
     return {}
-  return {"passes_saved": np.float32(int(budget) - stopped.passes),
-          "best_pass": np.float32(stopped.best_pass),
+  return {"passes_saved": np.float32((int(budget) - stopped.passes) * cost),
+          "best_pass": np.float32(stopped.best_pass * cost),
           "best_score": np.float32(stopped.best_score)}
