@@ -127,7 +127,7 @@ def test_every_learner_has_the_four_functions():
   # Those that train at step ends take early_stop=; the others refuse it (test_early_stopping).
   built = [n for n in L.names() if n not in ("remind", "siesta")]  # need a base to build
   stops = sorted(n for n in built if L.get(n, **_smallest(n)).early_stopping)
-  assert stops == ["cassle", "ccic", "dietcl", "er", "er_diet", "ewc", "finetune",
+  assert stops == ["cassle", "ccic", "dietcl", "dualnet", "er", "er_diet", "ewc", "finetune",
                    "finetune_kading", "gdumb", "icarl", "joint", "l2p", "lwf", "mas", "offline"]
 
 

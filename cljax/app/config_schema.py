@@ -53,7 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   # latency_ms (median, p99) in results.json and the table (0: not measured).
   # early_stop_every: early stopping at step ends (needs a validation split): learners that
   # train at step ends (finetune, finetune_kading, er, offline, gdumb, ewc, mas, lwf, icarl,
-  # dietcl, er_diet, joint, l2p, siesta, cassle, ccic; their Learner.early_stopping) score
+  # dietcl, er_diet, joint, l2p, siesta, cassle, ccic, dualnet; their Learner.early_stopping)
+  # score
   # their model on the validation rows of steps 0..t every this many passes (0: off), stop
   # after early_stop_patience scores without improvement and keep the step's best model;
   # early_stop_metric: "loss" (cross-entropy) or "error". Each step record's extra gains

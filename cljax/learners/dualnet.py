@@ -36,6 +36,7 @@ logits on the step's new memory rows are stored (forward passes at 1/3). ``updat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple, Optional, Sequence
@@ -363,8 +364,16 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
   loop = Loop(step, chunk=chunk, unroll=False)
   opt_init = jax.jit(lambda slow, fast: tx.init((slow.params, fast)))
 
-  def end_of_step(state: State, key, budget=None, progress=None):
-    """Variable sampling of SSL-only and SSL + supervised iterations within ``budget``."""
+  @jax.jit
+  def predict(state: State, x):
+    x = jnp.asarray(x, jnp.float32)
+    return mask_logits(fast_logits(net, state.slow.params, state.fast, x), state.seen)
+
+  def end_of_step(state: State, key, budget=None, progress=None, early_stop=None):
+    """Variable sampling of SSL-only and SSL + supervised iterations within ``budget``. With
+    ``early_stop`` (its ``every`` in passes, converted to iterations at their mean cost), fewer
+    iterations when the held-out score stops improving (the best slow and fast learners kept;
+    the stored outputs are those of the kept model)."""
     k_kind, k_loop = jax.random.split(key)
     if budget is None:
       budget = contract.default_passes(epochs_per_step, int(state.cur.count), batch_size)
@@ -381,7 +390,15 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
                     soft_mask=state.soft_mask, soft_n=state.soft_n, kind_key=k_kind,
                     has_labels=state.mem.count > 0, replay=state.step > 0)
     carry = (state.slow, state.fast, state.opt_slow, opt_init(state.slow, state.fast))
-    (slow, fast, opt_slow, _), sums = loop(carry, data, k_loop, n, progress=progress)
+    planned = n * ssl_passes + int(kinds.sum()) * sup_passes
+    if early_stop is not None and n:
+      early_stop = dataclasses.replace(early_stop, every=max(1, round(early_stop.every * n /
+                                                                       planned)))
+    (slow, fast, opt_slow, _), sums, stopped = loop.stopping(
+        carry, data, k_loop, n, early_stop,
+        lambda c, x: predict(state._replace(slow=c[0], fast=c[1]), x), progress=progress)
+    if stopped is not None:
+      n, kinds = stopped.passes, kinds[:stopped.passes]
     state = state._replace(slow=slow, fast=fast, opt_slow=opt_slow)
     logits = jnp.zeros(state.soft.shape, jnp.float32)
     if fwd:  # the outputs stored with the step's new memory rows (the reference's mem_feat)
@@ -390,14 +407,16 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
     state = finish(state, logits, jnp.asarray(fwd > 0), float(temperature))
     n_lab = int(kinds.sum())
     nan = jnp.float32(jnp.nan)
+    spent = n * ssl_passes + n_lab * sup_passes
+    extra = {}
+    if stopped is not None:  # in passes: the iterations' own costs
+      best = stopped.best_pass
+      extra = {"passes_saved": jnp.float32(planned - spent),
+               "best_pass": jnp.float32(best * ssl_passes + int(kinds[:best].sum()) * sup_passes),
+               "best_score": jnp.float32(stopped.best_score)}
     return state, contract.info(
-        n * ssl_passes + n_lab * sup_passes + fwd, nan if sums is None else sums[0] / n,
+        spent + fwd, nan if sums is None else sums[0] / n,
         supervised_loss=nan if not n_lab else sums[1] / n_lab,
-        iterations=jnp.float32(n), labelled_iterations=jnp.float32(n_lab))
+        iterations=jnp.float32(n), labelled_iterations=jnp.float32(n_lab), **extra)
 
-  @jax.jit
-  def predict(state: State, x):
-    x = jnp.asarray(x, jnp.float32)
-    return mask_logits(fast_logits(net, state.slow.params, state.fast, x), state.seen)
-
-  return Learner("dualnet", init, update, end_of_step, predict)
+  return Learner("dualnet", init, update, end_of_step, predict, early_stopping=True)

@@ -2,7 +2,7 @@
 
 A learner that trains at step ends by passes of its ``Loop`` (``Learner.early_stopping``: finetune,
 finetune_kading, er, offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet, joint, l2p, siesta,
-cassle, ccic; not dualnet, whose SSL and supervised updates interleave in each step) takes an ``EarlyStopping`` in ``end_of_step``::
+cassle, ccic, dualnet: every learner that trains at step ends) takes an ``EarlyStopping`` in ``end_of_step``::
 
     stop = EarlyStopping.on(x_val, y_val, every=16, patience=3)    # a user's own loop
     state, info = learner.end_of_step(state, key, budget, early_stop=stop)

@@ -46,6 +46,9 @@ def _learner(name):
       "cassle": lambda: L.get("cassle", num_classes=10, model="vit_micro", batch_size=16, chunk=4,
                               model_kwargs={"patch": 4, "depth": 1, "dim": 16, "dec_dim": 16},
                               memory_size=400, proj_dim=16, proj_hidden=16, pred_hidden=16),
+      "dualnet": lambda: L.get("dualnet", num_classes=10, model="vit_micro", batch_size=16,
+                               chunk=4, memory_size=400, proj_dim=32, proj_hidden=32,
+                               model_kwargs={"patch": 4, "depth": 1, "dim": 16, "dec_dim": 16}),
       "ccic": lambda: L.get("ccic", num_classes=10, model="vit_micro", batch_size=16, chunk=4,
                             model_kwargs={"patch": 4, "depth": 1, "dim": 16, "dec_dim": 16},
                             memory_size=60),
@@ -105,6 +108,7 @@ CASES = [("er", 60, 8), ("finetune", 60, 8), ("offline", None, 8), ("gdumb", 60,
          pytest.param("l2p", 60, None, marks=pytest.mark.slow),
          pytest.param("cassle", 200, 8, marks=pytest.mark.slow),
          pytest.param("ccic", 200, None, marks=pytest.mark.slow),
+         pytest.param("dualnet", 400, None, marks=pytest.mark.slow),
          pytest.param("dietcl", 40, 16, marks=pytest.mark.slow),
          pytest.param("joint", 60, 8, marks=pytest.mark.slow)]
 
@@ -123,20 +127,24 @@ def test_a_score_that_never_improves_keeps_the_steps_start(digits, name, budget,
     ssl = {"joint": "ssl_passes", "cassle": "ssl_steps"}[name]
     assert float(ginfo.extra[ssl]) == float(info.extra[ssl])
     assert float(ginfo.extra["finetune_passes" if name == "joint" else "finetune_steps"]) == 8
-  elif name in ("l2p", "ccic"):  # every=3 passes: one SGD step costs more, rounded to chunk 4
-    assert float(ginfo.extra["sgd_steps"]) == 8
+  elif name in ("l2p", "ccic", "dualnet"):  # a step costs > 1 pass: every=3 rounds to chunk 4
+    assert float(ginfo.extra["iterations" if name == "dualnet" else "sgd_steps"]) == 8
     assert float(ginfo.extra["passes_saved"]) > 0
   else:
     assert float(ginfo.passes) == flat_passes
   assert extra["passes_saved"] == pytest.approx(float(info.passes) - float(ginfo.passes))
   start = {"offline": lambda s: s.init_params, "gdumb": lambda s: s.init_params,
-           "l2p": lambda s: s.train}.get(name, lambda s: s.params)(state)
-  if name not in ("joint", "cassle"):
+           "l2p": lambda s: s.train, "dualnet": lambda s: (s.slow, s.fast)}.get(
+               name, lambda s: s.params)(state)
+  if name == "dualnet":
+    _same((got.slow, got.fast), start)
+  elif name not in ("joint", "cassle"):
     _same(got.train if name == "l2p" else got.params, start)
   # Everything else the end of step does (filing the step, buffers, counters) still happens;
   # what depends on the trained model follows the kept one (EWC's anchor and importance).
   trained = {"params": None, "train": None, "opt": None, "anchor": None, "importance": None,
-             "teacher": None, "heads": None, "emb": None}
+             "teacher": None, "heads": None, "emb": None, "slow": None, "fast": None,
+             "opt_slow": None, "soft": None}
   fields = {k: v for k, v in trained.items() if k in got._fields}
   if name in ("ewc", "lwf"):
     _same(got.anchor if name == "ewc" else got.teacher, start)
