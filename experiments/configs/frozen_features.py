@@ -43,6 +43,7 @@ from cljax.app.config_schema import base_config
 SPLIT = "blocks.10"
 PROJECTION = 1024  # RanPAC M, ACIL D, KLDA D on the CPU (papers: 10,000, 8,192, 5,000-25,000)
 MEMORY_ITEMS = 1000  # every replay buffer, examples (pooled features: 5,120 B each; PQ codes: 112 B)
+PASSES_PER_EXAMPLE = 0.75  # the gradient heads' budget (ER): 600 passes a step on mnist5k
 REHEARSAL_ROWS_PER_EXAMPLE = 21  # REMIND's 1 new + r = 20 mixed replay rows per SGD step
 STEP_EXAMPLES = {"mnist5k": 800, "mnist5k,small": 800, "fashion_mnist": 12000,
                  "fashion_mnist,small": 400}
@@ -103,7 +104,10 @@ def get_config(arg: str = "fashion_mnist"):
     return c
   c.model = "mlp"  # the gradient learners' trainable head on the frozen features
   c.learners = "ncm,ncm_cos,slda,klda,ranpac,acil,exstream,er,offline"
-  c.budget.passes_per_step = 600
+  # ER's step budget: 0.75 passes of 32 rows per example of a step (mnist5k's 800: 600; its
+  # online replay of 2 rows per example takes 2/32 of a pass each, the rest is step-end replay).
+  step = STEP_EXAMPLES[c.dataset_kwargs["source"] + (",small" if "small" in flags else "")]
+  c.budget.passes_per_step = int(PASSES_PER_EXAMPLE * step)
   c.hparams.ncm = dict(metric="euclidean")
   c.hparams.ncm_cos = dict(learner="ncm", metric="cosine")
   c.hparams.slda = dict(shrinkage=1e-4, covariance="plastic", update_rule="reference")
