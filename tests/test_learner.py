@@ -145,3 +145,22 @@ def test_same_seed_same_run(digits):
     state, _ = run_tasks(er, x, y, TASKS[:2], 12)
     outs.append(np.asarray(er.predict(state, xt)))
   np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_every_sgd_learner_takes_an_optimizer_by_name():
+  """Every learner that trains by gradient names its optimizer (``optimizer=``, one of
+  ``cljax.optim.OPTIMIZERS``; the reference's by default) and, but DualNet, ``accumulate=``;
+  the closed-form ones have neither."""
+  from cljax import optim  # pylint: disable=import-outside-toplevel
+  with_opt = sorted(n for n in L.names() if "optimizer" in L.registry.entry(n).hparams)
+  assert with_opt == ["cassle", "ccic", "dietcl", "dualnet", "er", "er_diet", "ewc", "finetune",
+                      "finetune_kading", "gdumb", "icarl", "joint", "l2p", "lwf", "mas",
+                      "offline", "remind", "siesta"]
+  no_acc = [n for n in with_opt if "accumulate" not in L.registry.entry(n).hparams]
+  assert no_acc == ["dualnet", "remind", "siesta"]  # several steps per call, or per example
+  for n in ("cassle", "ccic", "l2p", "dualnet", "dietcl", "joint"):
+    learner = L.get(n, optimizer="rmsprop", **_smallest(n))
+    assert learner.hparams["optimizer"] == "rmsprop"
+  with pytest.raises(ValueError, match=r"unknown optimizer 'adamx'; valid: \['sgd', "):
+    L.get("ccic", num_classes=3, optimizer="adamx")
+  assert set(optim.OPTIMIZERS) >= {"sgd", "adam", "adamw", "rmsprop", "lamb"}

@@ -122,8 +122,8 @@ def ssl_loss(net: Net, proj: Net, pred: Net, scale: tuple, lamb: float, scale_lo
 @register("cassle", inputs=("model", "model_kwargs", "batch_size", "init_params",
                             "max_step_size"))
 def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-           batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
-           proj_dim: int = 2048, proj_hidden: int = 2048, pred_hidden: int = 2048,
+           batch_size: int = 64, optimizer: str = "adamw", lr: float = 1e-3,
+           weight_decay: float = 0.0, accumulate: int = 1, proj_dim: int = 2048, proj_hidden: int = 2048, pred_hidden: int = 2048,
            lamb: float = 5e-3, scale_loss: float = 0.1, distill_lamb: float = 1.0,
            crop_scale: Sequence[float] = (0.2, 1.0), ssl_fraction: float = 0.8,
            memory_size: int = 10000, epochs_per_step: float = 1.0, max_step_size: int = 4096,
@@ -135,7 +135,9 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     model, model_kwargs, init_params: a ViT of ``cljax.models`` and its starting parameters
       (e.g. MAE-pretrained).
     batch_size: rows per pass (an SSL step embeds batch_size // 2 images twice).
-    lr, weight_decay: AdamW, re-created for each phase of each step.
+    optimizer, lr, weight_decay: ``cljax.optim.build`` (the reference's AdamW, decay on weight
+      matrices only), re-created for each phase of each step.
+    accumulate: micro-batches per optimizer step (``cljax.optim.accumulate_gradients``).
     proj_dim, proj_hidden, pred_hidden: projector (2 hidden layers) and predictor (1) widths.
     lamb, scale_loss: Barlow Twins' off-diagonal weight and loss scale (both terms).
     distill_lamb: λ_d, weight of the predictive distillation.
@@ -152,7 +154,8 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   net = _vit.vit_net("cassle", model, num_classes, model_kwargs)
   proj = _ssl.mlp_head(proj_dim, (proj_hidden, proj_hidden))
   pred = _ssl.mlp_head(proj_dim, (pred_hidden,))
-  tx = optim.build("adamw", lr, weight_decay=weight_decay, decay_mask=optim.matrices)
+  tx = optim.build(optimizer, lr, weight_decay=weight_decay, decay_mask=optim.matrices,
+                   accumulate=accumulate)
   store = buffers.get("append")
   n_img = batch_size // 2
   ssl = ssl_loss(net, proj, pred, tuple(float(s) for s in crop_scale), lamb, scale_loss,
@@ -196,8 +199,9 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     params, opt = apply_updates(tx, params, opt, g)
     return (params, opt), loss[None]
 
-  ssl_loops = {b: Loop(ssl_step(b), chunk=chunk, unroll=False) for b in (False, True)}
-  ft_loop = Loop(ft_step, chunk=chunk, unroll=False)
+  ssl_loops = {b: Loop(ssl_step(b), chunk=chunk, unroll=False, accumulate=accumulate)
+               for b in (False, True)}
+  ft_loop = Loop(ft_step, chunk=chunk, unroll=False, accumulate=accumulate)
   opt_init = jax.jit(tx.init)
 
   @jax.jit

@@ -188,7 +188,8 @@ def finish(state: State, emb: jax.Array) -> State:
 @register("ccic", inputs=("model", "model_kwargs", "batch_size", "init_params",
                           "max_step_size"))
 def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-         batch_size: int = 32, lr: float = 1e-4, memory_size: int = 500, alpha: float = 0.5,
+         batch_size: int = 32, optimizer: str = "adam", lr: float = 1e-4,
+         accumulate: int = 1, memory_size: int = 500, alpha: float = 0.5,
          mixmatch_alpha: float = 0.75, memory_penalty: float = 0.7, knn_k: int = 2,
          k_aug: int = 3, sharp_temp: float = 0.5, mixup_alpha: float = 0.75,
          margin: float = 1.0, pseudo: str = "reference", epochs_per_step: float = 1.0,
@@ -201,7 +202,8 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     model, model_kwargs, init_params: a ``cljax.models`` network with ``features`` (a ViT in
       the DietCL config) and its starting parameters.
     batch_size: B (rows per pass; see ``sizes``).
-    lr: Adam learning rate (the optimizer state carries over steps).
+    optimizer, lr: ``cljax.optim.build`` (the reference's Adam; its state carries over steps).
+    accumulate: micro-batches per optimizer step (``cljax.optim.accumulate_gradients``).
     memory_size: reservoir of labelled rows.
     alpha, mixmatch_alpha, memory_penalty: weights of L_neg, L_U and the memory part of L_X.
     knn_k: neighbours of the prediction vote.
@@ -219,7 +221,7 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
   if pseudo not in PSEUDO:
     raise ValueError(f"unknown pseudo {pseudo!r}; valid: {list(PSEUDO)}")
   net = _vit.vit_net("ccic", model, num_classes, model_kwargs)
-  tx = optim.build("adam", lr)
+  tx = optim.build(optimizer, lr, accumulate=accumulate)
   store, memory = buffers.get("append"), buffers.get("reservoir")
   nl, nm, nu = sizes(batch_size, k_aug)
   triplet_k = max(1, batch_size // 10)
@@ -289,7 +291,8 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
       return (params, opt), loss[None]
     return step
 
-  loops = {b: Loop(make_step(b), chunk=chunk, unroll=False) for b in (False, True)}
+  loops = {b: Loop(make_step(b), chunk=chunk, unroll=False, accumulate=accumulate)
+           for b in (False, True)}
 
   @jax.jit
   def own_logits(params, seen, x):

@@ -218,8 +218,8 @@ def buffer_loss(net: Net, recipe: _phases.Recipe, batch_size: int):
 @register("dietcl", inputs=("model", "model_kwargs", "batch_size", "init_params",
                             "max_step_size", "stream_size"))
 def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-           batch_size: int = 64, accumulate: int = 1, lr: float = 1e-4,
-           min_lr: float = _phases.MIN_LR, buffer_lr_scale: float = 0.1, weight_decay: float = 0.05,
+           batch_size: int = 64, accumulate: int = 1, optimizer: str = "adamw",
+           lr: float = 1e-4, min_lr: float = _phases.MIN_LR, buffer_lr_scale: float = 0.1, weight_decay: float = 0.05,
            betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65, w_r: float = 50.0,
            mask_ratio: float = 0.75, norm_pix: bool = True, allocation: str = "paper",
            threshold: int = 400, joint_fraction: float = 0.8, lm_mask: str = "logits",
@@ -247,7 +247,9 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
     min_lr: the floor of each phase's half cosine, per 256 examples like ``lr`` (the
       reference's 5e-5 at 1,024 examples); a phase whose peak is below it floors at half its peak.
     buffer_lr_scale: lr factor of the buffer-only phase (reference code 0.1).
-    weight_decay, betas, layer_decay: AdamW and layer-wise lr decay (0.05, (0.9, 0.95), 0.65).
+    optimizer, weight_decay, betas, layer_decay: the direction (``cljax.optim.direction``; the
+      reference's AdamW, decay on weight matrices) and layer-wise lr decay (0.05, (0.9, 0.95),
+      0.65).
     w_r: weight of the reconstruction loss (reference code 50).
     mask_ratio, norm_pix: MAE masking ratio and per-patch normalised targets.
     allocation: ``paper`` or ``reference_code`` (module docstring); ``threshold`` is the paper's
@@ -294,7 +296,7 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
   recipe = _phases.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
                           float(switch_prob), float(label_smoothing), bool(augment),
                           tuple(crop_scale), tuple(mae_crop_scale), bool(flip))
-  tx = optim.direction("adamw", weight_decay=weight_decay, betas=betas,
+  tx = optim.direction(optimizer, weight_decay=weight_decay, betas=betas,
                        decay_mask=optim.matrices, accumulate=accumulate)
   store = buffers.get("append")
   memory = buffers.get("task_balanced")
@@ -375,8 +377,8 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
 @register("er_diet", inputs=("model", "model_kwargs", "batch_size", "init_params",
                              "max_step_size", "stream_size"))
 def er_diet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-            batch_size: int = 64, accumulate: int = 1, lr: float = 1e-4,
-            min_lr: float = _phases.MIN_LR, weight_decay: float = 0.05, betas: Sequence[float] = (0.9, 0.95),
+            batch_size: int = 64, accumulate: int = 1, optimizer: str = "adamw",
+            lr: float = 1e-4, min_lr: float = _phases.MIN_LR, weight_decay: float = 0.05, betas: Sequence[float] = (0.9, 0.95),
             layer_decay: float = 0.65, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
             mixup_prob: float = 1.0, switch_prob: float = 0.5, label_smoothing: float = 0.1,
             augment: bool = True, crop_scale: Sequence[float] = (0.08, 1.0), flip: bool = True,

@@ -228,7 +228,8 @@ def finish(state: State, logits: jax.Array, keep: jax.Array, temperature: float)
 @register("dualnet", inputs=("model", "model_kwargs", "batch_size", "init_params",
                              "max_step_size"))
 def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-            batch_size: int = 64, lr: float = 1e-3, slow_lr: float = 1e-3, beta: float = 0.05,
+            batch_size: int = 64, optimizer: str = "adam", lr: float = 1e-3,
+            slow_lr: float = 1e-3, beta: float = 0.05,
             n_outer: int = 2, inner_steps: int = 2, ssl_optimizer: str = "sgd",
             ssl_momentum: float = 0.9, ssl_weight_decay: float = 5e-4,
             memory_strength: float = 10.0, temperature: float = 2.0,
@@ -243,7 +244,9 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
     num_classes: K (unseen classes masked).
     model, model_kwargs, init_params: the slow learner's ViT and its starting parameters.
     batch_size: rows per pass.
-    lr: Adam lr of the supervised step (fast and slow weights); slow_lr: of the SSL steps.
+    optimizer, lr: ``cljax.optim.build`` of the supervised step (fast and slow weights; the
+      reference's Adam); slow_lr: of the SSL steps. No ``accumulate``: an iteration is already
+      several optimizer steps on one batch (look-aheads and inner steps).
     beta: the slow learner's look-ahead step (reference semi-supervised script: 0.05).
     n_outer, inner_steps: look-ahead rounds per iteration and SSL steps per round; inner_steps
       is also the supervised steps per labelled iteration (reference: 2 and 2).
@@ -272,7 +275,7 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
                      f"{memory_strength}")
   net = _vit.vit_net("dualnet", model, num_classes, model_kwargs)
   proj = _ssl.mlp_head(proj_dim, (proj_hidden, proj_hidden))
-  tx = optim.build("adam", lr)
+  tx = optim.build(optimizer, lr)
   tx_slow = optim.build(ssl_optimizer, slow_lr, momentum=ssl_momentum,
                         weight_decay=ssl_weight_decay)
   ssl_passes, sup_passes = n_outer * inner_steps, inner_steps

@@ -81,7 +81,7 @@ def update(state: State, batch: dict, key: jax.Array) -> tuple:
 @register("joint", inputs=("model", "model_kwargs", "batch_size", "init_params", "stream_size"))
 def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "vit_tiny",
           model_kwargs: Optional[dict] = None, batch_size: int = 64, accumulate: int = 1,
-          lr: float = 1e-4, min_lr: float = _phases.MIN_LR, finetune_lr_scale: float = 1.0,
+          optimizer: str = "adamw", lr: float = 1e-4, min_lr: float = _phases.MIN_LR, finetune_lr_scale: float = 1.0,
           weight_decay: float = 0.05,
           betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65,
           mask_ratio: float = 0.75, norm_pix: bool = True, ssl_fraction: float = 0.8,
@@ -102,7 +102,8 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
     lr: peak lr per 256 examples (scaled linearly to ``batch_size`` x ``accumulate``); the
       fine-tuning phase uses
       lr × ``finetune_lr_scale``. min_lr: each phase's floor, as ``dietcl``'s.
-    weight_decay, betas: AdamW (DietCL's reference code: 0.05, (0.9, 0.95)).
+    optimizer, weight_decay, betas: the direction (``cljax.optim.direction``; DietCL's reference
+      code: AdamW, 0.05, (0.9, 0.95)).
     layer_decay: layer-wise lr decay of the fine-tuning phase (the SSL phase uses none).
     mask_ratio, norm_pix: MAE masking ratio and per-patch normalised targets.
     ssl_fraction: share of the cumulative budget spent on MAE (0.8), the rest on fine-tuning.
@@ -126,7 +127,7 @@ def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "
   recipe = _phases.Recipe(float(mixup_alpha), float(cutmix_alpha), float(mixup_prob),
                           float(switch_prob), float(label_smoothing), bool(augment),
                           tuple(crop_scale), tuple(mae_crop_scale), bool(flip))
-  tx = optim.direction("adamw", weight_decay=weight_decay, betas=betas,
+  tx = optim.direction(optimizer, weight_decay=weight_decay, betas=betas,
                        decay_mask=optim.matrices, accumulate=accumulate)
   store = buffers.get("append")
 

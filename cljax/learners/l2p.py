@@ -132,7 +132,8 @@ def update(state: State, batch: dict, key: jax.Array) -> tuple:
 @register("l2p", inputs=("model", "model_kwargs", "batch_size", "init_params",
                          "max_step_size"))
 def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
-        batch_size: int = 16, lr: float = 0.03, pool_size: int = 10, prompt_length: int = 5,
+        batch_size: int = 16, optimizer: str = "adam", lr: float = 0.03, accumulate: int = 1,
+        pool_size: int = 10, prompt_length: int = 5,
         top_k: int = 5, pull: float = 1.0, clip_norm: float = 1.0, replay: bool = True,
         memory_size: int = 10000, epochs_per_step: float = 5.0, max_step_size: int = 4096,
         chunk: int = 8, init_params: Optional[dict] = None) -> Learner:
@@ -142,8 +143,10 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
     num_classes: K (the head's size; unseen classes are masked).
     model, model_kwargs: a ViT of ``cljax.models`` (frozen; ``init_params`` = the pretrained one).
     batch_size: rows per SGD step (one pass).
-    lr, clip_norm: Adam learning rate (constant) and global-norm clipping; the optimizer is
+    optimizer, lr, clip_norm: ``cljax.optim.build`` (the reference's Adam, lr constant) after
+      global-norm clipping (of the accumulated gradient with ``accumulate``); the optimizer is
       re-created every step (the reference's ``reinit_optimizer``).
+    accumulate: micro-batches per optimizer step (``cljax.optim.accumulate_gradients``).
     pool_size, prompt_length, top_k: M, L_p, N.
     pull: λ of the pull constraint.
     replay, memory_size: train on every labelled row so far (a store of ``memory_size``) or, with
@@ -159,7 +162,8 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
   if top_k > pool_size:
     raise ValueError(f"top_k ({top_k}) must be <= pool_size ({pool_size})")
   net = _vit.vit_net("l2p", model, num_classes, model_kwargs)
-  tx = optax.chain(optax.clip_by_global_norm(clip_norm), optim.build("adam", lr))
+  tx = optim.accumulate_gradients(
+      optax.chain(optax.clip_by_global_norm(clip_norm), optim.build(optimizer, lr)), accumulate)
   store = buffers.get("append")
 
   def init(key, example_batch):
@@ -202,7 +206,7 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
     train, opt = apply_updates(tx, train, opt, g)
     return (train, opt), loss[None]
 
-  loop = Loop(step, chunk=chunk, unroll=False)
+  loop = Loop(step, chunk=chunk, unroll=False, accumulate=accumulate)
   opt_init = jax.jit(tx.init)
   clear = jax.jit(lambda s: s._replace(rows=append_store.clear(s.rows)))
 

@@ -361,6 +361,7 @@ def remind(*, num_classes: int,
            lr0: float = 0.1,
            lr_gamma: float = 0.01 ** (1 / 13),
            lr_step: int = 100,
+           optimizer: str = "sgd",
            momentum: float = 0.9,
            weight_decay: float = 1e-5,
            new_per_step: int = 1,
@@ -395,7 +396,9 @@ def remind(*, num_classes: int,
       on the (quantized, cropped) new examples: the no-replay baseline.
     mixup_alpha: Beta(alpha, alpha) for mixup; <= 0 disables mixing (lam = 1).
     lr0, lr_gamma, lr_step: per-class step schedule (module docstring).
-    momentum, weight_decay: SGD, torch semantics (decay added to the gradient before momentum).
+    optimizer, momentum, weight_decay: the direction of F's steps (``cljax.optim.direction``;
+      the reference's SGD, torch semantics: decay added to the gradient before momentum), times
+      REMIND's per-class lr schedule.
     new_per_step: b, new examples per SGD step.
     random_crop, crop_scale, crop_ratio: random resized crop of every decoded map.
     g_fn: optional jittable x -> features [B, H, W, D] applied to ``batch["x"]`` and to ``predict``'s
@@ -446,7 +449,7 @@ def remind(*, num_classes: int,
     raise ValueError(f"need replay_size >= 0 and new_per_step >= 1, got {replay_size}, "
                      f"{new_per_step}")
   head = _Head(f_module)
-  tx = optim.direction("sgd", momentum=momentum, weight_decay=weight_decay)
+  tx = optim.direction(optimizer, momentum=momentum, weight_decay=weight_decay)
   codebook = jnp.asarray(codebook, jnp.float32)
   feats_of = functools.partial(features, g_fn=g_fn, codebook_shape=codebook.shape)
   sgd = functools.partial(

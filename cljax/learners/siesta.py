@@ -230,6 +230,7 @@ def siesta(*, num_classes: int,
            sleep_passes: int = 100,
            sleep_every: int = 0,
            sleep_lr: float = 0.2,
+           optimizer: str = "sgd",
            momentum: float = 0.9,
            weight_decay: float = 1e-5,
            prefill_buffer: bool = True,
@@ -252,7 +253,8 @@ def siesta(*, num_classes: int,
       triggered by ``sleep_every``.
     sleep_every: also sleep after every this many woken examples (0: at step ends only).
     sleep_lr: the one-cycle peak learning rate (``SIESTAModel`` default 0.2).
-    momentum, weight_decay: SGD (torch semantics).
+    optimizer, momentum, weight_decay: the sleep's direction (``cljax.optim.direction``; the
+      reference's SGD, torch semantics), times the one-cycle lr.
     prefill_buffer: store the base set in the buffer in ``init`` (False when the stream itself
       starts with the base set, which would otherwise be stored twice).
     chunk: sleep steps per jitted call of the Loop.
@@ -273,7 +275,7 @@ def siesta(*, num_classes: int,
   net = Net.of(top, "SIESTA's F (cosine classifier)")
   params0 = net.fixed_params
   codebook = jnp.asarray(codebook, jnp.float32)
-  tx = optim.direction("sgd", momentum=momentum, weight_decay=weight_decay)
+  tx = optim.direction(optimizer, momentum=momentum, weight_decay=weight_decay)
   loop = Loop(functools.partial(sleep_step, net=net, tx=tx, batch_size=int(batch_size),
                                 peak_lr=float(sleep_lr)), chunk=int(chunk))
   wake_jit = jax.jit(functools.partial(wake, net=net))
