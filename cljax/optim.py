@@ -106,7 +106,9 @@ def accumulate_gradients(tx: optax.GradientTransformation,
   Gradient accumulation: k micro-batches of size b train like one batch of k·b (DietCL's
   reference reaches batch 1,024 this way) in the memory of one. Every micro-batch is one
   forward-backward pass, so a learner charges k passes per optimizer step. The state's fixed
-  shapes (a counter and a gradient sum shaped like the parameters) keep the update jittable.
+  shapes (a counter and a gradient sum shaped like the parameters) keep the update jittable. A
+  learner that re-creates its optimizer each step or phase (DietCL, joint, CaSSLe, L2P, GDumb,
+  offline) drops a last group of fewer than k micro-batches: charged, never applied.
   """
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ValueError(f"accumulate must be an integer >= 1 (micro-batches per optimizer step), "

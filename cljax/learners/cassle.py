@@ -123,7 +123,8 @@ def ssl_loss(net: Net, proj: Net, pred: Net, scale: tuple, lamb: float, scale_lo
                             "max_step_size"))
 def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
            batch_size: int = 64, optimizer: str = "adamw", lr: float = 1e-3,
-           weight_decay: float = 0.0, accumulate: int = 1, proj_dim: int = 2048, proj_hidden: int = 2048, pred_hidden: int = 2048,
+           weight_decay: float = 0.0, accumulate: int = 1, proj_dim: int = 2048,
+           proj_hidden: int = 2048, pred_hidden: int = 2048,
            lamb: float = 5e-3, scale_loss: float = 0.1, distill_lamb: float = 1.0,
            crop_scale: Sequence[float] = (0.2, 1.0), ssl_fraction: float = 0.8,
            memory_size: int = 10000, epochs_per_step: float = 1.0, max_step_size: int = 4096,
@@ -136,7 +137,7 @@ def cassle(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
       (e.g. MAE-pretrained).
     batch_size: rows per pass (an SSL step embeds batch_size // 2 images twice).
     optimizer, lr, weight_decay: ``cljax.optim.build`` (the reference's AdamW, decay on weight
-      matrices only), re-created for each phase of each step.
+      matrices only; ``sgd`` with momentum 0.9), re-created for each phase of each step.
     accumulate: micro-batches per optimizer step (``cljax.optim.accumulate_gradients``).
     proj_dim, proj_hidden, pred_hidden: projector (2 hidden layers) and predictor (1) widths.
     lamb, scale_loss: Barlow Twins' off-diagonal weight and loss scale (both terms).

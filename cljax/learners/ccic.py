@@ -202,7 +202,8 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
     model, model_kwargs, init_params: a ``cljax.models`` network with ``features`` (a ViT in
       the DietCL config) and its starting parameters.
     batch_size: B (rows per pass; see ``sizes``).
-    optimizer, lr: ``cljax.optim.build`` (the reference's Adam; its state carries over steps).
+    optimizer, lr: ``cljax.optim.build`` (the reference's Adam; its state carries over steps;
+      ``sgd`` runs with momentum 0.9, and no weight decay is applied).
     accumulate: micro-batches per optimizer step (``cljax.optim.accumulate_gradients``).
     memory_size: reservoir of labelled rows.
     alpha, mixmatch_alpha, memory_penalty: weights of L_neg, L_U and the memory part of L_X.
@@ -314,7 +315,8 @@ def ccic(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[di
       steps = int(math.floor((budget - reserve) / cost + 1e-9))
     steps = max(steps, 0) if n_mem else 0
     if early_stop is not None:
-      early_stop = dataclasses.replace(early_stop, every=max(1, round(early_stop.every / cost)))
+      early_stop = dataclasses.replace(early_stop,
+                                       every=max(1, math.ceil(early_stop.every / cost)))
     (params, opt), sums, stopped = loops[negatives].stopping(
         (state.params, state.opt), state, key, steps, early_stop,
         lambda carry, x: own_logits(carry[0], state.seen, x), progress=progress)

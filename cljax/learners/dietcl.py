@@ -219,7 +219,8 @@ def buffer_loss(net: Net, recipe: _phases.Recipe, batch_size: int):
                             "max_step_size", "stream_size"))
 def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
            batch_size: int = 64, accumulate: int = 1, optimizer: str = "adamw",
-           lr: float = 1e-4, min_lr: float = _phases.MIN_LR, buffer_lr_scale: float = 0.1, weight_decay: float = 0.05,
+           lr: float = 1e-4, min_lr: float = _phases.MIN_LR, buffer_lr_scale: float = 0.1,
+           weight_decay: float = 0.05,
            betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65, w_r: float = 50.0,
            mask_ratio: float = 0.75, norm_pix: bool = True, allocation: str = "paper",
            threshold: int = 400, joint_fraction: float = 0.8, lm_mask: str = "logits",
@@ -378,7 +379,8 @@ def dietcl(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[
                              "max_step_size", "stream_size"))
 def er_diet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dict] = None,
             batch_size: int = 64, accumulate: int = 1, optimizer: str = "adamw",
-            lr: float = 1e-4, min_lr: float = _phases.MIN_LR, weight_decay: float = 0.05, betas: Sequence[float] = (0.9, 0.95),
+            lr: float = 1e-4, min_lr: float = _phases.MIN_LR, weight_decay: float = 0.05,
+            betas: Sequence[float] = (0.9, 0.95),
             layer_decay: float = 0.65, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
             mixup_prob: float = 1.0, switch_prob: float = 0.5, label_smoothing: float = 0.1,
             augment: bool = True, crop_scale: Sequence[float] = (0.08, 1.0), flip: bool = True,

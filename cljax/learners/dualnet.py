@@ -245,8 +245,9 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
     model, model_kwargs, init_params: the slow learner's ViT and its starting parameters.
     batch_size: rows per pass.
     optimizer, lr: ``cljax.optim.build`` of the supervised step (fast and slow weights; the
-      reference's Adam); slow_lr: of the SSL steps. No ``accumulate``: an iteration is already
-      several optimizer steps on one batch (look-aheads and inner steps).
+      reference's Adam; ``sgd`` with momentum 0.9, no weight decay); slow_lr: of the SSL steps.
+      No ``accumulate``: an iteration is already several optimizer steps on one batch
+      (look-aheads and inner steps).
     beta: the slow learner's look-ahead step (reference semi-supervised script: 0.05).
     n_outer, inner_steps: look-ahead rounds per iteration and SSL steps per round; inner_steps
       is also the supervised steps per labelled iteration (reference: 2 and 2).
@@ -395,8 +396,8 @@ def dualnet(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional
     carry = (state.slow, state.fast, state.opt_slow, opt_init(state.slow, state.fast))
     planned = n * ssl_passes + int(kinds.sum()) * sup_passes
     if early_stop is not None and n:
-      early_stop = dataclasses.replace(early_stop, every=max(1, round(early_stop.every * n /
-                                                                       planned)))
+      early_stop = dataclasses.replace(early_stop, every=max(1, math.ceil(early_stop.every * n /
+                                                                           planned)))
     (slow, fast, opt_slow, _), sums, stopped = loop.stopping(
         carry, data, k_loop, n, early_stop,
         lambda c, x: predict(state._replace(slow=c[0], fast=c[1]), x), progress=progress)

@@ -81,7 +81,8 @@ def update(state: State, batch: dict, key: jax.Array) -> tuple:
 @register("joint", inputs=("model", "model_kwargs", "batch_size", "init_params", "stream_size"))
 def joint(*, num_classes: int, stream_size: Optional[int] = None, model: str = "vit_tiny",
           model_kwargs: Optional[dict] = None, batch_size: int = 64, accumulate: int = 1,
-          optimizer: str = "adamw", lr: float = 1e-4, min_lr: float = _phases.MIN_LR, finetune_lr_scale: float = 1.0,
+          optimizer: str = "adamw", lr: float = 1e-4, min_lr: float = _phases.MIN_LR,
+          finetune_lr_scale: float = 1.0,
           weight_decay: float = 0.05,
           betas: Sequence[float] = (0.9, 0.95), layer_decay: float = 0.65,
           mask_ratio: float = 0.75, norm_pix: bool = True, ssl_fraction: float = 0.8,

@@ -143,7 +143,8 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
     num_classes: K (the head's size; unseen classes are masked).
     model, model_kwargs: a ViT of ``cljax.models`` (frozen; ``init_params`` = the pretrained one).
     batch_size: rows per SGD step (one pass).
-    optimizer, lr, clip_norm: ``cljax.optim.build`` (the reference's Adam, lr constant) after
+    optimizer, lr, clip_norm: ``cljax.optim.build`` (the reference's Adam, lr constant; ``sgd``
+      with momentum 0.9, no weight decay) after
       global-norm clipping (of the accumulated gradient with ``accumulate``); the optimizer is
       re-created every step (the reference's ``reinit_optimizer``).
     accumulate: micro-batches per optimizer step (``cljax.optim.accumulate_gradients``).
@@ -230,7 +231,7 @@ def l2p(*, num_classes: int, model: str = "vit_tiny", model_kwargs: Optional[dic
     steps = steps if n_rows else 0
     if early_stop is not None:
       early_stop = dataclasses.replace(early_stop,
-                                       every=max(1, round(early_stop.every / cost)))
+                                       every=max(1, math.ceil(early_stop.every / cost)))
     (train, _), sums, stopped = loop.stopping(
         (state.train, opt_init(state.train)), state, key, steps, early_stop,
         lambda carry, x: predict(state._replace(train=carry[0]), x), progress=progress)

@@ -306,7 +306,9 @@ def siesta(*, num_classes: int,
   def sleep(state: State, key, passes: int, progress=None, early_stop=None) -> tuple:
     """(state, passes spent, mean loss, early-stopping extras) of a sleep of ``passes``."""
     if passes <= 0:
-      return state._replace(since_sleep=jnp.zeros((), jnp.int32)), 0.0, jnp.nan, {}
+      none = (early_stop_lib.extra(early_stop_lib.Stopped(0, 0, float("nan"), 0, False), 0)
+              if early_stop is not None else {})
+      return state._replace(since_sleep=jnp.zeros((), jnp.int32)), 0.0, jnp.nan, none
     (params, opt), sums, stopped = loop.stopping(
         (state.params, state.opt), (state.buffer, state.codebook), key, passes, early_stop,
         lambda carry, x: predict_jit(state._replace(params=carry[0]), x), progress=progress)

@@ -1,24 +1,27 @@
 """Early stopping inside one step's training, and the best model of the step.
 
-A learner that trains at step ends by passes of its ``Loop`` (``Learner.early_stopping``: finetune,
-finetune_kading, er, offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet, joint, l2p, siesta,
-cassle, ccic, dualnet: every learner that trains at step ends) takes an ``EarlyStopping`` in ``end_of_step``::
+Every learner that trains at step ends (``Learner.early_stopping``: finetune, finetune_kading, er,
+offline, gdumb, ewc, mas, lwf, icarl, dietcl, er_diet, joint, l2p, siesta, cassle, ccic, dualnet)
+takes an ``EarlyStopping`` in ``end_of_step``::
 
     stop = EarlyStopping.on(x_val, y_val, every=16, patience=3)    # a user's own loop
     state, info = learner.end_of_step(state, key, budget, early_stop=stop)
     info.passes                    # passes spent (<= budget): what the runner charges
-    info.extra["passes_saved"]     # budget - spent
+    info.extra["passes_saved"]     # passes planned for the stopped phase - passes it ran
     info.extra["best_pass"]        # passes after which the kept model was scored (0: the start)
     info.extra["best_score"]       # its held-out score
 
-``Loop.stopping`` (``cljax.train.loop``) runs the rule: the model is scored on the held-out data
-at the step's start and after every ``every`` passes (rounded up to a multiple of the loop's
-``chunk``, where its programs end) and after the last pass; an evaluation improves when its score
-is below the best so far by more than ``min_delta``; after ``patience`` evaluations in a row
-without improvement the step stops spending its budget; the carry (parameters and optimizer
+``Loop.stopping`` (``cljax.train.loop``) runs the rule: the model is scored on the held-out data at
+the step's start and after every ``every`` loop steps (rounded up to a multiple of the loop's
+``chunk`` and ``accumulate``, where its programs and optimizer steps end) and after the last;
+learners whose loop step costs more than one pass (L2P's prompt tokens, CCIC's views, DualNet's
+look-aheads) convert ``every`` from passes to their steps, rounding up, so their scores can be
+further apart than ``every`` passes (up to ``chunk`` x the step's cost); an evaluation improves when
+its score is below the best so far by more than ``min_delta``; after ``patience`` evaluations in a
+row without improvement the step stops spending its budget; the carry (parameters and optimizer
 state) of the best evaluation is what the step keeps. The steps run are the steps an uninterrupted
-call runs (same keys, same learning-rate schedule over the full budget), so a call that never
-stops and whose last evaluation is its best equals the call without early stopping.
+call runs (same keys, same learning-rate schedule over the full budget), so a call that never stops
+and whose last evaluation is its best equals the call without early stopping.
 
 ``score(logits_of) -> float`` is lower-is-better: ``on`` builds the usual one from arrays
 (mean cross-entropy in nats, or the error rate); the experiment runner builds its own over the
@@ -29,8 +32,10 @@ after the best score included, so the runner's divergence check still sees a blo
 stopping discarded (a rate that high is worth knowing about). Learners that retrain from their
 initialisation every step (gdumb, offline, joint) score that initialisation as the step's start:
 if no trained model beats it within ``patience`` scores, the untrained one is kept. Learners whose
-optimizer state carries over steps (er, finetune, lwf, icarl, ewc) with ``accumulate`` > 1 may end
-a step inside a group of micro-batches; the next step completes it.
+optimizer state carries over steps (er, finetune, lwf, icarl, ewc, ccic) with ``accumulate`` > 1
+may end a step inside a group of micro-batches; the next step completes it. iCaRL and CCIC are
+scored by their network's own head while they train: a proxy for the class means or kNN votes
+they predict with after the step.
 """
 
 from __future__ import annotations

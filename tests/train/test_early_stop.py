@@ -156,8 +156,9 @@ def test_scores_fall_where_accumulated_optimizer_steps_do():
     return (w, opt), jnp.zeros((1,))
 
   w0 = jnp.zeros(2)
-  stop = EarlyStopping(score=lambda logits_of: float(np.sum((np.asarray(logits_of(None)) - 3) ** 2)),
-                       every=1, patience=1)
+  def score(logits_of):
+    return float(np.sum((np.asarray(logits_of(None)) - 3) ** 2))
+  stop = EarlyStopping(score=score, every=1, patience=1)
   logits_of = lambda carry, x: carry[0]  # noqa: E731
   loop = Loop(step, chunk=2, accumulate=4)
   (w, _), _, st = loop.stopping((w0, tx.init(w0)), None, jax.random.key(0), 16, stop, logits_of)
