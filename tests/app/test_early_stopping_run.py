@@ -7,22 +7,20 @@ import pytest
 
 from cljax.app import experiment
 from cljax.eval import report
+from tests.app.test_error_analysis import _config as error_analysis_config
 
 pytestmark = pytest.mark.slow
 
 
 def _config(**eval_kw):
-  c = experiment.base_config()
-  c.dataset = "digits"
-  c.model = "mlp"
+  """test_error_analysis's digits config (MLP, validation split) with three step-end trainers."""
+  c = error_analysis_config()
   c.learners = "finetune,gdumb,offline"
-  c.stream.batch_size = 32
   c.stream.max_examples_per_step = 200
   c.budget.passes_per_step = 48
-  c.hparams.finetune = dict(lr=3e-3)
   c.hparams.gdumb = dict(lr=3e-3, memory_size=200)
   c.hparams.offline = dict(lr=3e-3, epochs_per_step=4.0)
-  c.eval.val_fraction = 0.25
+  c.eval.every_examples = 0
   c.eval.latency_calls = 0
   c.plots = False
   for k, v in eval_kw.items():
