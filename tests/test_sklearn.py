@@ -111,6 +111,7 @@ def test_grid_search_over_an_er_hyper_parameter():
   assert grid.best_score_ > 0.85, grid.cv_results_["mean_test_score"]
 
 
+@pytest.mark.slow  # two offline fits: the full suite runs it
 def test_early_stopping_holds_rows_out_and_saves_passes():
   """As SGDClassifier's: a stratified 10 % of each call never reaches training (the offline
   learner keeps every row it trains on: its memory shows which), and the step stops early."""

@@ -109,6 +109,7 @@ def test_phase_step_takes_the_lr_of_the_first_micro_batch():
   np.testing.assert_allclose(np.asarray(got["w"]), np.asarray(p["w"]), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # two ViT learners built twice: the full suite runs it
 @pytest.mark.parametrize("name", ["dietcl", "joint"])
 def test_vit_learners_scale_their_lr_by_the_effective_batch(digits, monkeypatch, name):
   """lr is per 256 examples of an optimizer step: batch_size x accumulate (the reference's
